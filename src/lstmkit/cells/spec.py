@@ -1,0 +1,315 @@
+"""Cell specs: every gated recurrent cell of lstmkit described as data.
+
+A :class:`CellSpec` says which gates a cell has, what its activations are, whether gates look at
+the cell state (peepholes), whether the input and forget gates are coupled, what feeds back into
+the gates, where biases sit and how gradients flow back in time. The reference step function in
+:mod:`lstmkit.cells.reference` and the layers read these flags; nothing else distinguishes one
+variant from another. Named presets live in :data:`PRESETS`; :func:`get_spec` resolves a name.
+
+Pre-activation layout. A cell's input and recurrent weight matrices stack one row block per
+pre-activation, in torch's order with absent blocks left out:
+
+* LSTM family: ``i, f, g, o`` (input gate, forget gate, candidate, output gate). Gate blocks have
+  one row per *memory block* (``hidden_size // block_size``), the candidate block one per cell.
+  ``lstm`` therefore has exactly torch's ``[4H, in]`` layout; ``cifg`` has ``[3H, in]`` (i, g, o).
+* GRU family: ``r, z, n`` as in ``torch.nn.GRU``.
+* RNN: a single block ``h``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+Family = Literal["lstm", "gru", "rnn"]
+
+#: Names of the activations a spec may use, with their formulas (used in docs and errors).
+ACTIVATIONS: dict[str, str] = {
+    "tanh": "tanh(x)",
+    "sigmoid": "1 / (1 + exp(-x))",
+    "identity": "x",
+    "relu": "max(0, x)",
+    "sigmoid_pm1": "2 * sigmoid(x) - 1, range [-1, 1] (h of the 1997 paper)",
+    "sigmoid_pm2": "4 * sigmoid(x) - 2, range [-2, 2] (g of the 1997 paper)",
+}
+
+_GATE_RECURRENCE = ("none", "gates", "all")
+_BIAS_UNITS = ("all", "gates", "none")
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """A gated recurrent cell as a set of flags.
+
+    Attributes:
+        name: preset name, used in messages and checkpoints.
+        family: ``"lstm"`` (carry ``(h, c)``), ``"gru"`` or ``"rnn"`` (carry ``h``).
+        input_gate, forget_gate, output_gate: which LSTM gates exist; a missing gate is the
+            constant 1.
+        coupled: CIFG, the forget gate is ``1 - i`` (needs ``input_gate`` and no ``forget_gate``).
+        peephole: diagonal peephole weights; i and f see ``c(t-1)``, o sees ``c(t)``.
+        input_activation: ``g``, the squashing of the cell input (LSTM), or the RNN's
+            nonlinearity, or the GRU candidate's.
+        output_activation: ``h``, the squashing of the cell state before the output gate.
+        gate_activation: the gates' squashing.
+        gate_recurrence: previous gate activations feed back as recurrent inputs:
+            ``"none"``; ``"gates"`` into the gates only (Greff et al.'s FGR); ``"all"`` into
+            the gates and the cell input (the 1997 paper's fully connected hidden layer).
+        hidden_recurrence: whether ``h(t-1)`` feeds back through ``weight_hh`` (False only for
+            the 1997 Exp. 2a net, whose only recurrence is the constant error carousel).
+        block_size: memory cells per block sharing one set of gates (1997 paper, S).
+        bias_units: which pre-activation blocks get a bias when the layer has ``bias=True``:
+            ``"all"``, ``"gates"`` (not the cell input), ``"none"``.
+        double_bias: torch's redundant ``bias_ih`` + ``bias_hh`` pair (needed for state-dict
+            compatibility); False gives one ``bias_ih`` vector, as in the paper's weight counts.
+        truncated_gradient: the 1997 truncated gradient: errors reach earlier time steps only
+            through the cell state, never through the recurrent inputs ``h(t-1)`` or the gate
+            activations.
+        reset_after: GRU only; True applies the reset gate after the recurrent product (torch),
+            False before it (Cho et al. 2014).
+        layer_norm: layer normalisation of the input and recurrent pre-activations and of the
+            cell state before ``h`` (Ba et al. 2016), LSTM family only.
+    """
+
+    name: str
+    family: Family = "lstm"
+    input_gate: bool = True
+    forget_gate: bool = True
+    output_gate: bool = True
+    coupled: bool = False
+    peephole: bool = False
+    input_activation: str = "tanh"
+    output_activation: str = "tanh"
+    gate_activation: str = "sigmoid"
+    gate_recurrence: str = "none"
+    hidden_recurrence: bool = True
+    block_size: int = 1
+    bias_units: str = "all"
+    double_bias: bool = True
+    truncated_gradient: bool = False
+    reset_after: bool = True
+    layer_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.family not in ("lstm", "gru", "rnn"):
+            raise ValueError(
+                f"CellSpec.family: expected 'lstm', 'gru' or 'rnn', got {self.family!r}"
+            )
+        for field in ("input_activation", "output_activation", "gate_activation"):
+            value = getattr(self, field)
+            if value not in ACTIVATIONS:
+                raise ValueError(
+                    f"CellSpec.{field}: expected one of {sorted(ACTIVATIONS)}, got {value!r}"
+                )
+        if self.gate_recurrence not in _GATE_RECURRENCE:
+            raise ValueError(
+                f"CellSpec.gate_recurrence: expected one of {_GATE_RECURRENCE}, "
+                f"got {self.gate_recurrence!r}"
+            )
+        if self.bias_units not in _BIAS_UNITS:
+            raise ValueError(
+                f"CellSpec.bias_units: expected one of {_BIAS_UNITS}, got {self.bias_units!r}"
+            )
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(
+                f"CellSpec.block_size: expected a positive int, got {self.block_size!r}"
+            )
+        if self.family != "lstm":
+            lstm_only = {
+                "peephole": self.peephole,
+                "coupled": self.coupled,
+                "layer_norm": self.layer_norm,
+                "truncated_gradient": self.truncated_gradient,
+                "block_size != 1": self.block_size != 1,
+                "gate_recurrence != 'none'": self.gate_recurrence != "none",
+                "hidden_recurrence=False": not self.hidden_recurrence,
+                "missing gates": not (self.input_gate and self.forget_gate and self.output_gate),
+            }
+            bad = [k for k, v in lstm_only.items() if v]
+            if bad:
+                raise ValueError(
+                    f"CellSpec {self.name!r}: options {bad} apply to the 'lstm' family only, "
+                    f"got family={self.family!r}"
+                )
+            return
+        if self.coupled and (not self.input_gate or self.forget_gate):
+            raise ValueError(
+                f"CellSpec {self.name!r}: coupled=True means f = 1 - i, so it needs "
+                f"input_gate=True and forget_gate=False, got input_gate={self.input_gate}, "
+                f"forget_gate={self.forget_gate}"
+            )
+        if self.gate_recurrence != "none" and not self.gate_names:
+            raise ValueError(
+                f"CellSpec {self.name!r}: gate_recurrence={self.gate_recurrence!r} needs at "
+                "least one gate"
+            )
+
+    # -- layout -----------------------------------------------------------------------------
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        """The gates that carry their own weights (LSTM family), in torch order."""
+        if self.family != "lstm":
+            return ()
+        present = {"i": self.input_gate, "f": self.forget_gate, "o": self.output_gate}
+        return tuple(n for n in ("i", "f", "o") if present[n])
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        """Pre-activation row blocks in weight order (see the module docstring)."""
+        if self.family == "gru":
+            return ("r", "z", "n")
+        if self.family == "rnn":
+            return ("h",)
+        gates = self.gate_names
+        return tuple(n for n in ("i", "f", "g", "o") if n == "g" or n in gates)
+
+    def block_widths(self, hidden_size: int) -> dict[str, int]:
+        """Rows of each pre-activation block for a layer of ``hidden_size`` cells."""
+        if hidden_size % self.block_size:
+            raise ValueError(
+                f"hidden_size: expected a multiple of the spec's block_size "
+                f"{self.block_size}, got {hidden_size}"
+            )
+        n_blocks = hidden_size // self.block_size
+        return {
+            name: (hidden_size if name in ("g", "r", "z", "n", "h") else n_blocks)
+            for name in self.block_names
+        }
+
+    def biased_blocks(self) -> tuple[str, ...]:
+        """Pre-activation blocks that carry a bias (when the layer has ``bias=True``)."""
+        if self.bias_units == "none":
+            return ()
+        if self.bias_units == "gates":
+            return tuple(n for n in self.block_names if n in self.gate_names)
+        return self.block_names
+
+    def gate_recurrent_blocks(self) -> tuple[str, ...]:
+        """Pre-activation blocks that receive the previous gate activations."""
+        if self.gate_recurrence == "none":
+            return ()
+        if self.gate_recurrence == "gates":
+            return self.gate_names
+        return self.block_names
+
+    @property
+    def has_cell_state(self) -> bool:
+        return self.family == "lstm"
+
+    @property
+    def carries_gates(self) -> bool:
+        """True when the carry holds the previous gate activations as a third tensor."""
+        return self.gate_recurrence != "none"
+
+    @property
+    def torch_native(self) -> bool:
+        """True when the spec is exactly a torch ``nn.LSTM``/``GRU``/``RNN`` cell."""
+        return self.replace(name="") in _TORCH_NATIVE
+
+    def replace(self, **changes: object) -> CellSpec:
+        """A copy with some flags changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def lstm1997(
+    block_size: int = 1,
+    *,
+    output_gate: bool = True,
+    input_activation: str = "sigmoid_pm2",
+    output_activation: str = "sigmoid_pm1",
+    bias_units: str = "all",
+    gate_recurrence: str = "all",
+    hidden_recurrence: bool = True,
+    truncated_gradient: bool = True,
+) -> CellSpec:
+    """The original LSTM of Hochreiter & Schmidhuber (1997), configurable as in its Table 10.
+
+    No forget gate: ``s_c(t) = s_c(t-1) + y_in(t) * g(net_c(t))``, ``y_c(t) = y_out(t) *
+    h(s_c(t))``. Memory cells come in blocks of ``block_size`` sharing one input and one output
+    gate; g is in [-2, 2] and h in [-1, 1] (Appendix eqs. 4-5); the hidden layer is fully
+    connected, so cells and gates also receive the previous gate activations
+    (``gate_recurrence="all"``); one bias vector (``double_bias=False``); and the paper's
+    truncated gradient is on.
+    """
+    return CellSpec(
+        name="lstm1997",
+        forget_gate=False,
+        output_gate=output_gate,
+        input_activation=input_activation,
+        output_activation=output_activation,
+        gate_recurrence=gate_recurrence,
+        hidden_recurrence=hidden_recurrence,
+        block_size=block_size,
+        bias_units=bias_units,
+        double_bias=False,
+        truncated_gradient=truncated_gradient,
+    )
+
+
+_LSTM = CellSpec(name="lstm")
+_VANILLA = CellSpec(name="vanilla", peephole=True)
+
+#: Every named preset. Equations use x input, h(t-1) previous output, c cell state, σ sigmoid,
+#: W input weights, R recurrent weights, p diagonal peephole weights, b biases.
+PRESETS: dict[str, CellSpec] = {
+    # i,f,o = σ(Wx + Rh + b); g = tanh(Wx + Rh + b); c = f*c + i*g; h = o*tanh(c)   (torch)
+    "lstm": _LSTM,
+    # as lstm, plus i,f see p*c(t-1) and o sees p*c(t)             (Gers & Schmidhuber 2000)
+    "peephole": _VANILLA.replace(name="peephole"),
+    # as lstm with f = 1 - i                                                          (CIFG)
+    "cifg": _LSTM.replace(name="cifg", forget_gate=False, coupled=True),
+    # Greff et al. 2017's vanilla LSTM: peepholes, forget gate, tanh g and h, full BPTT
+    "vanilla": _VANILLA,
+    # the eight ablations of vanilla, each one change:
+    "nig": _VANILLA.replace(name="nig", input_gate=False),  # i = 1
+    "nfg": _VANILLA.replace(name="nfg", forget_gate=False),  # f = 1
+    "nog": _VANILLA.replace(name="nog", output_gate=False),  # o = 1
+    "niaf": _VANILLA.replace(name="niaf", input_activation="identity"),  # g(x) = x
+    "noaf": _VANILLA.replace(name="noaf", output_activation="identity"),  # h(x) = x
+    "np": _VANILLA.replace(name="np", peephole=False),  # no peepholes
+    "cifg_peephole": _VANILLA.replace(name="cifg_peephole", forget_gate=False, coupled=True),
+    "fgr": _VANILLA.replace(name="fgr", gate_recurrence="gates"),  # gates see i,f,o(t-1)
+    # s = s + i*g(·) with g in [-2,2], h in [-1,1], blocks sharing gates, truncated gradient
+    "lstm1997": lstm1997(),
+    # as lstm with LN(Wx) + LN(Rh) + b and h = o*tanh(LN(c))                 (Ba et al. 2016)
+    "layernorm": _LSTM.replace(name="layernorm", layer_norm=True),
+    # r,z = σ(Wx + b + Rh + b'); n = tanh(Wx + b + r*(Rh + b')); h = (1-z)*n + z*h   (torch)
+    "gru": CellSpec(name="gru", family="gru"),
+    # as gru with n = tanh(Wx + b + R(r*h) + b')                      (Cho et al. 2014, eq. 8)
+    "gru_cho": CellSpec(name="gru_cho", family="gru", reset_after=False),
+    # h = tanh(Wx + b + Rh + b')                                                      (torch)
+    "rnn": CellSpec(name="rnn", family="rnn"),
+    # h = relu(Wx + b + Rh + b')                                                      (torch)
+    "rnn_relu": CellSpec(name="rnn_relu", family="rnn", input_activation="relu"),
+}
+
+_TORCH_NATIVE = frozenset(PRESETS[n].replace(name="") for n in ("lstm", "gru", "rnn", "rnn_relu"))
+
+
+def names(family: str | None = None) -> list[str]:
+    """Preset names, optionally only those of one family."""
+    return [n for n, s in PRESETS.items() if family is None or s.family == family]
+
+
+def get_spec(variant: str | CellSpec, family: str | None = None) -> CellSpec:
+    """Resolve a preset name or pass a spec through, checking it belongs to ``family``."""
+    if isinstance(variant, CellSpec):
+        spec = variant
+    elif isinstance(variant, str):
+        if variant not in PRESETS:
+            raise ValueError(
+                f"variant: expected one of {names(family)}, or a CellSpec, got {variant!r}"
+            )
+        spec = PRESETS[variant]
+    else:
+        raise TypeError(
+            f"variant: expected a preset name (str) or a CellSpec, got {type(variant).__name__}"
+        )
+    if family is not None and spec.family != family:
+        raise ValueError(
+            f"variant: this layer takes the {family!r} family {names(family)}, got "
+            f"{spec.name!r} of family {spec.family!r}"
+        )
+    return spec

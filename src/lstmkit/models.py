@@ -1,0 +1,70 @@
+"""A recurrent layer plus a readout: the networks the experiments train.
+
+The 1997 paper's output units read only the memory cells (``input_shortcut=False``), except in
+Experiment 2a where they also read the inputs; some nets have no output bias. The readout is a
+linear map followed by ``output_activation``; :meth:`SequenceModel.num_weights` counts the
+trainable scalars, which reproduces the paper's weight counts for the ``lstm1997`` nets.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .cells.reference import activation
+from .layers import _Recurrent
+
+_OUTPUT_ACTIVATIONS = ("identity", "sigmoid", "tanh")
+
+
+class SequenceModel(nn.Module):
+    """``layer`` followed by a per-step readout ``act(W [h; x] + b)``.
+
+    Args:
+        layer: an :class:`lstmkit.LSTM`/``GRU``/``RNN``.
+        output_size: number of output units.
+        output_bias: whether the output units have a bias.
+        input_shortcut: whether the output units also read the layer's input.
+        output_activation: ``"identity"`` (logits or linear outputs), ``"sigmoid"``, ``"tanh"``.
+    """
+
+    def __init__(
+        self,
+        layer: _Recurrent,
+        output_size: int,
+        *,
+        output_bias: bool = True,
+        input_shortcut: bool = False,
+        output_activation: str = "identity",
+    ) -> None:
+        super().__init__()
+        if not isinstance(layer, _Recurrent):
+            raise TypeError(
+                f"layer: expected an lstmkit LSTM, GRU or RNN, got {type(layer).__name__}"
+            )
+        if output_activation not in _OUTPUT_ACTIVATIONS:
+            raise ValueError(
+                f"output_activation: expected one of {_OUTPUT_ACTIVATIONS}, "
+                f"got {output_activation!r}"
+            )
+        self.layer = layer
+        self.input_shortcut = input_shortcut
+        self.output_activation = output_activation
+        features = (layer.proj_size or layer.hidden_size) * (2 if layer.bidirectional else 1)
+        if input_shortcut:
+            features += layer.input_size
+        ref = next(layer.parameters())
+        self.readout = nn.Linear(
+            features, output_size, bias=output_bias, device=ref.device, dtype=ref.dtype
+        )
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Outputs for every step, laid out like ``x`` (time-major unless ``batch_first``)."""
+        hidden, _ = self.layer(x, lengths=lengths)
+        if self.input_shortcut:
+            hidden = torch.cat([hidden, x], -1)
+        return activation(self.output_activation)(self.readout(hidden))
+
+    def num_weights(self) -> int:
+        """Number of trainable scalars (the paper's "# weights")."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
