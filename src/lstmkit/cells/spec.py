@@ -19,7 +19,7 @@ pre-activation, in torch's order with absent blocks left out:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Family = Literal["lstm", "gru", "rnn"]
@@ -70,6 +70,7 @@ class CellSpec:
             False before it (Cho et al. 2014).
         layer_norm: layer normalisation of the input and recurrent pre-activations and of the
             cell state before ``h`` (Ba et al. 2016), LSTM family only.
+        doc: the preset's equation in one line (not part of the spec's identity).
     """
 
     name: str
@@ -90,17 +91,18 @@ class CellSpec:
     truncated_gradient: bool = False
     reset_after: bool = True
     layer_norm: bool = False
+    doc: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.family not in ("lstm", "gru", "rnn"):
             raise ValueError(
                 f"CellSpec.family: expected 'lstm', 'gru' or 'rnn', got {self.family!r}"
             )
-        for field in ("input_activation", "output_activation", "gate_activation"):
-            value = getattr(self, field)
+        for attr in ("input_activation", "output_activation", "gate_activation"):
+            value = getattr(self, attr)
             if value not in ACTIVATIONS:
                 raise ValueError(
-                    f"CellSpec.{field}: expected one of {sorted(ACTIVATIONS)}, got {value!r}"
+                    f"CellSpec.{attr}: expected one of {sorted(ACTIVATIONS)}, got {value!r}"
                 )
         if self.gate_recurrence not in _GATE_RECURRENCE:
             raise ValueError(
@@ -248,41 +250,50 @@ def lstm1997(
     )
 
 
+def _preset(base: CellSpec, name: str, doc: str, **changes: object) -> CellSpec:
+    return base.replace(name=name, doc=doc, **changes)
+
+
 _LSTM = CellSpec(name="lstm")
 _VANILLA = CellSpec(name="vanilla", peephole=True)
+_PEEP = "i,f see p*c(t-1), o sees p*c(t)"
 
-#: Every named preset. Equations use x input, h(t-1) previous output, c cell state, σ sigmoid,
-#: W input weights, R recurrent weights, p diagonal peephole weights, b biases.
+#: Every named preset with its equation. Notation: x input, h(t-1) previous output, c cell
+#: state, σ sigmoid, p diagonal peephole weights, "Wx+Rh+b" each gate's pre-activation.
 PRESETS: dict[str, CellSpec] = {
-    # i,f,o = σ(Wx + Rh + b); g = tanh(Wx + Rh + b); c = f*c + i*g; h = o*tanh(c)   (torch)
-    "lstm": _LSTM,
-    # as lstm, plus i,f see p*c(t-1) and o sees p*c(t)             (Gers & Schmidhuber 2000)
-    "peephole": _VANILLA.replace(name="peephole"),
-    # as lstm with f = 1 - i                                                          (CIFG)
-    "cifg": _LSTM.replace(name="cifg", forget_gate=False, coupled=True),
-    # Greff et al. 2017's vanilla LSTM: peepholes, forget gate, tanh g and h, full BPTT
-    "vanilla": _VANILLA,
-    # the eight ablations of vanilla, each one change:
-    "nig": _VANILLA.replace(name="nig", input_gate=False),  # i = 1
-    "nfg": _VANILLA.replace(name="nfg", forget_gate=False),  # f = 1
-    "nog": _VANILLA.replace(name="nog", output_gate=False),  # o = 1
-    "niaf": _VANILLA.replace(name="niaf", input_activation="identity"),  # g(x) = x
-    "noaf": _VANILLA.replace(name="noaf", output_activation="identity"),  # h(x) = x
-    "np": _VANILLA.replace(name="np", peephole=False),  # no peepholes
-    "cifg_peephole": _VANILLA.replace(name="cifg_peephole", forget_gate=False, coupled=True),
-    "fgr": _VANILLA.replace(name="fgr", gate_recurrence="gates"),  # gates see i,f,o(t-1)
-    # s = s + i*g(·) with g in [-2,2], h in [-1,1], blocks sharing gates, truncated gradient
-    "lstm1997": lstm1997(),
-    # as lstm with LN(Wx) + LN(Rh) + b and h = o*tanh(LN(c))                 (Ba et al. 2016)
-    "layernorm": _LSTM.replace(name="layernorm", layer_norm=True),
-    # r,z = σ(Wx + b + Rh + b'); n = tanh(Wx + b + r*(Rh + b')); h = (1-z)*n + z*h   (torch)
-    "gru": CellSpec(name="gru", family="gru"),
-    # as gru with n = tanh(Wx + b + R(r*h) + b')                      (Cho et al. 2014, eq. 8)
-    "gru_cho": CellSpec(name="gru_cho", family="gru", reset_after=False),
-    # h = tanh(Wx + b + Rh + b')                                                      (torch)
-    "rnn": CellSpec(name="rnn", family="rnn"),
-    # h = relu(Wx + b + Rh + b')                                                      (torch)
-    "rnn_relu": CellSpec(name="rnn_relu", family="rnn", input_activation="relu"),
+    s.name: s
+    for s in [
+        _preset(_LSTM, "lstm", "i,f,o=σ(Wx+Rh+b); g=tanh(Wx+Rh+b); c=f*c+i*g; h=o*tanh(c) "
+                "(torch.nn.LSTM)"),
+        _preset(_VANILLA, "peephole", f"lstm with peepholes: {_PEEP} (Gers & Schmidhuber 2000)"),
+        _preset(_LSTM, "cifg", "lstm with coupled gates f = 1 - i (CIFG)",
+                forget_gate=False, coupled=True),
+        _preset(_VANILLA, "vanilla", f"Greff et al. 2017's baseline: lstm + peepholes ({_PEEP})"),
+        _preset(_VANILLA, "nig", "vanilla, no input gate: i = 1", input_gate=False),
+        _preset(_VANILLA, "nfg", "vanilla, no forget gate: f = 1", forget_gate=False),
+        _preset(_VANILLA, "nog", "vanilla, no output gate: o = 1", output_gate=False),
+        _preset(_VANILLA, "niaf", "vanilla, no input activation: g(x) = x",
+                input_activation="identity"),
+        _preset(_VANILLA, "noaf", "vanilla, no output activation: h = o*c",
+                output_activation="identity"),
+        _preset(_VANILLA, "np", "vanilla, no peepholes (the same equations as lstm)",
+                peephole=False),
+        _preset(_VANILLA, "cifg_peephole", "vanilla with coupled gates f = 1 - i (Greff's CIFG)",
+                forget_gate=False, coupled=True),
+        _preset(_VANILLA, "fgr", "vanilla with full gate recurrence: i,f,o also get G a(t-1), "
+                "a = [i,f,o](t-1)", gate_recurrence="gates"),
+        lstm1997().replace(doc="s=s+i*g(Wx+Rh+Ga+b), g in [-2,2]; y=o*h(s), h in [-1,1]; "
+                           "no forget gate; blocks share gates; truncated gradient (1997)"),
+        _preset(_LSTM, "layernorm", "lstm with LN(Wx)+LN(Rh)+b and h = o*tanh(LN(c)) "
+                "(Ba et al. 2016)", layer_norm=True),
+        CellSpec(name="gru", family="gru", doc="r,z=σ(Wx+b+Rh+b'); n=tanh(Wx+b+r*(Rh+b')); "
+                 "h=(1-z)*n+z*h (torch.nn.GRU)"),
+        CellSpec(name="gru_cho", family="gru", reset_after=False,
+                 doc="gru with n=tanh(Wx+b+R(r*h)+b') (Cho et al. 2014, eq. 8)"),
+        CellSpec(name="rnn", family="rnn", doc="h=tanh(Wx+b+Rh+b') (torch.nn.RNN)"),
+        CellSpec(name="rnn_relu", family="rnn", input_activation="relu",
+                 doc="h=relu(Wx+b+Rh+b') (torch.nn.RNN, nonlinearity='relu')"),
+    ]
 }
 
 _TORCH_NATIVE = frozenset(PRESETS[n].replace(name="") for n in ("lstm", "gru", "rnn", "rnn_relu"))
