@@ -8,6 +8,8 @@ trainable scalars, which reproduces the paper's weight counts for the ``lstm1997
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -58,12 +60,24 @@ class SequenceModel(nn.Module):
             features, output_size, bias=output_bias, device=ref.device, dtype=ref.dtype
         )
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Outputs for every step, laid out like ``x`` (time-major unless ``batch_first``)."""
-        hidden, _ = self.layer(x, lengths=lengths)
+    def forward(
+        self,
+        x: Tensor,
+        lengths: Tensor | None = None,
+        *,
+        hx: Any = None,
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, Any]:
+        """Outputs for every step, laid out like ``x`` (time-major unless ``batch_first``).
+
+        ``hx`` is the layer's initial state; with ``return_state`` the layer's final state is
+        returned too, so a stream can be fed in chunks (truncated BPTT, stateful use).
+        """
+        hidden, state = self.layer(x, hx, lengths=lengths)
         if self.input_shortcut:
             hidden = torch.cat([hidden, x], -1)
-        return activation(self.output_activation)(self.readout(hidden))
+        y = activation(self.output_activation)(self.readout(hidden))
+        return (y, state) if return_state else y
 
     def num_weights(self) -> int:
         """Number of trainable scalars (the paper's "# weights")."""

@@ -1,0 +1,18 @@
+"""Training: the trainer, the paper's stopping criteria, and atomic checkpoints."""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .criteria import RecentSequences, TestSet, st3
+from .trainer import TrainConfig, Trainer, TrainingDiverged, TrainResult, sequence_errors
+
+__all__ = [
+    "RecentSequences",
+    "TestSet",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "load_checkpoint",
+    "save_checkpoint",
+    "sequence_errors",
+    "st3",
+]

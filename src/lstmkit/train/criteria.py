@@ -1,0 +1,96 @@
+"""Stopping criteria of the 1997 paper, as small state machines fed by the trainer.
+
+Two kinds exist. A *training-stream* rule looks at the most recent training sequences:
+
+* ``ST3(β)`` (Exps. 4, 6): "average training error below β and the 2000 most recent sequences
+  were processed correctly" - :class:`RecentSequences` with ``max_wrong=0, max_mean_error=β``.
+* Exp. 5: "less than n_seq of the 2000 most recent training sequences lead to absolute errors
+  exceeding 0.04" - :class:`RecentSequences` with ``max_wrong=n_seq - 1``.
+
+A *test-set* rule is checked every so often on freshly drawn sequences:
+
+* ``ST1`` (Exp. 3): none of 256 test sequences misclassified; ``ST2``: ST1 and mean absolute
+  test error below 0.01 (3a), 0.04 (3b), 0.015 (3c) - :class:`TestSet`.
+* ``ABS(β)`` over 10,000 successive random sequences (Exps. 2a-2c), and Exp. 1's "all strings of
+  training and test set predicted correctly" - :class:`TestSet` with ``max_wrong=0``.
+
+"Average training error" is read as the mean per-sequence error over the same 2000-sequence
+window; the paper does not say over which window it averages.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RecentSequences:
+    """Stop when the last ``window`` training sequences meet the bounds."""
+
+    window: int = 2000
+    max_wrong: int = 0
+    max_mean_error: float | None = None
+    _correct: deque = field(default_factory=deque, repr=False)
+    _errors: deque = field(default_factory=deque, repr=False)
+
+    kind = "train"
+
+    def update(self, correct: list[bool], errors: list[float]) -> bool:
+        """Feed per-sequence correctness and error; True once the criterion holds."""
+        for ok, err in zip(correct, errors, strict=True):
+            self._correct.append(bool(ok))
+            self._errors.append(float(err))
+            if len(self._correct) > self.window:
+                self._correct.popleft()
+                self._errors.popleft()
+        return self.satisfied()
+
+    def satisfied(self) -> bool:
+        if len(self._correct) < self.window:
+            return False
+        wrong = self.window - sum(self._correct)
+        if wrong > self.max_wrong:
+            return False
+        mean_error = sum(self._errors) / self.window
+        return self.max_mean_error is None or mean_error < self.max_mean_error
+
+    def state_dict(self) -> dict:
+        return {"correct": list(self._correct), "errors": list(self._errors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._correct = deque(bool(v) for v in state["correct"])
+        self._errors = deque(float(v) for v in state["errors"])
+
+
+@dataclass
+class TestSet:
+    """Stop when a fresh test set of ``size`` sequences meets the bounds."""
+
+    size: int = 256
+    max_wrong: int = 0
+    max_mean_abs_error: float | None = None
+
+    kind = "test"
+
+    def judge(self, correct: list[bool], abs_errors: list[float]) -> bool:
+        wrong = len(correct) - sum(bool(c) for c in correct)
+        if wrong > self.max_wrong:
+            return False
+        if self.max_mean_abs_error is None:
+            return True
+        return sum(abs_errors) / max(len(abs_errors), 1) < self.max_mean_abs_error
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        del state
+
+
+Criterion = RecentSequences | TestSet
+
+
+def st3(beta: float) -> RecentSequences:
+    """The paper's ST3(β)."""
+    return RecentSequences(window=2000, max_wrong=0, max_mean_error=beta)

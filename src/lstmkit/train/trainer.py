@@ -1,0 +1,292 @@
+"""Train a :class:`~lstmkit.models.SequenceModel` on a task, counting sequences as the paper did.
+
+The trainer draws batches from a task, backpropagates through time over masked, variable-length
+batches (or in detached chunks for streams: truncated BPTT), clips gradients, and steps plain SGD
+(the paper's online gradient descent, batch 1) or Adam. It counts training sequences, feeds the
+experiment's stopping criterion, checkpoints atomically every ``checkpoint_every`` sequences, and
+with ``resume=True`` continues a killed run to the same result as an uninterrupted one: the
+model, optimiser, criterion, counters and every random generator are in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .criteria import Criterion, RecentSequences, TestSet
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint (if any) is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``max_sequences`` is the budget in training sequences presented."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    batch_size: int = 32
+    max_sequences: int = 100_000
+    clip_norm: float | None = 1.0
+    check_every: int = 1000
+    checkpoint_every: int = 0
+    test_size: int = 2560
+    tbptt: int | None = None
+    seed: int = 0
+    log_every: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("batch_size", "max_sequences", "check_every", "test_size", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr: expected a positive finite number, got {self.lr!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm: expected None or a positive number, got {self.clip_norm}")
+        if self.checkpoint_every < 0:
+            raise ValueError(
+                f"checkpoint_every: expected >= 0 (0: never), got {self.checkpoint_every}"
+            )
+        if self.tbptt is not None and self.tbptt < 1:
+            raise ValueError(f"tbptt: expected None or a positive chunk length, got {self.tbptt}")
+
+
+@dataclass
+class TrainResult:
+    """What a run reached: success, sequences to success, test metrics, curve, wall time."""
+
+    success: bool
+    sequences: int
+    test: dict[str, float]
+    curve: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def sequence_errors(outputs: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+    """Per-sequence summed squared error and mean absolute error over the masked steps."""
+    mask = batch.mask.unsqueeze(-1).to(outputs.dtype)
+    diff = (outputs - batch.targets.to(outputs.dtype)) * mask
+    squared = diff.pow(2).sum(dim=(0, 2))
+    counted = (mask.sum(dim=0).squeeze(-1) * outputs.shape[-1]).clamp_min(1)
+    return squared, diff.abs().sum(dim=(0, 2)) / counted
+
+
+class Trainer:
+    """Trains ``model`` on ``task`` under ``config`` until ``criterion`` holds or the budget ends.
+
+    Args:
+        model: maps ``(inputs, lengths)`` to outputs ``[T, B, output_size]``.
+        task: a task from :mod:`lstmkit.tasks` (``sample``, ``loss``, ``evaluate``).
+        config: the :class:`TrainConfig`.
+        criterion: a stopping rule from :mod:`lstmkit.train.criteria` or None (budget only).
+        checkpoint: path of the checkpoint file (needed for ``checkpoint_every`` and resume).
+        progress: show a progress bar (tqdm) when it is installed.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Any,
+        config: TrainConfig,
+        criterion: Criterion | None = None,
+        *,
+        checkpoint: str | Path | None = None,
+        meta: dict[str, Any] | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.model, self.task, self.config, self.criterion = model, task, config, criterion
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if config.checkpoint_every and self.checkpoint is None:
+            raise ValueError("checkpoint: checkpoint_every > 0 needs a checkpoint path")
+        self.meta = dict(meta or {})
+        self.progress = progress
+        params = list(model.parameters())
+        if config.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=config.lr)
+        self.data_gen = torch.Generator().manual_seed(config.seed)
+        self.test_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
+        self.sequences = 0
+        self.success_at: int | None = None
+        self.curve: list[dict[str, float]] = []
+        self._window: list[tuple[float, float]] = []
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "meta": self.meta,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "data_gen": self.data_gen.get_state(),
+            "test_gen": self.test_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "sequences": self.sequences,
+            "success_at": -1 if self.success_at is None else self.success_at,
+            "curve": self.curve,
+            "window": self._window,
+            "criterion": self.criterion.state_dict() if self.criterion is not None else {},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.data_gen.set_state(state["data_gen"])
+        self.test_gen.set_state(state["test_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        self.sequences = int(state["sequences"])
+        self.success_at = None if state["success_at"] < 0 else int(state["success_at"])
+        self.curve = list(state["curve"])
+        self._window = [tuple(v) for v in state["window"]]
+        if self.criterion is not None:
+            self.criterion.load_state_dict(state["criterion"])
+
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, self.state_dict())
+
+    # -- training --------------------------------------------------------------------------
+
+    def _forward(self, batch: Any) -> Tensor:
+        return self.model(batch.inputs, batch.lengths)
+
+    def _step(self, batch: Any) -> tuple[Tensor, float]:
+        cfg = self.config
+        if cfg.tbptt is None:
+            outputs = self._forward(batch)
+            loss = self.task.loss(outputs, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._clip_and_step(loss)
+            return outputs.detach(), float(loss)
+        # Truncated BPTT: chunks of the stream, state carried over and detached.
+        state, outs, total = None, [], 0.0
+        for start in range(0, batch.inputs.shape[0], cfg.tbptt):
+            chunk = _time_slice(batch, start, start + cfg.tbptt)
+            out, state = self.model(chunk.inputs, chunk.lengths, hx=state, return_state=True)
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else \
+                state.detach()
+            loss = self.task.loss(out, chunk)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._clip_and_step(loss)
+            outs.append(out.detach())
+            total += float(loss)
+        return torch.cat(outs), total
+
+    def _clip_and_step(self, loss: Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {float(loss)} after {self.sequences} training sequences; "
+                "the last good checkpoint is kept"
+                + (f" at {self.checkpoint}" if self.checkpoint is not None else "")
+            )
+        if self.config.clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        self.optimizer.step()
+
+    def _test(self, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Outputs' correctness, squared and absolute errors, and loss on fresh sequences."""
+        batch = self.task.sample(size, generator=self.test_gen)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            outputs = self._forward(batch)
+            correct = self.task.evaluate(outputs, batch)
+            squared, absolute = sequence_errors(outputs, batch)
+            loss = self.task.loss(outputs, batch)
+        self.model.train(was_training)
+        return correct, squared, absolute, loss
+
+    def run(self, *, resume: bool = False) -> TrainResult:
+        """Train until the criterion holds or ``max_sequences``; then test on fresh data."""
+        cfg = self.config
+        if resume and self.checkpoint is not None and self.checkpoint.exists():
+            self.load_state_dict(load_checkpoint(self.checkpoint, self.meta or None))
+        start = time.perf_counter()
+        bar = _progress_bar(cfg.max_sequences, self.sequences) if self.progress else None
+        next_check = (self.sequences // cfg.check_every + 1) * cfg.check_every
+        next_ckpt = ((self.sequences // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+                     if cfg.checkpoint_every else None)
+        next_log = (self.sequences // cfg.log_every + 1) * cfg.log_every
+        self.model.train()
+        while self.success_at is None and self.sequences < cfg.max_sequences:
+            batch = self.task.sample(cfg.batch_size, generator=self.data_gen)
+            outputs, loss = self._step(batch)
+            self.sequences += cfg.batch_size
+            correct = self.task.evaluate(outputs, batch)
+            self._window.append((float(loss), float(correct.float().mean())))
+            if isinstance(self.criterion, RecentSequences):
+                squared, _ = sequence_errors(outputs, batch)
+                if self.criterion.update(correct.tolist(), squared.tolist()):
+                    self.success_at = self.sequences
+            elif isinstance(self.criterion, TestSet) and self.sequences >= next_check:
+                next_check += cfg.check_every
+                t_correct, _, t_abs, _ = self._test(self.criterion.size)
+                if self.criterion.judge(t_correct.tolist(), t_abs.tolist()):
+                    self.success_at = self.sequences
+            if self.sequences >= next_log or self.success_at is not None:
+                next_log += cfg.log_every
+                losses, accs = zip(*self._window)
+                self.curve.append({"sequences": self.sequences,
+                                   "loss": sum(losses) / len(losses),
+                                   "accuracy": sum(accs) / len(accs)})
+                self._window = []
+                if bar is not None:
+                    bar.set_postfix(loss=f"{self.curve[-1]['loss']:.4f}")
+            if bar is not None:
+                bar.update(cfg.batch_size)
+            if next_ckpt is not None and self.sequences >= next_ckpt:
+                next_ckpt += cfg.checkpoint_every
+                self.save()
+        if bar is not None:
+            bar.close()
+        self.save()
+        correct, squared, absolute, loss = self._test(cfg.test_size)
+        test = {
+            "loss": float(loss),
+            "wrong": float((~correct).sum()),
+            "size": float(correct.numel()),
+            "mse": float(squared.mean()),
+            "mean_abs_error": float(absolute.mean()),
+        }
+        return TrainResult(
+            success=self.success_at is not None,
+            sequences=self.success_at if self.success_at is not None else self.sequences,
+            test=test,
+            curve=list(self.curve),
+            seconds=time.perf_counter() - start,
+        )
+
+
+def _time_slice(batch: Any, start: int, stop: int) -> Any:
+    """Steps ``start:stop`` of a time-major batch (for truncated BPTT over streams)."""
+    steps = batch.inputs[start:stop].shape[0]
+    lengths = (batch.lengths - start).clamp(1, steps)
+    return dataclasses.replace(
+        batch, inputs=batch.inputs[start:stop], targets=batch.targets[start:stop],
+        mask=batch.mask[start:stop], lengths=lengths,
+    )
+
+
+def _progress_bar(total: int, initial: int) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is cosmetic; train without it
+        return None
+    return tqdm(total=total, initial=initial, unit="seq", dynamic_ncols=True, leave=False)
