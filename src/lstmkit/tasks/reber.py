@@ -327,11 +327,11 @@ class ContinualReber(_ReberTask):
         )
         for m, rate, seq, good, good_len, rest, rest_len, changes in [
             ("LSTM with external reset", 0.74, 7441, 0.0, float("nan"), 0.26, 31,
-             {"forget_gate": False, "forget_gate_bias": "none", "reset": True}),
+             {"forget_gate": False, "forget_gate_bias": "none", "reset": True, "weights": None}),
             ("standard LSTM", 0.0, None, 0.01, 1166, 0.99, 37,
-             {"forget_gate": False, "forget_gate_bias": "none"}),
+             {"forget_gate": False, "forget_gate_bias": "none", "weights": None}),
             ("LSTM with state decay (0.9)", 0.0, None, 0.0, float("nan"), 1.0, 56,
-             {"forget_gate": False, "forget_gate_bias": "none"}),
+             {"forget_gate": False, "forget_gate_bias": "none", "weights": None}),
             ("LSTM with forget gates", 0.18, 18_889, 0.29, 39_171, 0.53, 145, {}),
             ("LSTM with forget gates and sequential alpha decay", 0.62, 14_087, 0.06, 68_464,
              0.32, 30, {"learning_rate_decay": 0.99}),
