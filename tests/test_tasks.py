@@ -7,6 +7,8 @@ import time
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lstmkit import tasks
 from lstmkit.tasks import Batch, PaperReference, PaperSetting
@@ -237,6 +239,8 @@ def test_reber_split_is_fixed_disjoint_and_seeded():
     assert all(EMBEDDED.fullmatch(s) for s in a.train_strings + a.test_strings)
     test = a.test_batch()
     assert test.batch_size == 256
+    test.inputs.zero_()  # a copy: the task's own split is untouched
+    test = a.test_batch()
     assert [decode(test, i) for i in range(256)] == list(a.test_strings)
     assert [decode(a.train_batch(), i) for i in range(256)] == list(a.train_strings)
     for i in range(256):
@@ -429,6 +433,33 @@ def test_marker_tasks(name):
         assert (values[0][marked[0]] == 1).all()
         expected = torch.where(marked, values, torch.ones(())).prod(0)
     assert torch.allclose(end_values(b)[:, 0], expected, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(["adding1997", "multiplication1997"]), T=st.integers(20, 400),
+       seed=st.integers(0, 2**31))
+def test_marker_invariants_hold_for_any_T(name, T, seed):
+    b = tasks.make(name, T=T).sample(16, gen(seed))
+    assert (b.lengths >= T).all() and (b.lengths <= T + T // 10).all()
+    values, markers = b.inputs[..., 0], b.inputs[..., 1]
+    marked = markers == 1.0
+    assert (marked.sum(0) == 2).all() and not marked[T // 2 :].any()
+    assert (marked[:10].sum(0) >= 1).all()  # X1 is among the first ten pairs
+    if name == "adding1997":
+        expected = 0.5 + (values * marked).sum(0) / 4
+    else:
+        expected = torch.where(marked, values, torch.ones(())).prod(0)
+    assert torch.allclose(end_values(b)[:, 0], expected, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(variant=st.sampled_from("abc"), T=st.integers(2, 300), seed=st.integers(0, 2**31),
+       data=st.data())
+def test_two_sequence_lengths_for_any_T(variant, T, seed, data):
+    N = data.draw(st.integers(1, T - 1))
+    b = tasks.make("two_sequence", variant=variant, T=T, N=N).sample(16, gen(seed))
+    assert (b.lengths >= T).all() and (b.lengths <= T + T // 10).all()
+    assert torch.equal(b.mask.sum(0), torch.ones(16, dtype=torch.long))
 
 
 @pytest.mark.parametrize("positions", [2, 3])

@@ -15,7 +15,7 @@ from .base import (
     EndTask,
     PaperReference,
     PaperSetting,
-    _abs,
+    abs_criterion,
     int_param,
     step_mask,
     uniform_int,
@@ -28,7 +28,8 @@ def _setting(row: str, lr: float, igb: tuple[float, ...] | str, stopping: Criter
         source="H&S 1997 §5.4-5.5, Tables 10-11", row=row, blocks=2, cells_per_block=2,
         input_size=2, output_size=1, weights=93, connectivity="F", learning_rate=lr,
         init_range=0.1, output_gate_bias="random", input_gate_bias=igb, biased="all",
-        stopping=(stopping,), success=_abs(0.04), test_set_size=2560, trials=10, notes=notes,
+        stopping=(stopping,), success=abs_criterion(0.04), test_set_size=2560, trials=10,
+        notes=notes,
     )
 
 

@@ -46,8 +46,8 @@ class Batch:
             for cross-entropy tasks (``copy``).
         mask: bool ``[T, B]``, the steps where the loss applies (False on padding).
         lengths: long ``[B]``, the true length of each sequence.
-        info: task-specific extras (classes, marker positions, clean targets, ...), each a tensor
-            with the batch on its last dimension or first for ``[B]``-shaped ones.
+        info: task-specific extras (classes, marker positions, clean targets, ...), tensors laid
+            out like the batch: ``[B]``, ``[k, B]``, ``[T, B]`` or ``[T, B, K]``.
     """
 
     inputs: Tensor
@@ -63,6 +63,11 @@ class Batch:
     @property
     def steps(self) -> int:
         return self.inputs.shape[0]
+
+    def clone(self) -> Batch:
+        """A deep copy (every tensor cloned)."""
+        return Batch(self.inputs.clone(), self.targets.clone(), self.mask.clone(),
+                     self.lengths.clone(), {k: v.clone() for k, v in self.info.items()})
 
     def to(self, device: torch.device | str) -> Batch:
         """A copy with every tensor (``info`` included) on ``device``."""
@@ -104,7 +109,8 @@ class Criterion:
     text: str = ""
 
 
-def _abs(beta: float, where: str = "end", **more: object) -> Criterion:
+def abs_criterion(beta: float, where: str = "end", **more: object) -> Criterion:
+    """Table 11's ABS(beta): every output unit's absolute error below ``beta`` at ``where``."""
     return Criterion("ABS", {"beta": beta, "where": where, **more})
 
 

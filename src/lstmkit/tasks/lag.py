@@ -14,7 +14,7 @@ from .base import (
     PaperReference,
     PaperSetting,
     Task,
-    _abs,
+    abs_criterion,
     end_mask,
     int_param,
     next_symbol_batch,
@@ -36,7 +36,7 @@ def _setting_2ab(p: int, b: bool) -> PaperSetting:
         output_gate_bias="none", input_gate_bias="none", biased="none", output_gate=False,
         output_from_cells_only=False, input_shortcut=True, h="identity", g="sigmoid",
         stopping=(_FIVE_MILLION,),
-        success=_abs(0.25, "end" if b else "every_step", successive=10_000),
+        success=abs_criterion(0.25, "end" if b else "every_step", successive=10_000),
         test_set_size=10_000 if b else None, selection="t2" if b else "t1", trials=18,
         notes="sequential construction: the memory cell and input gate are added once the "
               "error has stopped decreasing; no hidden-to-hidden weights",
@@ -133,7 +133,8 @@ def _setting_2c(p: int) -> PaperSetting:
         source="H&S 1997 §5.2, Tables 10-11", row="2c", blocks=2, cells_per_block=1,
         input_size=p + 4, output_size=2, weights=6 * (p + 4 + 6) + 2 * 2, connectivity="F",
         learning_rate=0.01, init_range=0.2, output_gate_bias="none", input_gate_bias="none",
-        biased="none", stopping=(_FIVE_MILLION,), success=_abs(0.2, successive=10_000),
+        biased="none", stopping=(_FIVE_MILLION,),
+        success=abs_criterion(0.2, successive=10_000),
         test_set_size=10_000, selection="t2", trials=20,
     )
 

@@ -206,11 +206,11 @@ class Reber(_ReberTask):
 
     def train_batch(self) -> Batch:
         """The whole training set, in order, as one batch."""
-        return dataclasses.replace(self._splits["train"])
+        return self._splits["train"].clone()
 
     def test_batch(self) -> Batch:
         """The whole test set, in order, as one batch."""
-        return dataclasses.replace(self._splits["test"])
+        return self._splits["test"].clone()
 
     @property
     def setting(self) -> PaperSetting:

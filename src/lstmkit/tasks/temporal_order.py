@@ -9,7 +9,7 @@ from .base import (
     EndTask,
     PaperReference,
     PaperSetting,
-    _abs,
+    abs_criterion,
     choice_param,
     one_hot,
     uniform_int,
@@ -33,7 +33,8 @@ def _setting(positions: int) -> PaperSetting:
         weights=156 if a else 308, connectivity="F", learning_rate=0.5 if a else 0.1,
         init_range=0.1, output_gate_bias="random",
         input_gate_bias=(-2.0, -4.0) if a else (-2.0, -4.0, -6.0), biased="all",
-        stopping=(Criterion("ST3", {"beta": 0.1, "window": 2000}),), success=_abs(0.3),
+        stopping=(Criterion("ST3", {"beta": 0.1, "window": 2000}),),
+        success=abs_criterion(0.3),
         test_set_size=2560, trials=20 if a else 10,
     )
 

@@ -12,7 +12,7 @@ import numbers
 
 import torch
 
-from .base import Batch, Criterion, PaperReference, PaperSetting, Task, _abs, int_param
+from .base import Batch, Criterion, PaperReference, PaperSetting, Task, int_param
 
 
 def _setting(continual: bool, sigmoid: bool) -> PaperSetting:
@@ -27,8 +27,8 @@ def _setting(continual: bool, sigmoid: bool) -> PaperSetting:
         stopping=(Criterion("STREAM", {"spikes": 100}, "a training stream ends at the first "
                             "error or after 100 spikes"),
                   Criterion("MAX_SEQUENCES", {"limit": 100_000_000})),
-        success=_abs(0.49, "spikes", spikes=1000, text="a test stream ends at the first error "
-                     "or after 1000 spikes"),
+        success=Criterion("ABS", {"beta": 0.49, "where": "spikes", "spikes": 1000},
+                          "a test stream ends at the first error or after 1000 spikes"),
         test_set_size=1, selection="t3", trials=10, evidence="S",
         notes="h is not given by the notes available (sigmoid_pm1 assumed); one test stream "
               "after every training stream",

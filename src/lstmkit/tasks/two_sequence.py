@@ -13,7 +13,7 @@ from .base import (
     EndTask,
     PaperReference,
     PaperSetting,
-    _abs,
+    abs_criterion,
     choice_param,
     int_param,
     last_step,
@@ -38,7 +38,7 @@ def _setting(variant: str) -> PaperSetting:
             Criterion("ST1", {"test_size": 256, "max_wrong": max_wrong}),
             Criterion("ST2", {"test_size": 256, "max_wrong": max_wrong, "beta": beta}),
         )
-        success = _abs(0.2)
+        success = abs_criterion(0.2)
     return PaperSetting(
         source="H&S 1997 §5.3, Tables 10-11", row=f"3{variant}", blocks=3, cells_per_block=1,
         input_size=1, output_size=1, weights=102, connectivity="F",
