@@ -654,6 +654,7 @@ def test_make_rejects_unknown_names_and_parameters():
     ("two_sequence", {"variant": "d"}, ValueError, r"variant: expected one of \['a', 'b', 'c'\]"),
     ("two_sequence", {"T": 10, "N": 10}, ValueError, r"N: expected an int in \[1, 9\], got 10"),
     ("temporal_order", {"positions": 4}, ValueError, r"positions: expected one of \[2, 3\]"),
+    ("temporal_order", {"positions": 2.0}, ValueError, r"positions: expected one of .*got 2.0"),
     ("very_long_lag", {"p": 0}, ValueError, r"p: expected an int >= 1, got 0"),
     ("noiseless_lag", {"p": 1}, ValueError, r"p: expected an int >= 2, got 1"),
     ("spike_timing", {"delays": (1, 1)}, ValueError, r"delays: expected a tuple of at least"),

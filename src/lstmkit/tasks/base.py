@@ -263,7 +263,8 @@ def float_param(task: str, name: str, value: object, low: float, high: float) ->
 
 
 def choice_param(task: str, name: str, value: object, choices: Sequence[object]) -> object:
-    if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+    # Same type too: True == 1 and 2.0 == 2 must not pass for 1 and 2.
+    if not any(type(value) is type(c) and value == c for c in choices):
         raise ValueError(f"{task}: {name}: expected one of {list(choices)}, got {value!r}")
     return value
 
