@@ -90,12 +90,15 @@ class Criterion:
 
     Names used in this package (H&S 1997 Table 11 and text, Gers et al. 2000/2002):
 
-    * ``ABS``: absolute error of every output unit below ``beta`` (at ``where``: ``"end"`` or
+    * ``ABS``: absolute error of every output unit below ``beta`` (at ``where``: ``"end"``,
       ``"every_step"`` or ``"spikes"``), for ``successive`` random sequences when given.
+    * ``ABS_CLEAN``: H&S Exp. 3c, |output - noise-free target| at most ``beta`` at the end.
     * ``ST1``: at most ``max_wrong`` of ``test_size`` test sequences misclassified.
     * ``ST2``: ST1 and mean absolute test-set error below ``beta``.
     * ``ST3``: average training error below ``beta`` and the ``window`` most recent training
       sequences processed correctly.
+    * ``ST3c``: H&S Exp. 3c, none of ``test_size`` test sequences off its noise-free target by
+      more than ``tolerance`` and the mean absolute difference below ``beta``.
     * ``RECENT``: fewer than ``n_seq`` of the ``window`` most recent training sequences have an
       absolute error above ``tolerance`` (H&S Exp. 5).
     * ``ALL_CORRECT``: every symbol of every training and test string predicted correctly.
