@@ -6,10 +6,12 @@ so ``load_state_dict(torch_module.state_dict())`` works and outputs match torch.
 for right-padded batches, ``return_cell_states=True`` for every step's cell state, and a
 ``forget_bias`` initialisation.
 
-Dispatch: where torch has a kernel for exactly the requested computation (plain ``lstm``, ``gru``,
-``rnn`` without lstmkit-only options) the layer calls it; everything else runs the readable
-reference in :mod:`lstmkit.cells.reference`. ``backend="reference"`` (or the environment variable
-``LSTMKIT_BACKEND=reference``) forces the reference path.
+Dispatch (``backend="auto"``): where torch has a kernel for exactly the requested computation
+(plain ``lstm``, ``gru``, ``rnn`` without lstmkit-only options) the layer calls it; everything else
+runs the fused C++ engine of :mod:`lstmkit.engine`, which itself falls back to the readable
+reference in :mod:`lstmkit.cells.reference` for what it does not cover (layer norm, CUDA, a failed
+build). ``backend="native"``, ``"engine"`` or ``"reference"`` (or the environment variable
+``LSTMKIT_BACKEND``) forces one path.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _checks
+from . import _checks, engine
 from .cells import reference
 from .cells.spec import CellSpec, get_spec
 
-BACKENDS = ("auto", "native", "reference")
+BACKENDS = ("auto", "native", "engine", "reference")
 _NATIVE_FN = {"lstm": _VF.lstm, "gru": _VF.gru}
 
 
@@ -202,19 +204,24 @@ class _Recurrent(nn.Module):
             sizes.append(sum(widths[g] for g in self.spec.gate_names))
         return sizes
 
-    def _use_native(self, return_cells: bool) -> bool:
+    def _backend(self, return_cells: bool) -> str:
+        """The path this call takes: ``"native"``, ``"engine"`` or ``"reference"``."""
         backend = self.backend
         if backend == "auto":
             backend = os.environ.get("LSTMKIT_BACKEND", "auto")
-        if backend == "reference":
-            return False
+            if backend not in BACKENDS:
+                raise ValueError(
+                    f"LSTMKIT_BACKEND: expected one of {BACKENDS}, got {backend!r}"
+                )
         native_ok = self.spec.torch_native and not return_cells
         if backend == "native" and not native_ok:
             raise ValueError(
                 f"backend: 'native' runs torch's own kernels, which do not cover variant "
                 f"{self.spec.name!r}" + (" with return_cell_states" if return_cells else "")
             )
-        return native_ok
+        if backend == "auto":
+            return "native" if native_ok else "engine"
+        return backend
 
     def forward(
         self,
@@ -273,11 +280,13 @@ class _Recurrent(nn.Module):
             lengths = _checks.lengths(lengths, batch, steps)
         states = self._initial_state(hx, batch, batched, x)
 
-        if self._use_native(return_cell_states):
+        backend = self._backend(return_cell_states)
+        if backend == "native":
             out, final = self._run_native(x, states, lengths)
             cells = None
         else:
-            out, final, cells = self._run_reference(x, states, lengths, return_cell_states)
+            scan = engine.scan if backend == "engine" else reference.scan
+            out, final, cells = self._run_scan(scan, x, states, lengths, return_cell_states)
 
         if packed:
             output: Any = _repack(out, lengths, batch_sizes, sorted_indices, unsorted_indices)
@@ -325,8 +334,9 @@ class _Recurrent(nn.Module):
             states.append(x.new_zeros(rows, batch, size))
         return tuple(states)
 
-    def _run_reference(
-        self, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None, return_cells: bool
+    def _run_scan(
+        self, scan: Any, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None,
+        return_cells: bool,
     ) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
         finals: list[list[Tensor]] = [[] for _ in states]
         layer_input, cells = x, None
@@ -334,7 +344,7 @@ class _Recurrent(nn.Module):
             outs, layer_cells = [], []
             for d in range(self._directions):
                 idx = layer * self._directions + d
-                out, carry, cell_seq = reference.scan(
+                out, carry, cell_seq = scan(
                     self.spec, self.cell_params(layer, d), layer_input,
                     tuple(s[idx] for s in states), hidden_size=self.hidden_size,
                     lengths=lengths, reverse=bool(d), return_cells=return_cells,

@@ -114,7 +114,8 @@ enum Act : int { TANH = 0, SIGMOID = 1, IDENTITY = 2, RELU = 3, PM1 = 4, PM2 = 5
 inline float fexp(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
-  float fx = std::floor(x * 1.44269504088896341f + 0.5f);
+  // Round to nearest with the 1.5 * 2^23 trick (no floorf call, which would block vectorising).
+  float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - fx * 0.693359375f + fx * 2.12194440e-4f;
   float r2 = r * r;
   float y = 1.9875691500E-4f;
