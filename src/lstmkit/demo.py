@@ -7,6 +7,7 @@ a memoryless predictor, and the fraction of test sequences within 0.04 of the ta
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -66,3 +67,22 @@ def run_demo(*, steps: int = 2500, length: int = 100, seed: int = 0, hidden: int
             "did not beat the baseline by 10x"
         print(f"{cell}: {verdict}")
     return results
+
+
+def _command(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    run_demo(steps=args.steps, length=args.length, seed=args.seed, hidden=args.hidden)
+    print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``lstmkit demo`` to the command line."""
+    p = sub.add_parser(
+        "demo", help="train an LSTM and a plain RNN on the adding problem and compare"
+    )
+    p.add_argument("--steps", type=int, default=2500, help="Adam steps per model (default 2500)")
+    p.add_argument("--length", type=int, default=100, help="sequence length T (default 100)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_command)
