@@ -17,6 +17,7 @@ from .cells import PRESETS
 # Modules with a ``register(subparsers)`` function, in the order ``lstmkit --help`` lists them.
 _COMMANDS = (
     "lstmkit.demo",
+    "lstmkit.reproduce.cli",
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,15 +75,31 @@ class TrainResult:
     test: dict[str, float]
     curve: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    milestones: dict[str, int] = field(default_factory=dict)
 
 
 def sequence_errors(outputs: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
-    """Per-sequence summed squared error and mean absolute error over the masked steps."""
-    mask = batch.mask.unsqueeze(-1).to(outputs.dtype)
-    diff = (outputs - batch.targets.to(outputs.dtype)) * mask
+    """Per-sequence error over the masked steps: (summed squared error, mean absolute error).
+
+    Where ``batch.info`` has a ``clean_target`` (H&S Exp. 3c), the absolute error is measured
+    against it, as the paper's ST3c rule does. For class targets (cross-entropy tasks) both are
+    the fraction of masked steps whose arg-max output is not the target class.
+    """
+    mask = batch.mask.to(outputs.device)
+    counted = mask.sum(dim=0).clamp_min(1)
+    if not batch.targets.is_floating_point():
+        wrong = (outputs.argmax(-1) != batch.targets.to(outputs.device)) & mask
+        rate = wrong.sum(dim=0).to(outputs.dtype) / counted
+        return rate, rate
+    fmask = mask.unsqueeze(-1).to(outputs.dtype)
+    diff = (outputs - batch.targets.to(outputs)) * fmask
     squared = diff.pow(2).sum(dim=(0, 2))
-    counted = (mask.sum(dim=0).squeeze(-1) * outputs.shape[-1]).clamp_min(1)
-    return squared, diff.abs().sum(dim=(0, 2)) / counted
+    clean = batch.info.get("clean_target") if isinstance(batch.info, dict) else None
+    if clean is not None:
+        last = outputs[batch.lengths.to(outputs.device) - 1,
+                       torch.arange(outputs.shape[1], device=outputs.device)]
+        return squared, (last[:, 0] - clean.to(outputs)).abs()
+    return squared, diff.abs().sum(dim=(0, 2)) / (counted * outputs.shape[-1])
 
 
 class Trainer:
@@ -92,7 +109,9 @@ class Trainer:
         model: maps ``(inputs, lengths)`` to outputs ``[T, B, output_size]``.
         task: a task from :mod:`lstmkit.tasks` (``sample``, ``loss``, ``evaluate``).
         config: the :class:`TrainConfig`.
-        criterion: a stopping rule from :mod:`lstmkit.train.criteria` or None (budget only).
+        criterion: a stopping rule from :mod:`lstmkit.train.criteria`, or a mapping of named
+            rules (milestones such as the paper's ST1 then ST2: each one's first sequence count
+            is recorded and training stops when all hold), or None (budget only).
         checkpoint: path of the checkpoint file (needed for ``checkpoint_every`` and resume).
         progress: show a progress bar (tqdm) when it is installed.
     """
@@ -102,18 +121,30 @@ class Trainer:
         model: nn.Module,
         task: Any,
         config: TrainConfig,
-        criterion: Criterion | None = None,
+        criterion: Criterion | Mapping[str, Criterion] | None = None,
         *,
         checkpoint: str | Path | None = None,
         meta: dict[str, Any] | None = None,
         progress: bool = False,
     ) -> None:
-        self.model, self.task, self.config, self.criterion = model, task, config, criterion
+        self.model, self.task, self.config = model, task, config
+        if criterion is None:
+            self.criteria: dict[str, Criterion] = {}
+        elif isinstance(criterion, Mapping):
+            self.criteria = dict(criterion)
+        else:
+            self.criteria = {"criterion": criterion}
+        for name, rule in self.criteria.items():
+            if not isinstance(rule, (RecentSequences, TestSet)):
+                raise TypeError(f"criterion ({name}): expected a RecentSequences or TestSet, "
+                                f"got {type(rule).__name__}")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         if config.checkpoint_every and self.checkpoint is None:
             raise ValueError("checkpoint: checkpoint_every > 0 needs a checkpoint path")
         self.meta = dict(meta or {})
         self.progress = progress
+        self.progress_desc: str | None = None
+        self.progress_position = 0
         params = list(model.parameters())
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr)
@@ -123,6 +154,7 @@ class Trainer:
         self.test_gen = torch.Generator().manual_seed(config.seed + 1_000_003)
         self.sequences = 0
         self.success_at: int | None = None
+        self.milestones: dict[str, int] = {}
         self.curve: list[dict[str, float]] = []
         self._window: list[tuple[float, float]] = []
 
@@ -138,9 +170,10 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "sequences": self.sequences,
             "success_at": -1 if self.success_at is None else self.success_at,
+            "milestones": dict(self.milestones),
             "curve": self.curve,
             "window": self._window,
-            "criterion": self.criterion.state_dict() if self.criterion is not None else {},
+            "criteria": {name: rule.state_dict() for name, rule in self.criteria.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -151,10 +184,11 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.sequences = int(state["sequences"])
         self.success_at = None if state["success_at"] < 0 else int(state["success_at"])
+        self.milestones = {str(k): int(v) for k, v in state["milestones"].items()}
         self.curve = list(state["curve"])
         self._window = [tuple(v) for v in state["window"]]
-        if self.criterion is not None:
-            self.criterion.load_state_dict(state["criterion"])
+        for name, rule in self.criteria.items():
+            rule.load_state_dict(state["criteria"][name])
 
     def save(self) -> None:
         if self.checkpoint is not None:
@@ -173,7 +207,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self._clip_and_step(loss)
-            return outputs.detach(), float(loss)
+            return outputs.detach(), float(loss.detach())
         # Truncated BPTT: chunks of the stream, state carried over and detached.
         state, outs, total = None, [], 0.0
         for start in range(0, batch.inputs.shape[0], cfg.tbptt):
@@ -200,9 +234,8 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         self.optimizer.step()
 
-    def _test(self, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Outputs' correctness, squared and absolute errors, and loss on fresh sequences."""
-        batch = self.task.sample(size, generator=self.test_gen)
+    def _evaluate(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Correctness, squared and absolute errors per sequence, and the loss, without grad."""
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
@@ -213,13 +246,48 @@ class Trainer:
         self.model.train(was_training)
         return correct, squared, absolute, loss
 
+    def _test(self, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Evaluate on ``size`` fresh sequences, or on a task's fixed test split (Reber)."""
+        if hasattr(self.task, "test_batch"):
+            return self._evaluate(self.task.test_batch())
+        return self._evaluate(self.task.sample(size, generator=self.test_gen))
+
+    def _check_test_rule(self, rule: TestSet) -> bool:
+        """A test-set rule; with fixed splits (Reber) it must hold on training and test set."""
+        if hasattr(self.task, "train_batch") and hasattr(self.task, "test_batch"):
+            parts = [self._evaluate(b) for b in (self.task.train_batch(), self.task.test_batch())]
+            correct = torch.cat([c for c, _, _, _ in parts])
+            absolute = torch.cat([a for _, _, a, _ in parts])
+        else:
+            correct, _, absolute, _ = self._test(rule.size)
+        return rule.judge(correct.tolist(), absolute.tolist())
+
+    def _update_criteria(self, outputs: Tensor, batch: Any, correct: Tensor,
+                         check_tests: bool) -> None:
+        stream = [n for n, r in self.criteria.items() if isinstance(r, RecentSequences)]
+        if stream:
+            squared, _ = sequence_errors(outputs, batch)
+            correct_list, squared_list = correct.tolist(), squared.tolist()
+        for name, rule in self.criteria.items():
+            if isinstance(rule, RecentSequences):
+                held = rule.update(correct_list, squared_list)
+            elif check_tests and name not in self.milestones:
+                held = self._check_test_rule(rule)
+            else:
+                continue
+            if held and name not in self.milestones:
+                self.milestones[name] = self.sequences
+        if self.criteria and len(self.milestones) == len(self.criteria):
+            self.success_at = max(self.milestones.values())
+
     def run(self, *, resume: bool = False) -> TrainResult:
-        """Train until the criterion holds or ``max_sequences``; then test on fresh data."""
+        """Train until every criterion holds or ``max_sequences``; then test on fresh data."""
         cfg = self.config
         if resume and self.checkpoint is not None and self.checkpoint.exists():
             self.load_state_dict(load_checkpoint(self.checkpoint, self.meta or None))
         start = time.perf_counter()
-        bar = _progress_bar(cfg.max_sequences, self.sequences) if self.progress else None
+        bar = (_progress_bar(cfg.max_sequences, self.sequences, self.progress_desc,
+                             self.progress_position) if self.progress else None)
         next_check = (self.sequences // cfg.check_every + 1) * cfg.check_every
         next_ckpt = ((self.sequences // cfg.checkpoint_every + 1) * cfg.checkpoint_every
                      if cfg.checkpoint_every else None)
@@ -231,15 +299,10 @@ class Trainer:
             self.sequences += cfg.batch_size
             correct = self.task.evaluate(outputs, batch)
             self._window.append((float(loss), float(correct.float().mean())))
-            if isinstance(self.criterion, RecentSequences):
-                squared, _ = sequence_errors(outputs, batch)
-                if self.criterion.update(correct.tolist(), squared.tolist()):
-                    self.success_at = self.sequences
-            elif isinstance(self.criterion, TestSet) and self.sequences >= next_check:
+            check_tests = self.sequences >= next_check
+            if check_tests:
                 next_check += cfg.check_every
-                t_correct, _, t_abs, _ = self._test(self.criterion.size)
-                if self.criterion.judge(t_correct.tolist(), t_abs.tolist()):
-                    self.success_at = self.sequences
+            self._update_criteria(outputs, batch, correct, check_tests)
             if self.sequences >= next_log or self.success_at is not None:
                 next_log += cfg.log_every
                 losses, accs = zip(*self._window)
@@ -248,7 +311,8 @@ class Trainer:
                                    "accuracy": sum(accs) / len(accs)})
                 self._window = []
                 if bar is not None:
-                    bar.set_postfix(loss=f"{self.curve[-1]['loss']:.4f}")
+                    bar.set_postfix(loss=f"{self.curve[-1]['loss']:.4f}",
+                                    acc=f"{self.curve[-1]['accuracy']:.2f}")
             if bar is not None:
                 bar.update(cfg.batch_size)
             if next_ckpt is not None and self.sequences >= next_ckpt:
@@ -271,6 +335,7 @@ class Trainer:
             test=test,
             curve=list(self.curve),
             seconds=time.perf_counter() - start,
+            milestones=dict(self.milestones),
         )
 
 
@@ -284,9 +349,10 @@ def _time_slice(batch: Any, start: int, stop: int) -> Any:
     )
 
 
-def _progress_bar(total: int, initial: int) -> Any:
+def _progress_bar(total: int, initial: int, desc: str | None, position: int) -> Any:
     try:
         from tqdm import tqdm
     except ImportError:  # progress is cosmetic; train without it
         return None
-    return tqdm(total=total, initial=initial, unit="seq", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, initial=initial, unit="seq", dynamic_ncols=True, leave=False,
+                desc=desc, position=position, mininterval=0.5)

@@ -1,0 +1,68 @@
+"""``lstmkit reproduce``: rerun a row of the 1997 paper's tables from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .experiments import EXPERIMENTS, get
+from .report import table
+from .runner import default_budget, run
+
+
+def _list() -> int:
+    width = max(len(n) for n in EXPERIMENTS)
+    for name, exp in EXPERIMENTS.items():
+        ref = exp.reference()
+        paper = f"paper: {ref.sequences:,} sequences" if ref and ref.sequences else "paper: -"
+        print(f"{name:<{width}}  {exp.title:<52} {paper}  "
+              f"(default budget {default_budget(name):,})")
+    return 0
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list()
+    if not args.experiment:
+        raise ValueError("experiment: expected an experiment name (see `lstmkit reproduce "
+                         "--list`), got none")
+    get(args.experiment)
+    cells = args.cell or [None]
+    results = []
+    for cell in cells:
+        out = None
+        if args.out is not None:
+            name = f"{args.experiment}-{args.setting}-{cell or 'default'}"
+            out = Path(args.out) if len(cells) == 1 else Path(args.out) / name
+        results.append(run(
+            args.experiment, setting=args.setting, cell=cell, trials=args.trials,
+            seed=args.seed, max_sequences=args.max_sequences, out=out, workers=args.workers,
+            resume=args.resume, progress=not args.quiet,
+        ))
+    print()
+    print(table(results))
+    if args.out is not None:
+        print(f"\nresults written to {args.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``lstmkit reproduce`` to the command line."""
+    p = sub.add_parser("reproduce", help="rerun an experiment of Hochreiter & Schmidhuber 1997")
+    p.add_argument("experiment", nargs="?", help="e.g. exp1, exp2c-q1000-p1000, exp4-T100")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--setting", choices=("paper", "modern"), default="paper",
+                   help="paper: lstm1997 net, on-line SGD; modern: lstm, Adam, minibatches")
+    p.add_argument("--cell", action="append",
+                   help="cell preset (default lstm1997/lstm); repeat to compare, e.g. --cell rnn")
+    p.add_argument("--trials", type=int, default=1, help="independent trials (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first trial (default 0)")
+    p.add_argument("--max-sequences", type=int, default=None,
+                   help="training sequences per trial (default: 2x the paper's mean)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="trials run at once in separate processes (default: the cores)")
+    p.add_argument("--out", default=None, help="folder for results.json, curves, checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue trials from their checkpoints in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_command)

@@ -1,0 +1,129 @@
+"""The rows of Hochreiter & Schmidhuber (1997) that ``lstmkit reproduce`` can rerun.
+
+An :class:`Experiment` names one row of the paper (``exp4-T100``) by the task that generates its
+data and the task parameters; the paper's network, learning rate, stopping rule and published
+numbers are read from the task (:attr:`lstmkit.tasks.Task.setting`, ``.references``) rather than
+restated here. The stopping rules of the paper become :mod:`lstmkit.train.criteria` objects in
+:func:`criteria_for`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import tasks
+from ..tasks.base import PaperReference, PaperSetting
+from ..train.criteria import RecentSequences, TestSet
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of the paper: ``task`` with ``params``; ``pick`` chooses its LSTM reference."""
+
+    id: str
+    task: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    title: str = ""
+    pick: Callable[[PaperReference], bool] = field(default=lambda r: True, compare=False)
+
+    def make_task(self) -> tasks.Task:
+        return tasks.make(self.task, **self.params)
+
+    def reference(self, task: tasks.Task | None = None) -> PaperReference | None:
+        """The paper's LSTM row this experiment is compared with."""
+        task = task or self.make_task()
+        rows = [r for r in task.references if r.method.startswith("LSTM") and self.pick(r)]
+        return rows[0] if rows else None
+
+    def setting(self, task: tasks.Task | None = None) -> PaperSetting:
+        task = task or self.make_task()
+        ref = self.reference(task)
+        setting = (ref.setting if ref is not None and ref.setting is not None else task.setting)
+        if setting is None:
+            raise ValueError(f"experiment {self.id!r}: the task has no paper setting")
+        return setting
+
+
+def _build() -> dict[str, Experiment]:
+    rows = [
+        Experiment("exp1", "reber", {}, "Exp. 1, embedded Reber grammar (3 blocks of 2, lr 0.5)",
+                   lambda r: r.sequences == 8_440),
+        Experiment("exp2a", "noiseless_lag", {"p": 100}, "Exp. 2a, noise-free lag p=100"),
+        Experiment("exp2b", "noiseless_lag_random", {"p": 100},
+                   "Exp. 2b, no local regularities, p=100"),
+    ]
+    for q, p in [(50, 50), (100, 100), (200, 200), (500, 500), (1000, 1000), (1000, 500),
+                 (1000, 200), (1000, 100), (1000, 50)]:
+        rows.append(Experiment(f"exp2c-q{q}-p{p}", "very_long_lag", {"p": p, "q": q},
+                               f"Exp. 2c, very long lag q={q}, p={p}"))
+    for variant, crit in (("a", "ST2"), ("b", "ST2"), ("c", "ST3c")):
+        rows.append(Experiment(
+            f"exp3{variant}", "two_sequence", {"variant": variant, "T": 100, "N": 3},
+            f"Exp. 3{variant}, two-sequence problem T=100 N=3",
+            lambda r, crit=crit: r.criterion == crit))
+    for T in (100, 500, 1000):
+        rows.append(Experiment(f"exp4-T{T}", "adding1997", {"T": T},
+                               f"Exp. 4, adding problem T={T}"))
+    rows.append(Experiment("exp5-T100", "multiplication1997", {"T": 100},
+                           "Exp. 5, multiplication problem T=100, n_seq=140",
+                           lambda r: r.metrics.get("n_seq") == 140))
+    rows.append(Experiment("exp6a", "temporal_order", {"positions": 2},
+                           "Exp. 6a, temporal order, 2 relevant symbols"))
+    rows.append(Experiment("exp6b", "temporal_order", {"positions": 3},
+                           "Exp. 6b, temporal order, 3 relevant symbols"))
+    return {e.id: e for e in rows}
+
+
+EXPERIMENTS: dict[str, Experiment] = _build()
+
+
+def names() -> list[str]:
+    """Every experiment id, in the paper's order."""
+    return list(EXPERIMENTS)
+
+
+def get(name: str) -> Experiment:
+    """The experiment called ``name``; the error lists the valid ones."""
+    if not isinstance(name, str) or name not in EXPERIMENTS:
+        raise ValueError(f"experiment: expected one of {names()}, got {name!r}")
+    return EXPERIMENTS[name]
+
+
+def criteria_for(setting: PaperSetting) -> dict[str, RecentSequences | TestSet]:
+    """The paper's stopping rules for ``setting`` as named trainer criteria.
+
+    Where the paper only stops after a fixed budget (Exp. 2: "after 5 million exemplars"), the
+    success criterion decides when a trial counts as solved: ABS(β) for ``successive`` random
+    training sequences is a window over the training stream.
+    """
+    out: dict[str, RecentSequences | TestSet] = {}
+    for rule in setting.stopping:
+        prm = dict(rule.params)
+        if rule.name == "ST3":
+            out["ST3"] = RecentSequences(window=int(prm.get("window", 2000)), max_wrong=0,
+                                         max_mean_error=float(prm["beta"]))
+        elif rule.name == "RECENT":
+            out["RECENT"] = RecentSequences(window=int(prm["window"]),
+                                            max_wrong=int(prm["n_seq"]) - 1)
+        elif rule.name in ("ST1", "ST2", "ST3c"):
+            beta = prm.get("beta")
+            out[rule.name] = TestSet(size=int(prm["test_size"]), max_wrong=int(prm["max_wrong"]),
+                                     max_mean_abs_error=None if beta is None else float(beta))
+        elif rule.name == "ALL_CORRECT":
+            out["ALL_CORRECT"] = TestSet(size=setting.test_set_size or 256, max_wrong=0)
+    success = setting.success
+    if not out and success.name == "ABS" and success.params.get("successive"):
+        out["ABS"] = RecentSequences(window=int(success.params["successive"]), max_wrong=0)
+    if not out:
+        raise ValueError(f"setting {setting.row}: no stopping criterion lstmkit can run")
+    return out
+
+
+def budget_for(setting: PaperSetting) -> int | None:
+    """The paper's own training budget (``MAX_SEQUENCES``), if it states one."""
+    for rule in setting.stopping:
+        if rule.name == "MAX_SEQUENCES":
+            return int(rule.params["limit"])
+    return None

@@ -1,0 +1,173 @@
+"""Run the trials of one experiment (in parallel processes) and collect ``results.json``.
+
+Each trial is independent: its seed fixes the initial weights (``torch.manual_seed``) and the
+training data (the trainer's generator), so a trial reruns to the same numbers on the same
+machine and thread count. Trials run in separate processes, one thread each, as many at once as
+there are cores (``workers``); with ``out`` every trial checkpoints into ``out/checkpoints`` and
+``resume=True`` continues killed trials where their last checkpoint left them.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..train.trainer import Trainer
+from .experiments import budget_for, criteria_for, get
+from .nets import build, recipe_for, train_config
+
+
+def default_budget(experiment: str, setting: str = "paper") -> int:
+    """Training sequences per trial when none is given: twice the paper's mean, at least
+    20,000, capped by the paper's own budget."""
+    exp = get(experiment)
+    task = exp.make_task()
+    ref, paper = exp.reference(task), exp.setting(task)
+    budget = 2 * ref.sequences if ref is not None and ref.sequences else 100_000
+    budget = max(budget, 20_000)
+    cap = budget_for(paper)
+    return min(budget, cap) if cap else budget
+
+
+def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_sequences: int,
+              *, checkpoint_dir: str | None = None, resume: bool = False, progress: bool = False,
+              position: int = 0, threads: int = 1) -> dict[str, Any]:
+    """Train and test one network; returns the trial record of ``results.json``."""
+    torch.set_num_threads(threads)
+    exp = get(experiment)
+    task = exp.make_task()
+    paper = exp.setting(task)
+    recipe = recipe_for(setting, cell, paper)
+    torch.manual_seed(seed)
+    model = build(task, paper, recipe)
+    criteria = criteria_for(paper)
+    check_every = 1000 if recipe.batch_size == 1 else 100 * recipe.batch_size
+    config = train_config(recipe, max_sequences=max_sequences, seed=seed,
+                          test_size=paper.test_set_size or 2560, check_every=check_every,
+                          checkpoint_every=20_000 if checkpoint_dir else 0)
+    checkpoint = Path(checkpoint_dir) / f"trial-{seed}.pt" if checkpoint_dir else None
+    meta = {"experiment": experiment, "setting": setting, "cell": recipe.cell, "seed": seed,
+            "max_sequences": max_sequences}
+    trainer = Trainer(model, task, config, criteria, checkpoint=checkpoint, meta=meta,
+                      progress=progress)
+    trainer.progress_desc = f"{experiment} {recipe.cell} seed {seed}"
+    trainer.progress_position = position
+    start = time.perf_counter()
+    result = trainer.run(resume=resume)
+    return {
+        "seed": seed,
+        "success": result.success,
+        "sequences": result.sequences,
+        "milestones": result.milestones,
+        "test": result.test,
+        "wall_s": time.perf_counter() - start,
+        "weights": model.num_weights(),
+        "curve": {
+            "sequences": [p["sequences"] for p in result.curve],
+            "loss": [p["loss"] for p in result.curve],
+            "metric": [p["accuracy"] for p in result.curve],
+            "metric_name": "fraction of training sequences correct",
+        },
+    }
+
+
+def _summary(trials: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    solved = [t["sequences"] for t in trials if t["success"]]
+    return {
+        "trials": len(trials),
+        "successes": len(solved),
+        "success_rate": len(solved) / len(trials) if trials else 0.0,
+        "mean_sequences": statistics.fmean(solved) if solved else None,
+        "median_sequences": statistics.median(solved) if solved else None,
+        "mean_test_wrong": statistics.fmean(t["test"]["wrong"] for t in trials) if trials
+        else None,
+        "test_size": trials[0]["test"]["size"] if trials else None,
+        "wall_s": wall_s,
+    }
+
+
+def run(experiment: str, *, setting: str = "paper", cell: str | None = None, trials: int = 1,
+        seed: int = 0, max_sequences: int | None = None, out: str | Path | None = None,
+        workers: int | None = None, resume: bool = False, progress: bool = True
+        ) -> dict[str, Any]:
+    """Run ``trials`` trials of ``experiment``; returns (and writes to ``out``) the results."""
+    exp = get(experiment)
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials: expected a positive int, got {trials!r}")
+    task = exp.make_task()
+    paper = exp.setting(task)
+    recipe = recipe_for(setting, cell, paper)
+    budget = max_sequences if max_sequences is not None else default_budget(experiment, setting)
+    if not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"max_sequences: expected a positive int, got {budget!r}")
+    out_dir = Path(out) if out is not None else None
+    ckpt_dir = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir = str(out_dir / "checkpoints")
+    workers = max(1, min(trials, workers or os.cpu_count() or 1))
+    seeds = [seed + i for i in range(trials)]
+    start = time.perf_counter()
+    jobs = [dict(experiment=experiment, setting=setting, cell=cell, seed=s, max_sequences=budget,
+                 checkpoint_dir=ckpt_dir, resume=resume, progress=progress,
+                 position=i % workers) for i, s in enumerate(seeds)]
+    if workers == 1:
+        threads = max(1, min(2, torch.get_num_threads()))
+        records = [run_trial(**job, threads=threads) for job in jobs]
+    else:
+        # spawn, not fork: the parent may already hold OpenMP threads.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(run_trial, **job) for job in jobs]
+            records = [f.result() for f in futures]
+    ref = exp.reference(task)
+    results = {
+        "experiment": experiment,
+        "title": exp.title,
+        "setting": setting,
+        "cell": recipe.cell,
+        "task": exp.task,
+        "task_params": dict(task.params),
+        "paper": None if ref is None else {
+            "label": f"{ref.source}, {ref.method}",
+            "success_rate": ref.success_rate,
+            "sequences": ref.sequences,
+            "trials": ref.trials,
+            "test": (f"{ref.wrong} wrong of {ref.test_size}" if ref.wrong is not None
+                     else None),
+            "criterion": ref.criterion,
+        },
+        "settings": {
+            "optimizer": recipe.optimizer, "lr": recipe.lr, "batch_size": recipe.batch_size,
+            "clip_norm": recipe.clip_norm, "init_range": recipe.init_range,
+            "max_sequences": budget, "criteria": list(criteria_for(paper)),
+            "paper_row": paper.row, "weights": records[0]["weights"], "workers": workers,
+        },
+        "summary": _summary(records, time.perf_counter() - start),
+        "trials": records,
+    }
+    if out_dir is not None:
+        write_results(results, out_dir)
+    return results
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> Path:
+    """``results.json`` (atomically) plus the training-curve figure when matplotlib is there."""
+    path = out_dir / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
+    try:
+        from ..analysis.plots import training_curves
+    except ImportError:  # the plot is an extra (matplotlib); the numbers are what matter
+        return path
+    training_curves(results, out_dir / "curves.png")
+    return path
