@@ -547,7 +547,13 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
         if (!valid(b, t)) {
           copy_row(rn + b * KS, static_cast<const T*>(rp + b * KS), KS);
           copy_row(cn + b * H, static_cast<const T*>(cp + b * H), H);
-          if (!c.proj) zero_row(yt + b * c.out, c.out);
+          if (c.proj) {
+            // Backward multiplies these rows by a zero gradient; uninitialised memory could
+            // hold NaN or Inf, and 0 * NaN would poison dW_hr.
+            zero_row(mt + b * H, H);
+          } else {
+            zero_row(yt + b * c.out, c.out);
+          }
           if (cells_p) zero_row(cells_p + (t * B + b) * H, H);
           continue;
         }

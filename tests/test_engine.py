@@ -1,0 +1,301 @@
+"""The fused C++ engine against the reference path: values, every gradient, fallbacks, CLI bench.
+
+The engine must reproduce :func:`lstmkit.cells.reference.scan` to 1e-5 in float32 (outputs,
+final states, per-step cell states and the gradients of the input, the initial states and every
+parameter) for every preset and random shapes, lengths, directions and projections; float64
+gradcheck confirms the hand-written backward is the true gradient. A missing compiler or a
+failing build must degrade to the reference path with exactly one warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lstmkit
+from lstmkit import engine
+from lstmkit.cells import PRESETS, CellSpec, lstm1997
+
+CLASSES = {"lstm": lstmkit.LSTM, "gru": lstmkit.GRU, "rnn": lstmkit.RNN}
+
+# Presets plus specs no preset exercises: memory blocks, no output gate, no hidden recurrence,
+# gate recurrence into the gates only with blocks, the full (untruncated) 1997 gradient.
+SPECS: dict[str, CellSpec] = {
+    **PRESETS,
+    "lstm1997_blocks": lstm1997(block_size=2),
+    "lstm1997_no_o_full": lstm1997(block_size=3, output_gate=False, truncated_gradient=False),
+    "lstm1997_carousel": lstm1997(block_size=2, hidden_recurrence=False, bias_units="gates"),
+    "fgr_blocks": PRESETS["fgr"].replace(block_size=2),
+}
+
+
+def _engine_or_skip() -> None:
+    """Skip only where the engine cannot be built for a known, external reason."""
+    if engine.available():
+        return
+    reason = engine.build_error() or ""
+    if shutil.which(os.environ.get("CXX", "c++").split()[0]) is None or "ninja" in reason:
+        pytest.skip(f"no toolchain for the fused engine: {reason}")
+    pytest.fail(f"the fused engine failed to build: {reason}")
+
+
+class _NoFallback:
+    """Stands in for the engine's reference module: any fallback inside ``engine.scan`` fails."""
+
+    @staticmethod
+    def scan(*args, **kwargs):
+        raise AssertionError("engine.scan fell back to the reference path")
+
+
+def _pair(spec: CellSpec, n_in: int, hidden: int, dtype: torch.dtype, **kwargs):
+    cls = CLASSES[spec.family]
+    eng = cls(n_in, hidden, dtype=dtype, variant=spec, backend="engine", **kwargs)
+    ref = cls(n_in, hidden, dtype=dtype, variant=spec, backend="reference", **kwargs)
+    with torch.no_grad():  # away from torch's init so that saturated gates do not hide errors
+        for p in eng.parameters():
+            p.uniform_(-0.8, 0.8)
+    ref.load_state_dict(eng.state_dict())
+    return eng, ref
+
+
+def _flatten(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for item in out for t in _flatten(item)]
+
+
+def _run(layer, x, hx, lengths, return_cells):
+    x = x.detach().clone().requires_grad_()
+    hx = None if hx is None else tuple(h.detach().clone().requires_grad_() for h in hx)
+    arg = hx if hx is None or layer.spec.family == "lstm" else hx[0]
+    kwargs = {"lengths": lengths}
+    if return_cells:
+        kwargs["return_cell_states"] = True
+    outs = _flatten(layer(x, arg, **kwargs))
+    return outs, x, hx
+
+
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    """A gradient where None (the truncated 1997 gradient cuts the path) means zeros."""
+    return torch.zeros_like(t) if t.grad is None else t.grad
+
+
+def _compare(spec: CellSpec, *, steps, batch, n_in, hidden, layers, bidirectional, proj,
+             lengths, with_hx, return_cells, bias, seed):
+    torch.manual_seed(seed)
+    kwargs = {"num_layers": layers, "bidirectional": bidirectional, "bias": bias}
+    if proj:
+        kwargs["proj_size"] = proj
+    eng, ref = _pair(spec, n_in, hidden, torch.float32, **kwargs)
+    x = torch.randn(steps, batch, n_in)
+    hx = None
+    if with_hx:
+        rows = layers * (2 if bidirectional else 1)
+        hx = tuple(torch.randn(rows, batch, n) * 0.5 for n in eng._state_sizes())
+    with pytest.MonkeyPatch.context() as mp:
+        if engine.supports(spec):
+            mp.setattr(engine, "reference", _NoFallback)
+        e_out, e_x, e_hx = _run(eng, x, hx, lengths, return_cells)
+    r_out, r_x, r_hx = _run(ref, x, hx, lengths, return_cells)
+    assert len(e_out) == len(r_out)
+    for e, r in zip(e_out, r_out):
+        torch.testing.assert_close(e, r, atol=1e-5, rtol=1e-5)
+    grads = [torch.randn_like(r) for r in r_out]
+    torch.autograd.backward(e_out, grads)
+    torch.autograd.backward(r_out, grads)
+    torch.testing.assert_close(e_x.grad, r_x.grad, atol=1e-5, rtol=1e-5)
+    if hx is not None:
+        for e, r in zip(e_hx, r_hx):
+            torch.testing.assert_close(_grad(e), _grad(r), atol=1e-5, rtol=1e-5)
+    for (name, pe), (_, pr) in zip(eng.named_parameters(), ref.named_parameters()):
+        assert pe.grad is not None, name
+        torch.testing.assert_close(pe.grad, pr.grad, atol=1e-5, rtol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+@st.composite
+def _cases(draw):
+    name = draw(st.sampled_from(sorted(SPECS)))
+    spec = SPECS[name]
+    steps = draw(st.integers(1, 7))
+    batch = draw(st.integers(1, 4))
+    hidden = spec.block_size * draw(st.integers(1, 3))
+    lstm = spec.family == "lstm"
+    proj = draw(st.integers(0, hidden - 1)) if lstm and hidden > 1 else 0
+    lengths = None
+    if draw(st.booleans()):
+        lengths = torch.tensor(draw(st.lists(st.integers(1, steps), min_size=batch,
+                                             max_size=batch)))
+    return dict(
+        spec=spec, steps=steps, batch=batch, n_in=draw(st.integers(1, 4)), hidden=hidden,
+        layers=draw(st.integers(1, 2)), bidirectional=draw(st.booleans()), proj=proj,
+        lengths=lengths, with_hx=draw(st.booleans()),
+        return_cells=lstm and draw(st.booleans()), bias=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_cases())
+def test_engine_matches_reference_float32(case):
+    _engine_or_skip()
+    _compare(**case)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_engine_matches_reference_every_spec(name):
+    """Each spec at least once with lengths, both directions, two layers and hx given."""
+    _engine_or_skip()
+    spec = SPECS[name]
+    hidden = 2 * spec.block_size * (2 if spec.block_size == 1 else 1)
+    _compare(spec, steps=5, batch=3, n_in=3, hidden=hidden, layers=2, bidirectional=True,
+             proj=1 if spec.family == "lstm" and name in ("peephole", "lstm1997") else 0,
+             lengths=torch.tensor([5, 2, 4]), with_hx=True,
+             return_cells=spec.family == "lstm", bias=True, seed=1)
+
+
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if not s.layer_norm])
+def test_engine_gradcheck_float64(name):
+    _engine_or_skip()
+    spec = SPECS[name]
+    if spec.truncated_gradient:  # deliberately not the true gradient
+        spec = spec.replace(truncated_gradient=False)
+    kwargs = {"bidirectional": True}
+    if spec.family == "lstm" and name in ("lstm", "vanilla", "lstm1997_blocks"):
+        kwargs["proj_size"] = 1
+    hidden = 2 * spec.block_size
+    torch.manual_seed(0)
+    layer, _ = _pair(spec, 2, hidden, torch.float64, **kwargs)
+    names = [n for n, _ in layer.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for _, p in layer.named_parameters()]
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    states = [torch.randn(2, 3, n, dtype=torch.float64, requires_grad=True)
+              for n in layer._state_sizes()]
+    lengths = torch.tensor([4, 2, 3])
+
+    def fn(x, *rest):
+        hx = tuple(rest[: len(states)])
+        hx = hx if spec.family == "lstm" else hx[0]
+        ps = rest[len(states) :]
+        out = torch.func.functional_call(layer, dict(zip(names, ps)), (x, hx),
+                                         {"lengths": lengths})
+        return tuple(_flatten(out))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "reference", _NoFallback)
+        assert torch.autograd.gradcheck(fn, (x, *states, *params), eps=1e-6, atol=1e-5)
+
+
+def test_engine_gemm_fallback_matches_blas():
+    """The ATen GEMM path (used where the BLAS symbols are missing) gives the same numbers."""
+    _engine_or_skip()
+    ext = engine._build.load()
+    case = dict(spec=PRESETS["vanilla"], steps=4, batch=3, n_in=2, hidden=4, layers=1,
+                bidirectional=True, proj=0, lengths=torch.tensor([4, 1, 3]), with_hx=True,
+                return_cells=False, bias=True, seed=3)
+    try:
+        ext.set_blas(False)
+        _compare(**case)
+        _compare(**{**case, "spec": PRESETS["gru_cho"]})
+    finally:
+        ext.set_blas(True)
+
+
+def test_scan_falls_back_for_layer_norm_and_other_dtypes():
+    spec = PRESETS["layernorm"]
+    assert not engine.supports(spec)
+    assert all(engine.supports(s) for s in PRESETS.values() if not s.layer_norm)
+    layer = lstmkit.LSTM(2, 3, variant="peephole", dtype=torch.float16, backend="reference")
+    p = {k: v.detach() for k, v in layer.cell_params(0).items()}
+    x = torch.randn(3, 2, 2, dtype=torch.float16)
+    carry = (torch.zeros(2, 3, dtype=torch.float16),) * 2
+    with pytest.MonkeyPatch.context() as mp:
+        calls = []
+        mp.setattr(engine, "reference", SimpleNamespace(
+            scan=lambda *a, **k: calls.append(1) or ("fallback", None, None)))
+        assert engine.scan(PRESETS["peephole"], p, x, carry, hidden_size=3)[0] == "fallback"
+        assert calls == [1]
+
+
+def test_no_grad_forward_matches_training_forward():
+    """The inference path (no saved tensors) computes the same values as the training one."""
+    _engine_or_skip()
+    torch.manual_seed(0)
+    for name in ("vanilla", "cifg", "lstm1997", "gru_cho", "rnn_relu"):
+        layer = CLASSES[PRESETS[name].family](3, 5, variant=name, backend="engine",
+                                              bidirectional=True)
+        x = torch.randn(6, 2, 3)
+        with torch.no_grad():
+            fast = _flatten(layer(x, lengths=[6, 3]))
+        slow = _flatten(layer(x, lengths=[6, 3]))
+        assert slow[0].requires_grad
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a, b.detach(), atol=1e-6, rtol=1e-6)
+
+
+_FALLBACK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, warnings
+    import torch
+    import lstmkit
+    from lstmkit.engine import _build
+
+    report = {}
+    for label, env in (("compiler", {"CXX": "/nonexistent/bogus-c++"}),
+                       ("flags", {"LSTMKIT_ENGINE_CFLAGS": "--lstmkit-no-such-flag"})):
+        os.environ.pop("CXX", None)
+        os.environ.update(env)
+        _build._reset_for_tests()
+        torch.manual_seed(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            layer = lstmkit.LSTM(3, 4, variant="peephole")
+            ref = lstmkit.LSTM(3, 4, variant="peephole", backend="reference")
+            ref.load_state_dict(layer.state_dict())
+            x = torch.randn(5, 2, 3)
+            out = layer(x)[0]
+            out.sum().backward()
+            layer(x)
+            gru = lstmkit.GRU(3, 4, variant="gru_cho")(x)[0]
+        same = torch.equal(out, ref(x)[0])
+        msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        report[label] = {"warnings": msgs, "same": same, "grad": layer.weight_ih_l0.grad
+                         is not None, "gru": list(gru.shape), "error": _build.error()}
+    print(json.dumps(report))
+    """
+)
+
+
+def test_build_failure_falls_back_with_one_warning(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LSTMKIT_BACKEND"}
+    env["LSTMKIT_CACHE_DIR"] = str(tmp_path / "cache")  # no cached build to find
+    proc = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT], capture_output=True,
+                          text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for label in ("compiler", "flags"):
+        case = report[label]
+        assert len(case["warnings"]) == 1, case["warnings"]
+        assert "fused CPU engine could not be built" in case["warnings"][0]
+        assert case["error"], label
+        assert case["same"] and case["grad"] and case["gru"] == [5, 2, 4]
+    assert "bogus" in report["compiler"]["error"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_tensors_run_the_reference_path():
+    torch.manual_seed(0)
+    eng, ref = _pair(PRESETS["peephole"], 3, 4, torch.float32)
+    eng, ref = eng.cuda(), ref.cuda()
+    x = torch.randn(5, 2, 3, device="cuda")
+    torch.testing.assert_close(eng(x)[0], ref(x)[0])
