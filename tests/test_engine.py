@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -25,8 +26,10 @@ from hypothesis import strategies as st
 import lstmkit
 from lstmkit import engine
 from lstmkit.cells import PRESETS, CellSpec, lstm1997
+from lstmkit.cli import main
 
 CLASSES = {"lstm": lstmkit.LSTM, "gru": lstmkit.GRU, "rnn": lstmkit.RNN}
+ROOT = Path(__file__).resolve().parents[1]
 
 # Presets plus specs no preset exercises: memory blocks, no output gate, no hidden recurrence,
 # gate recurrence into the gates only with blocks, the full (untruncated) 1997 gradient.
@@ -299,3 +302,36 @@ def test_cuda_tensors_run_the_reference_path():
     eng, ref = eng.cuda(), ref.cuda()
     x = torch.randn(5, 2, 3, device="cuda")
     torch.testing.assert_close(eng(x)[0], ref(x)[0])
+
+
+def test_bench_command_writes_its_table(tmp_path, capsys):
+    _engine_or_skip()
+    threads = torch.get_num_threads()
+    out = tmp_path / "bench.md"
+    try:
+        status = main(["bench", "--quick", "--shapes", "4x2x3x4", "--variants",
+                       "peephole,gru_cho", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0
+    text = out.read_text()
+    printed = capsys.readouterr().out
+    for needle in ("peephole", "gru_cho", "(4, 2, 3, 4)", "train", "infer", "floor"):
+        assert needle in text, needle
+    assert "peephole" in printed
+    json_rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert {r["variant"] for r in json_rows} == {"peephole", "gru_cho"}
+    for row in json_rows:
+        for key in ("train_ratio", "infer_ratio", "train_floor_ratio", "infer_floor_ratio"):
+            assert row[key] > 0, key
+
+
+def test_bench_script_runs_the_same_benchmark(tmp_path):
+    _engine_or_skip()
+    out = tmp_path / "script.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_engine.py"), "--quick", "--shapes",
+         "3x2x2x4", "--variants", "cifg", "--no-memory", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| (3, 2, 2, 4) | cifg |" in out.read_text()

@@ -18,6 +18,7 @@ from .cells import PRESETS
 _COMMANDS = (
     "lstmkit.demo",
     "lstmkit.reproduce.cli",
+    "lstmkit.bench",
 )
 
 

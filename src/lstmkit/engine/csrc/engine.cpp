@@ -1028,14 +1028,16 @@ std::vector<Tensor> rnn_backward(Tensor hact, Tensor w_hh, Tensor lengths, Tenso
 }
 
 // The GEMMs alone, as the engine issues them per step (the benchmark's floor): n_steps times
-// C[M,N] (+)= A[M,K] W^T.
-void gemm_loop(Tensor a, Tensor w, Tensor c, int64_t n_steps, bool accumulate) {
+// C[M,N] (+)= A[M,K] op(W), op(W) = W^T for W [N,K] (trans_w) or W for W [K,N].
+void gemm_loop(Tensor a, Tensor w, Tensor c, int64_t n_steps, bool accumulate, bool trans_w) {
+  TORCH_CHECK(a.is_contiguous() && w.is_contiguous() && c.is_contiguous(),
+              "lstmkit engine: gemm_loop needs contiguous tensors");
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "gemm_loop", [&] {
-    const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
+    const int64_t M = a.size(0), K = a.size(1), N = trans_w ? w.size(0) : w.size(1);
     for (int64_t i = 0; i < n_steps; ++i) {
-      gemm<scalar_t>(true, M, N, K, scalar_t(1), a.data_ptr<scalar_t>(), K,
-                     w.data_ptr<scalar_t>(), K, accumulate ? scalar_t(1) : scalar_t(0),
-                     c.data_ptr<scalar_t>(), N);
+      gemm<scalar_t>(trans_w, M, N, K, scalar_t(1), a.data_ptr<scalar_t>(), K,
+                     w.data_ptr<scalar_t>(), trans_w ? K : N,
+                     accumulate ? scalar_t(1) : scalar_t(0), c.data_ptr<scalar_t>(), N);
     }
   });
 }
@@ -1053,7 +1055,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward);
   m.def("rnn_forward", &rnn_forward);
   m.def("rnn_backward", &rnn_backward);
-  m.def("gemm_loop", &gemm_loop);
+  m.def("gemm_loop", &gemm_loop, py::arg("a"), py::arg("w"), py::arg("c"), py::arg("n_steps"),
+        py::arg("accumulate") = true, py::arg("trans_w") = true);
   m.def("set_blas", &set_blas);
   m.def("has_blas", &has_blas);
 }
