@@ -6,6 +6,7 @@ came, so a wrong call fails here instead of deep inside a kernel.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -31,7 +32,24 @@ def probability(name: str, value: object) -> float:
     return float(value)
 
 
+def flag(name: str, value: object) -> bool:
+    """``value`` as a bool; ints and other truthy objects are refused, not coerced."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def real(name: str, value: object) -> float:
+    """``value`` as a finite float (an int or float, not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__} {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a finite float, got {value}")
+    return float(value)
+
+
 def tensor(name: str, value: object) -> Tensor:
+    """``value`` itself, if it is a tensor."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     return value
@@ -52,6 +70,7 @@ def same_float(name: str, value: Tensor, dtype: torch.dtype, device: torch.devic
 
 
 def shape(name: str, value: Tensor, expected: tuple[int, ...]) -> None:
+    """``value`` has exactly the shape ``expected``."""
     if tuple(value.shape) != tuple(expected):
         raise ValueError(
             f"{name}: expected shape {tuple(expected)}, got {tuple(value.shape)}"
@@ -66,7 +85,11 @@ def lengths(value: object, batch: int, steps: int) -> Tensor:
         out = value.detach().to("cpu", torch.int64)
     elif isinstance(value, (list, tuple)):
         if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
-            raise TypeError("lengths: expected a list of ints")
+            bad = next(v for v in value
+                       if not isinstance(v, numbers.Integral) or isinstance(v, bool))
+            raise TypeError(
+                f"lengths: expected a list of ints, got an element of type {type(bad).__name__}"
+            )
         out = torch.tensor(list(value), dtype=torch.int64)
     else:
         raise TypeError(

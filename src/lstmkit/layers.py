@@ -62,11 +62,9 @@ class _Recurrent(nn.Module):
         self.num_layers = _checks.positive_int("num_layers", num_layers)
         self.proj_size = _checks.positive_int("proj_size", proj_size, allow_zero=True)
         self.dropout = _checks.probability("dropout", dropout)
-        for name, flag in (("bias", bias), ("batch_first", batch_first),
-                           ("bidirectional", bidirectional)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name}: expected a bool, got {type(flag).__name__}")
-        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
+        self.bias = _checks.flag("bias", bias)
+        self.batch_first = _checks.flag("batch_first", batch_first)
+        self.bidirectional = _checks.flag("bidirectional", bidirectional)
         if self.proj_size and self.family != "lstm":
             raise ValueError(f"proj_size: supported by LSTM only, got {proj_size} for a "
                              f"{self.family.upper()}")
@@ -84,6 +82,8 @@ class _Recurrent(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
         self.backend = backend
+        if backend == "native":
+            self._backend(return_cells=False)  # fail at construction, not on the first call
         self.spec.block_widths(hidden_size)  # hidden_size must fit the block size
         factory = {"device": device, "dtype": dtype}
         directions = 2 if bidirectional else 1
@@ -104,7 +104,7 @@ class _Recurrent(nn.Module):
                     names[short] = full
                 per_dir.append(names)
             self._param_names.append(per_dir)
-        self.forget_bias = forget_bias
+        self.forget_bias = None if forget_bias is None else _checks.real("forget_bias", forget_bias)
         self.reset_parameters()
 
     # -- parameters ------------------------------------------------------------------------
@@ -122,7 +122,7 @@ class _Recurrent(nn.Module):
                 else:
                     param.uniform_(-bound, bound)
             if self.forget_bias is not None:
-                self._set_forget_bias(float(self.forget_bias))
+                self._set_forget_bias(self.forget_bias)
 
     def _set_forget_bias(self, value: float) -> None:
         """Give the forget gate (GRU: update gate z) a total bias of ``value``.
@@ -230,6 +230,7 @@ class _Recurrent(nn.Module):
         *,
         lengths: Tensor | list[int] | None = None,
         return_cell_states: bool = False,
+        check_finite: bool = False,
     ) -> tuple[Any, ...]:
         """Run the stack; returns ``(output, h_n)`` (GRU, RNN) or ``(output, (h_n, c_n))``.
 
@@ -241,7 +242,9 @@ class _Recurrent(nn.Module):
             lengths: right-padding lengths ``[B]``: a sequence's state is frozen after its end
                 and its padded outputs are zero (not with a ``PackedSequence``).
             return_cell_states: also return every step's cell state of the last layer, laid out
-                like ``output`` (LSTM family only).
+                like ``output`` (LSTM family only; a ``PackedSequence`` for packed input).
+            check_finite: raise ``ValueError`` if the input (its valid steps, with ``lengths``)
+                or ``hx`` holds NaN or Inf. Off by default: it synchronises with the device.
         """
         packed = isinstance(input, PackedSequence)
         if packed:
@@ -268,8 +271,8 @@ class _Recurrent(nn.Module):
             raise ValueError(
                 f"input: expected {self.input_size} features (input_size), got {x.shape[-1]}"
             )
-        if not isinstance(return_cell_states, bool):
-            raise TypeError("return_cell_states: expected a bool")
+        _checks.flag("return_cell_states", return_cell_states)
+        _checks.flag("check_finite", check_finite)
         if return_cell_states and self.spec.family != "lstm":
             raise ValueError(
                 f"return_cell_states: only LSTM-family cells have a cell state, got "
@@ -279,13 +282,29 @@ class _Recurrent(nn.Module):
         if lengths is not None and not packed:
             lengths = _checks.lengths(lengths, batch, steps)
         states = self._initial_state(hx, batch, batched, x)
-
         backend = self._backend(return_cell_states)
+        if backend == "native" and steps == 0:
+            # torch's kernels refuse empty sequences; the scan returns the empty output and the
+            # initial state, so both paths agree.
+            backend = "reference"
+        # Valid steps of right-padded input (a PackedSequence's padding is zeros already).
+        valid = None
+        if lengths is not None and not packed and (check_finite or backend != "native"):
+            valid = (torch.arange(steps).unsqueeze(1) < lengths).unsqueeze(-1).to(x.device)
+        if check_finite:
+            _checks.finite("input", x if valid is None else x.masked_select(valid))
+            for name, state in zip(("h_0", "c_0", "a_0"), states):
+                _checks.finite(f"hx ({name})", state)
         if backend == "native":
             out, final = self._run_native(x, states, lengths)
             cells = None
         else:
             scan = engine.scan if backend == "engine" else reference.scan
+            if valid is not None:
+                # Padding may hold anything (NaN included); zeroing it keeps it out of padded
+                # outputs (0 * NaN is NaN) and out of the weight gradients the scans form as
+                # sums over all steps.
+                x = torch.where(valid, x, x.new_zeros(()))
             out, final, cells = self._run_scan(scan, x, states, lengths, return_cell_states)
 
         if packed:
@@ -294,7 +313,9 @@ class _Recurrent(nn.Module):
             output = out if batched else out.squeeze(1)
             if batched and self.batch_first:
                 output = output.transpose(0, 1)
-        if cells is not None and not packed:
+        if cells is not None and packed:
+            cells = _repack(cells, lengths, batch_sizes, sorted_indices, unsorted_indices)
+        elif cells is not None:
             cells = cells if batched else cells.squeeze(1)
             if batched and self.batch_first:
                 cells = cells.transpose(0, 1)
@@ -312,6 +333,10 @@ class _Recurrent(nn.Module):
         rows = self.num_layers * self._directions
         if hx is None:
             return tuple(x.new_zeros(rows, batch, n) for n in sizes)
+        if not isinstance(hx, (Tensor, tuple, list)):
+            raise TypeError(
+                f"hx: expected a tensor or a tuple of tensors, got {type(hx).__name__}"
+            )
         given = (hx,) if isinstance(hx, Tensor) else tuple(hx)
         names = ["h_0", "c_0", "a_0"][: len(sizes)]
         need = 2 if self.spec.family == "lstm" else 1
@@ -492,6 +517,13 @@ class RNN(_Recurrent):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         if variant is None:
             variant = "rnn" if nonlinearity == "tanh" else "rnn_relu"
-        self.nonlinearity = nonlinearity
+        spec = get_spec(variant, self.family)
+        if nonlinearity == "relu" and spec.input_activation != "relu":
+            # "tanh" is also the default, so only an explicit "relu" can contradict the variant.
+            raise ValueError(
+                f"nonlinearity: variant {spec.name!r} uses {spec.input_activation!r}, "
+                "got nonlinearity='relu'"
+            )
+        self.nonlinearity = spec.input_activation
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, variant=variant, backend=backend)
