@@ -20,6 +20,24 @@ def _list() -> int:
     return 0
 
 
+def _task_params(items: list[str] | None) -> dict[str, int | float | str]:
+    """``["T=50", "p=10"]`` as ``{"T": 50, "p": 10}`` (ints, then floats, else strings)."""
+    out: dict[str, int | float | str] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task-param: expected KEY=VALUE, got {item!r}")
+        value: int | float | str = text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        out[key] = value
+    return out
+
+
 def _command(args: argparse.Namespace) -> int:
     if args.list:
         return _list()
@@ -27,6 +45,7 @@ def _command(args: argparse.Namespace) -> int:
         raise ValueError("experiment: expected an experiment name (see `lstmkit reproduce "
                          "--list`), got none")
     get(args.experiment)
+    task_params = _task_params(args.task_param)
     cells = args.cell or [None]
     results = []
     for cell in cells:
@@ -37,7 +56,7 @@ def _command(args: argparse.Namespace) -> int:
         results.append(run(
             args.experiment, setting=args.setting, cell=cell, trials=args.trials,
             seed=args.seed, max_sequences=args.max_sequences, out=out, workers=args.workers,
-            resume=args.resume, progress=not args.quiet,
+            resume=args.resume, progress=not args.quiet, task_params=task_params or None,
         ))
     print()
     print(table(results))
@@ -59,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first trial (default 0)")
     p.add_argument("--max-sequences", type=int, default=None,
                    help="training sequences per trial (default: 2x the paper's mean)")
+    p.add_argument("--task-param", action="append", metavar="KEY=VALUE",
+                   help="change a task parameter of the row, e.g. T=50 (repeatable); the table "
+                   "marks such rows as changed")
     p.add_argument("--workers", type=int, default=None,
                    help="trials run at once in separate processes (default: the cores)")
     p.add_argument("--out", default=None, help="folder for results.json, curves, checkpoints")

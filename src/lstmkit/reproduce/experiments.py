@@ -28,8 +28,9 @@ class Experiment:
     title: str = ""
     pick: Callable[[PaperReference], bool] = field(default=lambda r: True, compare=False)
 
-    def make_task(self) -> tasks.Task:
-        return tasks.make(self.task, **self.params)
+    def make_task(self, overrides: dict[str, Any] | None = None) -> tasks.Task:
+        """The row's task; ``overrides`` change its parameters (a smaller T, say)."""
+        return tasks.make(self.task, **{**self.params, **(overrides or {})})
 
     def reference(self, task: tasks.Task | None = None) -> PaperReference | None:
         """The paper's LSTM row this experiment is compared with."""
@@ -38,12 +39,20 @@ class Experiment:
         return rows[0] if rows else None
 
     def setting(self, task: tasks.Task | None = None) -> PaperSetting:
-        task = task or self.make_task()
-        ref = self.reference(task)
-        setting = (ref.setting if ref is not None and ref.setting is not None else task.setting)
-        if setting is None:
-            raise ValueError(f"experiment {self.id!r}: the task has no paper setting")
-        return setting
+        """The paper's network and training for this row.
+
+        A task with changed parameters (a smaller T) that the paper has no row for keeps the
+        setting of the experiment's own parameters.
+        """
+        candidates = [task] if task is not None else []
+        candidates.append(self.make_task())
+        for candidate in candidates:
+            ref = self.reference(candidate)
+            setting = (ref.setting if ref is not None and ref.setting is not None
+                       else candidate.setting)
+            if setting is not None:
+                return setting
+        raise ValueError(f"experiment {self.id!r}: the task has no paper setting")
 
 
 def _build() -> dict[str, Experiment]:

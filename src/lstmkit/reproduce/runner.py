@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..train.construction import SequentialConstruction
 from ..train.trainer import Trainer
 from .experiments import budget_for, criteria_for, get
 from .nets import build, recipe_for, train_config
@@ -38,12 +39,13 @@ def default_budget(experiment: str, setting: str = "paper") -> int:
 
 
 def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_sequences: int,
-              *, checkpoint_dir: str | None = None, resume: bool = False, progress: bool = False,
-              position: int = 0, threads: int = 1) -> dict[str, Any]:
+              *, task_params: dict[str, Any] | None = None, checkpoint_dir: str | None = None,
+              resume: bool = False, progress: bool = False, position: int = 0,
+              threads: int = 1) -> dict[str, Any]:
     """Train and test one network; returns the trial record of ``results.json``."""
     torch.set_num_threads(threads)
     exp = get(experiment)
-    task = exp.make_task()
+    task = exp.make_task(task_params)
     paper = exp.setting(task)
     recipe = recipe_for(setting, cell, paper)
     torch.manual_seed(seed)
@@ -55,9 +57,12 @@ def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_se
                           checkpoint_every=20_000 if checkpoint_dir else 0)
     checkpoint = Path(checkpoint_dir) / f"trial-{seed}.pt" if checkpoint_dir else None
     meta = {"experiment": experiment, "setting": setting, "cell": recipe.cell, "seed": seed,
-            "max_sequences": max_sequences}
+            "max_sequences": max_sequences, "task_params": dict(task.params)}
+    callbacks = []
+    if paper.sequential_construction and recipe.setting == "paper":
+        callbacks.append(SequentialConstruction(model.readout.weight, model.layer.hidden_size))
     trainer = Trainer(model, task, config, criteria, checkpoint=checkpoint, meta=meta,
-                      progress=progress)
+                      progress=progress, callbacks=callbacks)
     trainer.progress_desc = f"{experiment} {recipe.cell} seed {seed}"
     trainer.progress_position = position
     start = time.perf_counter()
@@ -67,6 +72,7 @@ def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_se
         "success": result.success,
         "sequences": result.sequences,
         "milestones": result.milestones,
+        "cells_added_at": callbacks[0].added_at if callbacks else None,
         "test": result.test,
         "wall_s": time.perf_counter() - start,
         "weights": model.num_weights(),
@@ -96,13 +102,17 @@ def _summary(trials: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
 
 def run(experiment: str, *, setting: str = "paper", cell: str | None = None, trials: int = 1,
         seed: int = 0, max_sequences: int | None = None, out: str | Path | None = None,
-        workers: int | None = None, resume: bool = False, progress: bool = True
-        ) -> dict[str, Any]:
-    """Run ``trials`` trials of ``experiment``; returns (and writes to ``out``) the results."""
+        workers: int | None = None, resume: bool = False, progress: bool = True,
+        task_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``trials`` trials of ``experiment``; returns (and writes to ``out``) the results.
+
+    ``task_params`` changes the row's task parameters (e.g. ``{"T": 50}``) for a smaller run
+    than the paper's; the results record it and the table marks the row as changed.
+    """
     exp = get(experiment)
     if not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials: expected a positive int, got {trials!r}")
-    task = exp.make_task()
+    task = exp.make_task(task_params)
     paper = exp.setting(task)
     recipe = recipe_for(setting, cell, paper)
     budget = max_sequences if max_sequences is not None else default_budget(experiment, setting)
@@ -117,7 +127,7 @@ def run(experiment: str, *, setting: str = "paper", cell: str | None = None, tri
     seeds = [seed + i for i in range(trials)]
     start = time.perf_counter()
     jobs = [dict(experiment=experiment, setting=setting, cell=cell, seed=s, max_sequences=budget,
-                 checkpoint_dir=ckpt_dir, resume=resume, progress=progress,
+                 task_params=task_params, checkpoint_dir=ckpt_dir, resume=resume, progress=progress,
                  position=i % workers) for i, s in enumerate(seeds)]
     if workers == 1:
         threads = max(1, min(2, torch.get_num_threads()))
@@ -136,6 +146,7 @@ def run(experiment: str, *, setting: str = "paper", cell: str | None = None, tri
         "cell": recipe.cell,
         "task": exp.task,
         "task_params": dict(task.params),
+        "changed_params": dict(task_params or {}),
         "paper": None if ref is None else {
             "label": f"{ref.source}, {ref.method}",
             "success_rate": ref.success_rate,

@@ -151,6 +151,8 @@ class PaperSetting:
         test_set_size: sequences in the test set (None: no test set).
         selection: how training sequences are chosen (Table 11 ``t1``/``t2``/``t3``).
         trials: independent trials the published mean is over.
+        sequential_construction: the memory cells join the net only once the error of the net
+            without them has stopped decreasing (H&S 1997 Exp. 2a/2b, against the abuse problem).
         evidence: the reference file's label for these facts (``"V"`` verbatim-checked,
             ``"Q"`` quoted, ``"S"`` secondary).
         notes: anything the fields do not capture.
@@ -186,6 +188,7 @@ class PaperSetting:
     momentum: float = 0.0
     learning_rate_decay: float | None = None
     reset: bool = True
+    sequential_construction: bool = False
     evidence: str = "V"
     notes: str = ""
 

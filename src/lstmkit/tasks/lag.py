@@ -35,7 +35,7 @@ def _setting_2ab(p: int, b: bool) -> PaperSetting:
         weights=n * (n + 1) + 2 * n, connectivity="B", learning_rate=1.0, init_range=0.2,
         output_gate_bias="none", input_gate_bias="none", biased="none", output_gate=False,
         output_from_cells_only=False, input_shortcut=True, h="identity", g="sigmoid",
-        stopping=(_FIVE_MILLION,),
+        stopping=(_FIVE_MILLION,), sequential_construction=True,
         success=abs_criterion(0.25, "end" if b else "every_step", successive=10_000),
         test_set_size=10_000 if b else None, selection="t2" if b else "t1", trials=18,
         notes="sequential construction: the memory cell and input gate are added once the "

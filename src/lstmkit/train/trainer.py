@@ -114,6 +114,9 @@ class Trainer:
             is recorded and training stops when all hold), or None (budget only).
         checkpoint: path of the checkpoint file (needed for ``checkpoint_every`` and resume).
         progress: show a progress bar (tqdm) when it is installed.
+        callbacks: objects with ``after_step(trainer, loss, sequences)``, ``state_dict()`` and
+            ``load_state_dict()`` (their state is checkpointed), called after every update, e.g.
+            :class:`~lstmkit.train.construction.SequentialConstruction`.
     """
 
     def __init__(
@@ -126,8 +129,10 @@ class Trainer:
         checkpoint: str | Path | None = None,
         meta: dict[str, Any] | None = None,
         progress: bool = False,
+        callbacks: list[Any] | None = None,
     ) -> None:
         self.model, self.task, self.config = model, task, config
+        self.callbacks = list(callbacks or [])
         if criterion is None:
             self.criteria: dict[str, Criterion] = {}
         elif isinstance(criterion, Mapping):
@@ -174,6 +179,7 @@ class Trainer:
             "curve": self.curve,
             "window": self._window,
             "criteria": {name: rule.state_dict() for name, rule in self.criteria.items()},
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -189,6 +195,12 @@ class Trainer:
         self._window = [tuple(v) for v in state["window"]]
         for name, rule in self.criteria.items():
             rule.load_state_dict(state["criteria"][name])
+        saved = state.get("callbacks", [])
+        if len(saved) != len(self.callbacks):
+            raise ValueError(f"checkpoint: holds the state of {len(saved)} callbacks, this "
+                             f"trainer has {len(self.callbacks)}")
+        for cb, cb_state in zip(self.callbacks, saved):
+            cb.load_state_dict(cb_state)
 
     def save(self) -> None:
         if self.checkpoint is not None:
@@ -297,6 +309,8 @@ class Trainer:
             batch = self.task.sample(cfg.batch_size, generator=self.data_gen)
             outputs, loss = self._step(batch)
             self.sequences += cfg.batch_size
+            for cb in self.callbacks:
+                cb.after_step(self, loss, cfg.batch_size)
             correct = self.task.evaluate(outputs, batch)
             self._window.append((float(loss), float(correct.float().mean())))
             check_tests = self.sequences >= next_check

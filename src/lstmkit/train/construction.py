@@ -1,0 +1,78 @@
+"""Sequential network construction (H&S 1997 Exp. 2a/2b): add the memory cell on a plateau.
+
+"Memory cell and input gate are added once the error has stopped decreasing." The net first
+learns what its direct input-to-output connections can (the local regularities of the sequence);
+only then do the cells get outgoing connections. Without this, the cell state of the 2a net,
+which only ever grows (g >= 0, no forget gate, h = identity), drives every output unit into
+saturation within a few hundred sequences and training stalls at the all-zero output (the
+"abuse problem" of §4).
+
+The cells are "absent" while their outgoing readout weights are held at zero: nothing they do
+reaches the outputs, so their own weights get no gradient either. At the plateau the readout
+weights get back their initial values (drawn with the rest of the net) and train from there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class SequentialConstruction:
+    """Trainer callback holding ``weight[:, columns]`` at zero until the loss plateaus.
+
+    Args:
+        weight: the readout weight ``[outputs, features]`` whose first ``columns`` columns read
+            the cells.
+        columns: how many leading columns belong to the cells.
+        window: sequences per loss average; a plateau is a window whose mean loss is not at
+            least ``min_improvement`` (relative) below the previous window's.
+        min_improvement: relative decrease that still counts as "decreasing".
+    """
+
+    def __init__(self, weight: Tensor, columns: int, *, window: int = 500,
+                 min_improvement: float = 0.01) -> None:
+        if not 0 < columns <= weight.shape[1]:
+            raise ValueError(f"columns: expected 1..{weight.shape[1]}, got {columns}")
+        if window < 1:
+            raise ValueError(f"window: expected a positive int, got {window}")
+        self.weight, self.columns = weight, columns
+        self.window, self.min_improvement = window, min_improvement
+        self.initial = weight.detach()[:, :columns].clone()
+        self.added_at: int | None = None
+        self._sum, self._count, self._previous = 0.0, 0, None
+        self._hold()
+
+    def _hold(self) -> None:
+        with torch.no_grad():
+            self.weight[:, : self.columns] = 0.0
+
+    def after_step(self, trainer: Any, loss: float, sequences: int) -> None:
+        """Feed the loss of ``sequences`` training sequences; add the cells on a plateau."""
+        if self.added_at is not None:
+            return
+        self._hold()  # undo the optimiser's step on the absent connections
+        self._sum += loss * sequences
+        self._count += sequences
+        if self._count < self.window:
+            return
+        mean = self._sum / self._count
+        previous, self._previous = self._previous, mean
+        self._sum, self._count = 0.0, 0
+        if previous is not None and mean > previous * (1.0 - self.min_improvement):
+            self.added_at = trainer.sequences
+            with torch.no_grad():
+                self.weight[:, : self.columns] = self.initial
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial": self.initial, "added_at": -1 if self.added_at is None else
+                self.added_at, "sum": self._sum, "count": self._count,
+                "previous": -1.0 if self._previous is None else self._previous}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.initial = state["initial"].clone()
+        self.added_at = None if state["added_at"] < 0 else int(state["added_at"])
+        self._sum, self._count = float(state["sum"]), int(state["count"])
+        self._previous = None if state["previous"] < 0 else float(state["previous"])

@@ -1,0 +1,150 @@
+"""The trainer and ``lstmkit reproduce``: resume, sequential construction, short real runs."""
+
+import json
+
+import pytest
+import torch
+
+import lstmkit
+from lstmkit import tasks
+from lstmkit.reproduce import EXPERIMENTS, run
+from lstmkit.reproduce.cli import _task_params
+from lstmkit.reproduce.experiments import criteria_for
+from lstmkit.reproduce.nets import build, recipe_for
+from lstmkit.train import SequentialConstruction, TrainConfig, Trainer
+
+
+def _trainer(tmp_path, seed=3, callbacks=None):
+    torch.manual_seed(seed)
+    task = tasks.make("adding", T=12)
+    model = lstmkit.SequenceModel(lstmkit.LSTM(2, 6, variant="peephole"), 1)
+    config = TrainConfig(batch_size=4, max_sequences=240, checkpoint_every=40, check_every=40,
+                         test_size=16, seed=seed, log_every=40)
+    return Trainer(model, task, config, checkpoint=tmp_path / "ckpt.pt",
+                   meta={"cell": "peephole"}, callbacks=callbacks)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
+    straight = _trainer(tmp_path / "a")
+    expected = straight.run()
+
+    interrupted = _trainer(tmp_path / "b")
+    calls = {"n": 0}
+    real_step = Trainer._step
+
+    def dying_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 37:  # between two checkpoints (every 10 steps)
+            raise _Interrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_step", dying_step)
+    with pytest.raises(_Interrupt):
+        interrupted.run()
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    # A fresh process would start from new random weights: the checkpoint must override them.
+    resumed_trainer = _trainer(tmp_path / "b", seed=99)
+    resumed_trainer.config.seed = 3
+    resumed = resumed_trainer.run(resume=True)
+    for (name, a), b in zip(straight.model.state_dict().items(),
+                            resumed_trainer.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    assert resumed.sequences == expected.sequences
+    assert resumed.test == expected.test
+    assert resumed.curve == expected.curve
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    first = _trainer(tmp_path)
+    first.run()
+    other = _trainer(tmp_path)
+    other.meta = {"cell": "cifg"}
+    with pytest.raises(ValueError, match="cell: checkpoint has 'peephole', expected 'cifg'"):
+        other.run(resume=True)
+
+
+def test_sequential_construction_holds_cells_out_until_the_loss_plateaus():
+    weight = torch.nn.Parameter(torch.ones(3, 5))
+    cb = SequentialConstruction(weight, 2, window=10, min_improvement=0.01)
+    assert torch.all(weight[:, :2] == 0) and torch.all(weight[:, 2:] == 1)
+
+    class _T:
+        sequences = 0
+
+    trainer = _T()
+    for loss in [10.0] * 10 + [5.0] * 10:  # decreasing: cells stay out
+        trainer.sequences += 1
+        with torch.no_grad():
+            weight += 0.5  # an optimiser step touches every column
+        cb.after_step(trainer, loss, 1)
+    assert cb.added_at is None and torch.all(weight[:, :2] == 0)
+    for loss in [4.99] * 10:  # less than 1% better: plateau, cells join with initial weights
+        trainer.sequences += 1
+        cb.after_step(trainer, loss, 1)
+    assert cb.added_at == 30
+    assert torch.all(weight[:, :2] == 1)
+    restored = SequentialConstruction(torch.nn.Parameter(torch.zeros(3, 5)), 2)
+    restored.load_state_dict(cb.state_dict())
+    assert restored.added_at == 30
+
+
+def test_paper_nets_have_the_papers_weight_counts_and_gate_biases():
+    for name in ("exp1", "exp2a", "exp3a", "exp4-T100", "exp6b"):
+        exp = EXPERIMENTS[name]
+        task = exp.make_task()
+        setting = exp.setting(task)
+        torch.manual_seed(0)
+        model = build(task, setting, recipe_for("paper", None, setting))
+        assert model.num_weights() == setting.weights, name
+    exp = EXPERIMENTS["exp4-T100"]
+    task = exp.make_task()
+    setting = exp.setting(task)
+    model = build(task, setting, recipe_for("paper", None, setting))
+    # Blocks' input-gate biases -3 and -6 (Table 10), first rows of the single bias vector.
+    assert model.layer.bias_ih_l0[:2].tolist() == [-3.0, -6.0]
+
+
+def test_every_paper_row_has_a_runnable_stopping_rule():
+    for name, exp in EXPERIMENTS.items():
+        task = exp.make_task()
+        assert criteria_for(exp.setting(task)), name
+
+
+def test_task_param_parsing():
+    assert _task_params(["T=50", "beta=0.5", "variant=a"]) == {"T": 50, "beta": 0.5,
+                                                              "variant": "a"}
+    with pytest.raises(ValueError, match="--task-param"):
+        _task_params(["T"])
+
+
+def test_short_paper_run_succeeds_and_writes_results(tmp_path):
+    """The 1997 net, on-line SGD at the paper's rate, solves the 2-sequence problem at T=20."""
+    results = run("exp3a", setting="paper", trials=1, seed=0, max_sequences=15_000,
+                  out=tmp_path, workers=1, progress=False, task_params={"T": 20})
+    trial = results["trials"][0]
+    assert trial["success"], trial["test"]
+    assert trial["sequences"] <= 15_000 and trial["test"]["wrong"] == 0
+    assert results["settings"]["weights"] == 102  # Table 10's Exp. 3 net
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["summary"]["successes"] == 1
+    assert saved["changed_params"] == {"T": 20}
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_short_modern_run_succeeds():
+    results = run("exp3a", setting="modern", trials=1, seed=0, max_sequences=40_000,
+                  workers=1, progress=False, task_params={"T": 20})
+    assert results["summary"]["successes"] == 1, results["trials"][0]["test"]
+    assert results["trials"][0]["milestones"]["ST2"] <= 40_000
+
+
+def test_plain_rnn_baseline_runs_under_the_same_budget(tmp_path):
+    results = run("exp4-T100", setting="modern", cell="rnn", trials=1, max_sequences=320,
+                  workers=1, progress=False, task_params={"T": 20})
+    assert results["cell"] == "rnn"
+    assert results["settings"]["max_sequences"] == 320
+    assert abs(results["settings"]["weights"] - 93) <= 10  # a comparable parameter count
