@@ -209,7 +209,7 @@ class LSTMFunction(torch.autograd.Function):
             da_t = grads[k]
             k += 1
         dcells = grads[k] if return_cells else None
-        dz, dh0, dc0, da0, dhall = ext.lstm_backward(
+        dz, dh0, dc0, da0, dhall, dpeep = ext.lstm_backward(
             gates, wcat, peep, w_hr, rin, call, lengths, dy.contiguous(), dh_t.contiguous(),
             dc_t.contiguous(), _c(da_t, x), _c(dcells, x), ctx.cfg)
         need = ctx.needs_input_grad
@@ -236,19 +236,9 @@ class LSTMFunction(torch.autograd.Function):
                 g["weight_gh"] = _rows(spec, hidden_size, dwcat[:, col:],
                                        spec.gate_recurrent_blocks())
         if spec.peephole:
-            widths = spec.block_widths(hidden_size)
-            s, nb = spec.block_size, hidden_size // spec.block_size
-            c_prev = call[1:] if reverse else call[:-1]
-            c_new = call[:-1] if reverse else call[1:]
-            start = 0
-            for name in spec.block_names:
-                width = widths[name]
+            for row, name in enumerate("ifo"):
                 if name in spec.gate_names and need_p[f"weight_c{name}"]:
-                    dzg = dz[..., start : start + width]
-                    cells = c_new if name == "o" else c_prev
-                    prod = dzg.unsqueeze(-1) * cells.view(steps, batch, nb, s)
-                    g[f"weight_c{name}"] = prod.sum((0, 1)).reshape(hidden_size)
-                start += width
+                    g[f"weight_c{name}"] = dpeep[row]
         if need_p["weight_hr"]:
             g["weight_hr"] = torch.mm(dhall.view(steps * batch, -1).t(),
                                       mall.view(steps * batch, -1))

@@ -585,7 +585,8 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
           full ? mall : Tensor()};
 }
 
-// Backward over the sequence. Returns {dz [T,B,R], dh0, dc0, da0, dh_all [T,B,out] (proj only)}.
+// Backward over the sequence. Returns {dz [T,B,R], dh0, dc0, da0, dh_all [T,B,out] (proj only),
+// dpeep [3,H] (peepholes only: the gradients of the i, f, o peephole weights)}.
 template <typename T>
 std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, const Tensor& wcat,
                                        const Tensor& peep, const Tensor& w_hr, const Tensor& rin,
@@ -599,6 +600,8 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   Tensor dc = dcT.clone();
   Tensor dhall = c.proj ? at::empty({T_, B, out}, opts) : Tensor();
   Tensor dm_buf = c.proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor dprow = c.peep ? at::zeros({B, 3, H}, opts) : Tensor();
+  T* dpr_p = c.peep ? dprow.data_ptr<T>() : nullptr;
   T* drin_p = drin.data_ptr<T>();
   {
     const T* dh_src = dhT.data_ptr<T>();
@@ -671,6 +674,22 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
         }
         lstm_bwd_row<T>(c, gt + b * R, cp + b * H, cn + b * H, dm, c.G ? dr + out : nullptr,
                         dcb, dzt + b * R, pi, pf, po, tmp.data());
+        if (dpr_p) {
+          // Peephole gradients accumulate per row while dz and the cells are in cache; each
+          // row belongs to one thread per step, and rows are summed in order at the end, so
+          // the result does not depend on the thread count.
+          T* acc = dpr_p + b * 3 * H;
+          const T* dzb = dzt + b * R;
+          const int64_t offs[3] = {c.off_i, c.off_f, c.off_o};
+          for (int q = 0; q < 3; ++q) {
+            if (offs[q] < 0) continue;
+            const T* cells = q == 2 ? cn + b * H : cp + b * H;
+            const T* dv = spread<T>(dzb + offs[q], tmp.data() + H, c.nb, c.s);
+            T* a = acc + q * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) a[j] += dv[j] * cells[j];
+          }
+        }
         // The state gradient of a row inside its sequence now comes only from this step.
         zero_row(dr, KS);
       }
@@ -681,7 +700,8 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   }
   Tensor dh0 = drin.narrow(1, 0, out).clone();
   Tensor da0 = c.G ? drin.narrow(1, out, c.G).clone() : Tensor();
-  return {dz, dh0, dc, da0, dhall};
+  Tensor dpeep = c.peep ? dprow.sum(0) : Tensor();
+  return {dz, dh0, dc, da0, dhall, dpeep};
 }
 
 std::vector<Tensor> lstm_forward(Tensor xg, Tensor wcat, Tensor peep, Tensor w_hr, Tensor h0,
