@@ -397,8 +397,13 @@ def run(shapes: Sequence[Shape] = DEFAULT_SHAPES, variants: Sequence[str] = DEFA
         rows += bench_shape(shape, variants, repeats=repeats, warmup=warmup, memory=memory)
     summary = summarise(rows)
     when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    # The load average and the OpenMP wait policy are recorded because on a shared machine
+    # they, more than anything in the code, decide how far the medians move between runs.
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-               f"torch {torch.__version__}, {threads} threads")
+               f"torch {torch.__version__}, {threads} threads, "
+               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+               f"load average {load:.1f} at the end")
     header = (f"`{command}` — {when} — {machine}; medians of {repeats} alternating rounds "
               f"after {warmup} warm-up, float32")
     report = format_report(rows, summary, header)
