@@ -1,6 +1,12 @@
 """The trainer and ``lstmkit reproduce``: resume, sequential construction, short real runs."""
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -148,3 +154,38 @@ def test_plain_rnn_baseline_runs_under_the_same_budget(tmp_path):
     assert results["cell"] == "rnn"
     assert results["settings"]["max_sequences"] == 320
     assert abs(results["settings"]["weights"] - 93) <= 10  # a comparable parameter count
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "lstmkit.cli", "reproduce", "exp3a", "--setting", "modern",
+            "--task-param", "T=12", "--max-sequences", "4800", "--checkpoint-every", "160",
+            "--workers", "1", "--quiet", *args]
+
+
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    """A run killed with SIGKILL at a random point and resumed ends with the same weights."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_cli("--out", str(straight)), check=True, env=env, timeout=600)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli("--out", str(killed)), env=env)
+    ckpt = killed / "checkpoints" / "trial-0.pt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random().uniform(0.0, 1.0))  # somewhere between two checkpoints
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists() or proc.returncode == 0
+    subprocess.run(_cli("--out", str(killed), "--resume"), check=True, env=env, timeout=600)
+    a = torch.load(straight / "checkpoints" / "trial-0.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    assert a["sequences"] == b["sequences"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(b["model"][name], tensor), name
+    ra = json.loads((straight / "results.json").read_text())["trials"][0]
+    rb = json.loads((killed / "results.json").read_text())["trials"][0]
+    assert (ra["success"], ra["sequences"], ra["test"]) == (rb["success"], rb["sequences"],
+                                                            rb["test"])
+    leftovers = [p.name for p in ckpt.parent.iterdir() if p.name != "trial-0.pt"]
+    assert leftovers == []  # no half-written temporary survives

@@ -5,6 +5,6 @@ and prints the outcome beside the paper's row; :func:`run` is the same from Pyth
 """
 
 from .experiments import EXPERIMENTS, Experiment, get, names
-from .runner import run, run_trial
+from .runner import compare, run, run_trial
 
-__all__ = ["EXPERIMENTS", "Experiment", "get", "names", "run", "run_trial"]
+__all__ = ["EXPERIMENTS", "Experiment", "get", "compare", "names", "run", "run_trial"]

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from .experiments import EXPERIMENTS, get
-from .report import table
-from .runner import default_budget, run
+from .report import load_results, markdown, table
+from .runner import compare, default_budget
 
 
 def _list() -> int:
@@ -41,23 +41,26 @@ def _task_params(items: list[str] | None) -> dict[str, int | float | str]:
 def _command(args: argparse.Namespace) -> int:
     if args.list:
         return _list()
+    if args.summarize:
+        print(markdown(load_results(args.summarize)))
+        return 0
     if not args.experiment:
         raise ValueError("experiment: expected an experiment name (see `lstmkit reproduce "
                          "--list`), got none")
     get(args.experiment)
     task_params = _task_params(args.task_param)
     cells = args.cell or [None]
-    results = []
-    for cell in cells:
-        out = None
-        if args.out is not None:
-            name = f"{args.experiment}-{args.setting}-{cell or 'default'}"
-            out = Path(args.out) if len(cells) == 1 else Path(args.out) / name
-        results.append(run(
-            args.experiment, setting=args.setting, cell=cell, trials=args.trials,
-            seed=args.seed, max_sequences=args.max_sequences, out=out, workers=args.workers,
-            resume=args.resume, progress=not args.quiet, task_params=task_params or None,
-        ))
+    outs: list[Path | None] = [None] * len(cells)
+    if args.out is not None:
+        outs = [Path(args.out) if len(cells) == 1 else
+                Path(args.out) / f"{args.experiment}-{args.setting}-{cell or 'default'}"
+                for cell in cells]
+    results = compare(
+        args.experiment, cells, setting=args.setting, trials=args.trials, seed=args.seed,
+        max_sequences=args.max_sequences, outs=outs, workers=args.workers,
+        resume=args.resume, progress=not args.quiet, task_params=task_params or None,
+        checkpoint_every=args.checkpoint_every,
+    )
     print()
     print(table(results))
     if args.out is not None:
@@ -70,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="rerun an experiment of Hochreiter & Schmidhuber 1997")
     p.add_argument("experiment", nargs="?", help="e.g. exp1, exp2c-q1000-p1000, exp4-T100")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--summarize", metavar="DIR", default=None,
+                   help="print the Markdown table of every results.json under DIR and exit")
     p.add_argument("--setting", choices=("paper", "modern"), default="paper",
                    help="paper: lstm1997 net, on-line SGD; modern: lstm, Adam, minibatches")
     p.add_argument("--cell", action="append",
@@ -84,6 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="trials run at once in separate processes (default: the cores)")
     p.add_argument("--out", default=None, help="folder for results.json, curves, checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=20_000, metavar="N",
+                   help="with --out, checkpoint each trial every N sequences (default 20,000)")
     p.add_argument("--resume", action="store_true",
                    help="continue trials from their checkpoints in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

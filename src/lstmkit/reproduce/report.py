@@ -1,7 +1,9 @@
-"""The terminal table of a reproduction run, beside the paper's row."""
+"""Tables of reproduction runs beside the paper's rows: for the terminal and for RESULTS.md."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 
@@ -37,4 +39,59 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{_num(s['mean_sequences']):>11}{_num(s['median_sequences']):>12}{wrong:>16}"
             f"{s['wall_s']:>8.0f}"
         )
+    return "\n".join(lines)
+
+
+def load_results(folder: str | Path) -> list[dict[str, Any]]:
+    """Every ``results.json`` under ``folder`` (recursively), in path order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"folder: expected a directory of reproduce results, got {folder}")
+    found = []
+    for path in sorted(folder.rglob("results.json")):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"results file {path}: not readable JSON ({err})") from None
+    if not found:
+        raise ValueError(f"folder: no results.json under {folder}")
+    return found
+
+
+def _cell(summary: dict[str, Any], settings: dict[str, Any], changed: dict[str, Any]) -> str:
+    """One run as a table cell: successes/trials, mean sequences, test errors, budget."""
+    text = f"{summary['successes']}/{summary['trials']}"
+    if summary["mean_sequences"] is not None:
+        text += f", {summary['mean_sequences']:,.0f} seq"
+    if summary.get("mean_test_wrong") is not None:
+        text += f", {summary['mean_test_wrong']:.0f} of {summary['test_size']:.0f} wrong"
+    text += f" (budget {settings['max_sequences']:,}"
+    if changed:
+        text += "; " + ", ".join(f"{k}={v}" for k, v in changed.items())
+    return text + ")"
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """RESULTS.md's table: one row per experiment, the paper beside each setting and cell."""
+    rows: dict[str, dict[str, str]] = {}
+    papers: dict[str, str] = {}
+    for res in results:
+        exp = res["experiment"]
+        paper = res.get("paper")
+        if paper is not None:
+            rate = paper.get("success_rate")
+            papers[exp] = (("" if rate is None else f"{rate:.0%}, ")
+                           + (f"{paper['sequences']:,} seq" if paper.get("sequences") else "-")
+                           + (f", {paper['test']}" if paper.get("test") else ""))
+        column = "paper setting" if res["setting"] == "paper" and res["cell"] == "lstm1997" \
+            else ("modern lstm" if res["cell"] == "lstm" else f"{res['cell']} ({res['setting']})")
+        rows.setdefault(exp, {})[column] = _cell(res["summary"], res["settings"],
+                                                 res.get("changed_params") or {})
+    columns = ["paper setting", "modern lstm"]
+    columns += sorted({c for r in rows.values() for c in r} - set(columns))
+    lines = ["| experiment | H&S 1997 (LSTM) | " + " | ".join(f"lstmkit {c}" for c in columns)
+             + " |", "|---" * (len(columns) + 2) + "|"]
+    for exp, cells in rows.items():
+        lines.append(f"| {exp} | {papers.get(exp, '-')} | "
+                     + " | ".join(cells.get(c, "not run") for c in columns) + " |")
     return "\n".join(lines)

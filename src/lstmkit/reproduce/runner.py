@@ -40,8 +40,8 @@ def default_budget(experiment: str, setting: str = "paper") -> int:
 
 def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_sequences: int,
               *, task_params: dict[str, Any] | None = None, checkpoint_dir: str | None = None,
-              resume: bool = False, progress: bool = False, position: int = 0,
-              threads: int = 1) -> dict[str, Any]:
+              checkpoint_every: int = 20_000, resume: bool = False, progress: bool = False,
+              position: int = 0, threads: int = 1) -> dict[str, Any]:
     """Train and test one network; returns the trial record of ``results.json``."""
     torch.set_num_threads(threads)
     exp = get(experiment)
@@ -54,7 +54,7 @@ def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_se
     check_every = 1000 if recipe.batch_size == 1 else 100 * recipe.batch_size
     config = train_config(recipe, max_sequences=max_sequences, seed=seed,
                           test_size=paper.test_set_size or 2560, check_every=check_every,
-                          checkpoint_every=20_000 if checkpoint_dir else 0)
+                          checkpoint_every=checkpoint_every if checkpoint_dir else 0)
     checkpoint = Path(checkpoint_dir) / f"trial-{seed}.pt" if checkpoint_dir else None
     meta = {"experiment": experiment, "setting": setting, "cell": recipe.cell, "seed": seed,
             "max_sequences": max_sequences, "task_params": dict(task.params)}
@@ -103,32 +103,60 @@ def _summary(trials: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
 def run(experiment: str, *, setting: str = "paper", cell: str | None = None, trials: int = 1,
         seed: int = 0, max_sequences: int | None = None, out: str | Path | None = None,
         workers: int | None = None, resume: bool = False, progress: bool = True,
-        task_params: dict[str, Any] | None = None) -> dict[str, Any]:
+        task_params: dict[str, Any] | None = None, checkpoint_every: int = 20_000
+        ) -> dict[str, Any]:
     """Run ``trials`` trials of ``experiment``; returns (and writes to ``out``) the results.
 
     ``task_params`` changes the row's task parameters (e.g. ``{"T": 50}``) for a smaller run
     than the paper's; the results record it and the table marks the row as changed.
     """
+    return compare(experiment, [cell], setting=setting, trials=trials, seed=seed,
+                   max_sequences=max_sequences, outs=[out], workers=workers, resume=resume,
+                   progress=progress, task_params=task_params,
+                   checkpoint_every=checkpoint_every)[0]
+
+
+def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
+            trials: int = 1, seed: int = 0, max_sequences: int | None = None,
+            outs: list[str | Path | None] | None = None, workers: int | None = None,
+            resume: bool = False, progress: bool = True,
+            task_params: dict[str, Any] | None = None, checkpoint_every: int = 20_000
+            ) -> list[dict[str, Any]]:
+    """:func:`run` for several cells under one budget, every trial of every cell in one pool
+    of worker processes (so an LSTM and its plain-RNN baseline train side by side)."""
     exp = get(experiment)
-    if not isinstance(trials, int) or trials < 1:
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise ValueError(f"trials: expected a positive int, got {trials!r}")
+    if not cells:
+        raise ValueError("cells: expected at least one cell (None for the setting's default)")
+    outs = list(outs) if outs is not None else [None] * len(cells)
+    if len(outs) != len(cells):
+        raise ValueError(f"outs: expected one folder (or None) per cell, got {len(outs)} for "
+                         f"{len(cells)} cells")
     task = exp.make_task(task_params)
     paper = exp.setting(task)
-    recipe = recipe_for(setting, cell, paper)
+    recipes = [recipe_for(setting, cell, paper) for cell in cells]
     budget = max_sequences if max_sequences is not None else default_budget(experiment, setting)
-    if not isinstance(budget, int) or budget < 1:
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise ValueError(f"max_sequences: expected a positive int, got {budget!r}")
-    out_dir = Path(out) if out is not None else None
-    ckpt_dir = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_dir = str(out_dir / "checkpoints")
-    workers = max(1, min(trials, workers or os.cpu_count() or 1))
-    seeds = [seed + i for i in range(trials)]
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every: expected a positive int, got {checkpoint_every!r}")
+    out_dirs = [Path(o) if o is not None else None for o in outs]
+    for out_dir in out_dirs:
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+    n_jobs = trials * len(cells)
+    workers = max(1, min(n_jobs, workers or os.cpu_count() or 1))
+    jobs = []
+    for cell, out_dir in zip(cells, out_dirs):
+        for i in range(trials):
+            jobs.append(dict(
+                experiment=experiment, setting=setting, cell=cell, seed=seed + i,
+                max_sequences=budget, task_params=task_params,
+                checkpoint_dir=str(out_dir / "checkpoints") if out_dir is not None else None,
+                checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                position=len(jobs) % workers))
     start = time.perf_counter()
-    jobs = [dict(experiment=experiment, setting=setting, cell=cell, seed=s, max_sequences=budget,
-                 task_params=task_params, checkpoint_dir=ckpt_dir, resume=resume, progress=progress,
-                 position=i % workers) for i, s in enumerate(seeds)]
     if workers == 1:
         threads = max(1, min(2, torch.get_num_threads()))
         records = [run_trial(**job, threads=threads) for job in jobs]
@@ -138,36 +166,43 @@ def run(experiment: str, *, setting: str = "paper", cell: str | None = None, tri
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = [pool.submit(run_trial, **job) for job in jobs]
             records = [f.result() for f in futures]
+    wall = time.perf_counter() - start
     ref = exp.reference(task)
-    results = {
-        "experiment": experiment,
-        "title": exp.title,
-        "setting": setting,
-        "cell": recipe.cell,
-        "task": exp.task,
-        "task_params": dict(task.params),
-        "changed_params": dict(task_params or {}),
-        "paper": None if ref is None else {
-            "label": f"{ref.source}, {ref.method}",
-            "success_rate": ref.success_rate,
-            "sequences": ref.sequences,
-            "trials": ref.trials,
-            "test": (f"{ref.wrong} wrong of {ref.test_size}" if ref.wrong is not None
-                     else None),
-            "criterion": ref.criterion,
-        },
-        "settings": {
-            "optimizer": recipe.optimizer, "lr": recipe.lr, "batch_size": recipe.batch_size,
-            "clip_norm": recipe.clip_norm, "init_range": recipe.init_range,
-            "max_sequences": budget, "criteria": list(criteria_for(paper)),
-            "paper_row": paper.row, "weights": records[0]["weights"], "workers": workers,
-        },
-        "summary": _summary(records, time.perf_counter() - start),
-        "trials": records,
-    }
-    if out_dir is not None:
-        write_results(results, out_dir)
-    return results
+    everything = []
+    for k, (recipe, out_dir) in enumerate(zip(recipes, out_dirs)):
+        mine = records[k * trials:(k + 1) * trials]
+        results = {
+            "experiment": experiment,
+            "title": exp.title,
+            "setting": setting,
+            "cell": recipe.cell,
+            "task": exp.task,
+            "task_params": dict(task.params),
+            "changed_params": dict(task_params or {}),
+            "paper": None if ref is None else {
+                "label": f"{ref.source}, {ref.method}",
+                "success_rate": ref.success_rate,
+                "sequences": ref.sequences,
+                "trials": ref.trials,
+                "test": (f"{ref.wrong} wrong of {ref.test_size}" if ref.wrong is not None
+                         else None),
+                "criterion": ref.criterion,
+            },
+            "settings": {
+                "optimizer": recipe.optimizer, "lr": recipe.lr,
+                "batch_size": recipe.batch_size, "clip_norm": recipe.clip_norm,
+                "init_range": recipe.init_range, "max_sequences": budget,
+                "criteria": list(criteria_for(paper)), "paper_row": paper.row,
+                "weights": mine[0]["weights"], "workers": workers,
+                "threads_per_worker": 1 if workers > 1 else None,
+            },
+            "summary": _summary(mine, wall),
+            "trials": mine,
+        }
+        if out_dir is not None:
+            write_results(results, out_dir)
+        everything.append(results)
+    return everything
 
 
 def write_results(results: dict[str, Any], out_dir: Path) -> Path:

@@ -37,6 +37,9 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # Temporaries of writers that were killed mid-write: the rename above superseded them.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
