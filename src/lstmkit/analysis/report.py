@@ -1,0 +1,199 @@
+"""``lstmkit report DIR``: one self-contained HTML page from a folder of results.
+
+``DIR`` holds a ``results.json`` (one ``lstmkit reproduce --out`` run), or subfolders that each
+hold one, plus any PNG figures (training curves, ``lstmkit gradflow`` and ``lstmkit inspect``
+output) and ``gradflow.json`` files. The page has a summary table of every run beside the
+paper's row, each run's settings and trials, and every figure embedded as a base64 data URI with
+its own CSS inline, so it opens offline and can be mailed as one file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f2f2f2; } td.l, th.l { text-align: left; }
+tr.paper td { background: #fbf6e6; font-style: italic; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.85em; color: #555; }
+.ok { color: #1a7f37; } .fail { color: #b42318; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _num(value: Any, fmt: str = "{:,.0f}") -> str:
+    if value is None:
+        return "-"
+    try:
+        return fmt.format(value)
+    except (TypeError, ValueError):
+        return _e(value)
+
+
+def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None,
+           left: int = 1) -> str:
+    """An HTML table; cells are already escaped; the first ``left`` columns align left."""
+    def cells(tag: str, values: list[str]) -> str:
+        return "".join(f'<{tag}{" class=l" if i < left else ""}>{v}</{tag}>'
+                       for i, v in enumerate(values))
+    body = "".join(f'<tr{" class=" + c if c else ""}>{cells("td", r)}</tr>'
+                   for r, c in zip(rows, classes or [""] * len(rows)))
+    return f"<table><tr>{cells('th', header)}</tr>{body}</table>"
+
+
+def _image(path: Path, root: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    name = path.relative_to(root).as_posix()
+    return (f'<figure><img alt="{_e(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(name)}</figcaption></figure>")
+
+
+def find(root: str | Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """``results.json``, ``gradflow.json`` and PNG files under ``root``, sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"DIR: {root} is not a folder")
+    results = sorted(root.rglob("results.json"))
+    gradflows = sorted(root.rglob("gradflow.json"))
+    images = sorted(root.rglob("*.png"))
+    if not (results or gradflows or images):
+        raise ValueError(f"DIR: no results.json, gradflow.json or PNG under {root}")
+    return results, gradflows, images
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _summary_rows(runs: list[tuple[Path, dict[str, Any]]]) -> tuple[list[list[str]], list[str]]:
+    rows, classes, seen = [], [], set()
+    for _, res in runs:
+        paper = res.get("paper") or {}
+        exp = res.get("experiment", "?")
+        if paper and exp not in seen:
+            seen.add(exp)
+            rows.append([_e(exp), _e(paper.get("label") or "paper"),
+                         _num(paper.get("trials"), "{}"),
+                         _num(paper.get("success_rate"), "{:.0%}"),
+                         _num(paper.get("sequences")), "-", _e(paper.get("test") or "-"), "-"])
+            classes.append("paper")
+        s = res.get("summary") or {}
+        who = f"{res.get('setting', '?')} {res.get('cell', '?')}"
+        if res.get("changed_params"):
+            who += " (" + ", ".join(f"{k}={v}" for k, v in res["changed_params"].items()) + ")"
+        wrong = (f"{s['mean_test_wrong']:.1f} / {s.get('test_size') or 0:.0f}"
+                 if s.get("mean_test_wrong") is not None else "-")
+        rows.append([_e(exp), _e(who), _num(s.get("trials"), "{}"),
+                     _num(s.get("success_rate"), "{:.0%}"), _num(s.get("mean_sequences")),
+                     _num(s.get("median_sequences")), _e(wrong), _num(s.get("wall_s"))])
+        classes.append("")
+    return rows, classes
+
+
+def _run_section(path: Path, res: dict[str, Any], root: Path, images: list[Path]) -> str:
+    title = (f"{res.get('experiment', '?')}: {res.get('setting', '?')} setting, cell "
+             f"{res.get('cell', '?')}")
+    parts = [f"<h2>{_e(title)}</h2>", f"<p>{_e(res.get('title', ''))} "
+             f"<small>({_e(path.relative_to(root).as_posix())})</small></p>"]
+    settings = res.get("settings") or {}
+    if settings:
+        parts.append(_table(["setting", "value"],
+                            [[_e(k), _e(v)] for k, v in settings.items()], left=2))
+    trials = res.get("trials") or []
+    if trials:
+        rows = []
+        for t in trials:
+            test = t.get("test") or {}
+            ok = '<span class="ok">yes</span>' if t.get("success") else \
+                '<span class="fail">no</span>'
+            rows.append([_e(t.get("seed")), ok, _num(t.get("sequences")),
+                         _e(f"{test.get('wrong', '-')} / {test.get('size', '-')}"),
+                         _num(t.get("wall_s"))])
+        parts.append(_table(["seed", "success", "sequences", "test wrong", "wall s"], rows))
+    for image in images:
+        if image.parent == path.parent:
+            parts.append(_image(image, root))
+    return "\n".join(parts)
+
+
+def _gradflow_section(path: Path, data: dict[str, Any], root: Path) -> str:
+    lags = [g for g in (1, 10, 50, 100, 150) if g < len(data.get("lags", []))]
+    rows = []
+    for stage, cells in data.get("stages", {}).items():
+        for cell, quantities in cells.items():
+            for q, values in quantities.items():
+                rows.append([_e(stage), _e(cell), _e(f"‖∂L/∂{q}(t)‖")]
+                            + [_num(values["mean"][g], "{:.2e}") for g in lags])
+    s = data.get("settings", {})
+    return (f"<h2>Gradient flow ({_e(path.relative_to(root).as_posix())})</h2>"
+            f"<p>Loss {_e(s.get('loss', ''))}; hidden size {_e(s.get('hidden'))}, "
+            f"{_e(s.get('seeds'))} seeds of {_e(s.get('batch_size'))} sequences; gradient: "
+            f"{_e(s.get('gradient', ''))}.</p>"
+            + _table(["stage", "cell", "gradient"] + [f"lag {g}" for g in lags], rows, left=3))
+
+
+def render(root: str | Path) -> str:
+    """The HTML page for the results folder ``root``."""
+    root = Path(root)
+    results, gradflows, images = find(root)
+    runs = [(p, _load(p)) for p in results]
+    body = [f"<h1>lstmkit results: {_e(root.resolve().name)}</h1>"]
+    if runs:
+        rows, classes = _summary_rows(runs)
+        body.append("<h2>Summary</h2><p>Paper rows (H&amp;S 1997) in italics.</p>")
+        body.append(_table(["experiment", "who", "trials", "success", "mean seq",
+                            "median seq", "test wrong", "wall s"], rows, classes, left=2))
+    used: set[Path] = set()
+    for path, res in runs:
+        body.append(_run_section(path, res, root, images))
+        used.update(i for i in images if i.parent == path.parent)
+    for path in gradflows:
+        body.append(_gradflow_section(path, _load(path), root))
+    rest = [i for i in images if i not in used]
+    if rest:
+        body.append("<h2>Figures</h2>")
+        body.extend(_image(i, root) for i in rest)
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            f"<title>lstmkit report: {_e(root.resolve().name)}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(root: str | Path, out: str | Path | None = None) -> Path:
+    """Write :func:`render`'s page to ``out`` (default ``ROOT/report.html``); returns the path."""
+    page = render(root)
+    path = Path(out) if out is not None else Path(root) / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _command(args: argparse.Namespace) -> int:
+    path = write_report(args.dir, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``lstmkit report`` to the command line."""
+    p = sub.add_parser("report", help="turn a results folder into one self-contained HTML page")
+    p.add_argument("dir", help="folder with results.json (or subfolders with one) and figures")
+    p.add_argument("--out", default=None, help="HTML file to write (default DIR/report.html)")
+    p.set_defaults(func=_command)
