@@ -19,6 +19,9 @@ _COMMANDS = (
     "lstmkit.demo",
     "lstmkit.reproduce.cli",
     "lstmkit.bench",
+    "lstmkit.analysis.gradflow",
+    "lstmkit.analysis.gates",
+    "lstmkit.analysis.report",
 )
 
 
