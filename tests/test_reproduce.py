@@ -189,3 +189,13 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
                                                             rb["test"])
     leftovers = [p.name for p in ckpt.parent.iterdir() if p.name != "trial-0.pt"]
     assert leftovers == []  # no half-written temporary survives
+
+
+def test_demo_prints_the_table_and_a_verdict_per_net(capsys):
+    from lstmkit.demo import run_demo
+
+    results = run_demo(T=20, max_sequences=300, progress=False)
+    out = capsys.readouterr().out
+    assert [r["cell"] for r in results] == ["lstm1997", "rnn"]
+    assert "paper (H&S 1997)" in out and "paper lstm1997" in out and "paper rnn" in out
+    assert out.count("fresh test sequences wrong") == 2

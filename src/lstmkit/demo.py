@@ -1,77 +1,62 @@
-"""``lstmkit demo``: an LSTM bridges a 100-step lag on the adding problem, a plain RNN does not.
+"""``lstmkit demo``: the 1997 LSTM bridges a long time lag that a plain RNN cannot.
 
-Both nets get the same budget (Adam, minibatches of 64, gradient clipping) on Arjovsky et al.'s
-adding problem; the table at the end shows each one's test mean squared error next to the 1/6 of
-a memoryless predictor, and the fraction of test sequences within 0.04 of the target.
+The headline demonstration of ``make demo``. It reruns one experiment of Hochreiter &
+Schmidhuber (1997) the way ``lstmkit reproduce`` does (the paper's net, learning rate, on-line
+gradient descent and stopping rule), side by side with a plain RNN of about the same number of
+weights trained under the same rules and budget, one process each, with progress bars; then it
+prints the table beside the paper's row and says which of the two bridged the lag.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from typing import Any
 
 import torch
 
-from . import tasks
-from .layers import LSTM, RNN
-from .models import SequenceModel
+from .reproduce.report import table
+from .reproduce.runner import compare
+
+DEFAULTS: dict[str, Any] = {"experiment": "exp3a", "T": 50, "max_sequences": 30_000}
 
 
-def train_and_test(
-    cell: str, task: tasks.Task, *, steps: int, hidden: int, seed: int, batch_size: int = 64,
-    lr: float = 3e-3, log_every: int = 250,
-) -> dict[str, float]:
-    """Train ``cell`` ("lstm" or "rnn") on ``task``; return test loss, accuracy and seconds."""
-    torch.manual_seed(seed)
-    layer_cls = LSTM if cell == "lstm" else RNN
-    model = SequenceModel(layer_cls(task.input_size, hidden), task.output_size,
-                          output_activation=task.output_activation)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    data = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        batch = task.sample(batch_size, generator=data)
-        loss = task.loss(model(batch.inputs, batch.lengths), batch)
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        if step % log_every == 0 or step == steps:
-            print(f"  {cell:>4}  step {step:>5}/{steps}  train loss {loss.item():.4f}", flush=True)
-    seconds = time.perf_counter() - start
-    test = task.sample(2560, generator=torch.Generator().manual_seed(10_000 + seed))
-    with torch.no_grad():
-        outputs = model(test.inputs, test.lengths)
-        test_loss = float(task.loss(outputs, test))
-        accuracy = float(task.evaluate(outputs, test).float().mean())
-    return {"test_loss": test_loss, "accuracy": accuracy, "seconds": seconds,
-            "weights": float(sum(p.numel() for p in model.parameters()))}
-
-
-def run_demo(*, steps: int = 2500, length: int = 100, seed: int = 0, hidden: int = 64) -> dict:
-    """Train an LSTM and a plain RNN on the adding problem and print a comparison table."""
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    task = tasks.make("adding", T=length)
-    print(f"adding problem, T={length}: predict the sum of the two marked values at the end")
-    print(f"memoryless baseline (always predict 1): test MSE {task.baseline:.4f}\n")
-    results = {}
-    for cell in ("lstm", "rnn"):
-        results[cell] = train_and_test(cell, task, steps=steps, hidden=hidden, seed=seed)
-    print(f"\n{'cell':<6}{'weights':>9}{'test MSE':>10}{'baseline':>10}"
-          f"{'|err|<0.04':>12}{'train s':>9}")
-    for cell, r in results.items():
-        print(f"{cell:<6}{int(r['weights']):>9}{r['test_loss']:>10.4f}{task.baseline:>10.4f}"
-              f"{r['accuracy']:>12.1%}{r['seconds']:>9.0f}")
-    for cell, r in results.items():
-        verdict = "bridged the lag" if r["test_loss"] < task.baseline / 10 else \
-            "did not beat the baseline by 10x"
-        print(f"{cell}: {verdict}")
+def run_demo(*, experiment: str = DEFAULTS["experiment"], T: int | None = DEFAULTS["T"],
+             max_sequences: int = DEFAULTS["max_sequences"], seed: int = 0,
+             out: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Train the paper's LSTM and a plain RNN on ``experiment``; print and return the results."""
+    task_params = {"T": T} if T is not None else None
+    print(f"{experiment}: the paper's LSTM (lstm1997, on-line SGD) against a plain RNN with "
+          f"about as many weights,\nsame learning rule and budget of {max_sequences:,} training "
+          f"sequences" + (f", sequence length T={T}" if T is not None else "") + ".\n",
+          flush=True)
+    outs = [None, None] if out is None else [os.path.join(out, c) for c in ("lstm1997", "rnn")]
+    workers = 2 if (os.cpu_count() or 1) >= 2 else 1
+    results = compare(experiment, ["lstm1997", "rnn"], setting="paper", seed=seed,
+                      max_sequences=max_sequences, outs=outs, workers=workers,
+                      progress=progress, task_params=task_params)
+    print()
+    print(table(results))
+    print()
+    for res in results:
+        s = res["summary"]
+        if s["successes"]:
+            verdict = (f"bridged the lag: met the paper's stopping rule after "
+                       f"{s['mean_sequences']:,.0f} sequences")
+        else:
+            verdict = f"did not meet the paper's stopping rule in {max_sequences:,} sequences"
+        wrong = s["mean_test_wrong"]
+        print(f"{res['cell']:>9}: {verdict}; {wrong:.0f} of {s['test_size']:.0f} fresh test "
+              "sequences wrong")
     return results
 
 
 def _command(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    run_demo(steps=args.steps, length=args.length, seed=args.seed, hidden=args.hidden)
+    torch.set_num_threads(1)
+    run_demo(experiment=args.experiment, T=args.T, max_sequences=args.max_sequences,
+             seed=args.seed, out=args.out, progress=not args.quiet)
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -79,10 +64,16 @@ def _command(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``lstmkit demo`` to the command line."""
     p = sub.add_parser(
-        "demo", help="train an LSTM and a plain RNN on the adding problem and compare"
+        "demo", help="the 1997 LSTM against a plain RNN on a long-time-lag experiment"
     )
-    p.add_argument("--steps", type=int, default=2500, help="Adam steps per model (default 2500)")
-    p.add_argument("--length", type=int, default=100, help="sequence length T (default 100)")
-    p.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
+    p.add_argument("--experiment", default=DEFAULTS["experiment"],
+                   help=f"experiment of `lstmkit reproduce --list` (default "
+                   f"{DEFAULTS['experiment']})")
+    p.add_argument("--T", type=int, default=DEFAULTS["T"],
+                   help=f"sequence length T of the task (default {DEFAULTS['T']})")
+    p.add_argument("--max-sequences", type=int, default=DEFAULTS["max_sequences"],
+                   help=f"training sequences per net (default {DEFAULTS['max_sequences']:,})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default=None, help="also write results.json and curves here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_command)

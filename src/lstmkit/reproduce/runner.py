@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..train.checkpoint import load_checkpoint
 from ..train.construction import SequentialConstruction
 from ..train.trainer import Trainer
 from .experiments import budget_for, criteria_for, get
@@ -55,9 +56,8 @@ def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_se
     config = train_config(recipe, max_sequences=max_sequences, seed=seed,
                           test_size=paper.test_set_size or 2560, check_every=check_every,
                           checkpoint_every=checkpoint_every if checkpoint_dir else 0)
-    checkpoint = Path(checkpoint_dir) / f"trial-{seed}.pt" if checkpoint_dir else None
-    meta = {"experiment": experiment, "setting": setting, "cell": recipe.cell, "seed": seed,
-            "max_sequences": max_sequences, "task_params": dict(task.params)}
+    checkpoint = _checkpoint_path(checkpoint_dir, seed) if checkpoint_dir else None
+    meta = _trial_meta(experiment, setting, recipe.cell, seed, max_sequences, task.params)
     callbacks = []
     if paper.sequential_construction and recipe.setting == "paper":
         callbacks.append(SequentialConstruction(model.readout.weight, model.layer.hidden_size))
@@ -83,6 +83,17 @@ def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_se
             "metric_name": "fraction of training sequences correct",
         },
     }
+
+
+def _checkpoint_path(checkpoint_dir: str | Path, seed: int) -> Path:
+    return Path(checkpoint_dir) / f"trial-{seed}.pt"
+
+
+def _trial_meta(experiment: str, setting: str, cell: str, seed: int, max_sequences: int,
+                task_params: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's checkpoint must match to be resumed by it."""
+    return {"experiment": experiment, "setting": setting, "cell": cell, "seed": seed,
+            "max_sequences": max_sequences, "task_params": dict(task_params)}
 
 
 def _summary(trials: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
@@ -129,6 +140,9 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
         raise ValueError(f"trials: expected a positive int, got {trials!r}")
     if not cells:
         raise ValueError("cells: expected at least one cell (None for the setting's default)")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
+                                or workers < 1):
+        raise ValueError(f"workers: expected None (the cores) or a positive int, got {workers!r}")
     outs = list(outs) if outs is not None else [None] * len(cells)
     if len(outs) != len(cells):
         raise ValueError(f"outs: expected one folder (or None) per cell, got {len(outs)} for "
@@ -156,6 +170,16 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
                 checkpoint_dir=str(out_dir / "checkpoints") if out_dir is not None else None,
                 checkpoint_every=checkpoint_every, resume=resume, progress=progress,
                 position=len(jobs) % workers))
+    if resume:
+        # In a worker process a bad checkpoint would surface only after every other trial has
+        # finished (the pool waits for them), so refuse it here, before anything is spawned.
+        for job, recipe in zip(jobs, [r for r in recipes for _ in range(trials)]):
+            if job["checkpoint_dir"] is None:
+                continue
+            path = _checkpoint_path(job["checkpoint_dir"], job["seed"])
+            if path.exists():
+                load_checkpoint(path, _trial_meta(experiment, setting, recipe.cell, job["seed"],
+                                                  budget, task.params))
     start = time.perf_counter()
     if workers == 1:
         threads = max(1, min(2, torch.get_num_threads()))
@@ -167,7 +191,9 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
             futures = [pool.submit(run_trial, **job) for job in jobs]
             records = [f.result() for f in futures]
     wall = time.perf_counter() - start
-    ref = exp.reference(task)
+    # A smaller run than the paper's (changed task parameters) is still shown beside the
+    # paper's row for the experiment, which the table labels with the changed parameters.
+    ref = exp.reference(task) or exp.reference()
     everything = []
     for k, (recipe, out_dir) in enumerate(zip(recipes, out_dirs)):
         mine = records[k * trials:(k + 1) * trials]
