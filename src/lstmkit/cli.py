@@ -2,7 +2,8 @@
 
 Each command lives beside the code it drives and registers itself here through a
 ``register(subparsers)`` function (see ``_COMMANDS``); this module only assembles the parser
-and turns bad input into a one-line message with exit status 2, never a traceback.
+and turns bad input into a one-line message with exit status 2 (a diverged or killed run: 1),
+never a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 
 from .cells import PRESETS
+from .train.trainer import TrainingDiverged
 
 # Modules with a ``register(subparsers)`` function, in the order ``lstmkit --help`` lists them.
 _COMMANDS = (
@@ -54,6 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as err:
         print(f"lstmkit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    # Not bad input but a run that failed: its own message, status 1, still no traceback.
+    except TrainingDiverged as err:
+        print(f"lstmkit {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenProcessPool:
+        print(f"lstmkit {args.command}: error: a trial's worker process died (killed, or out of "
+              "memory); rerun with --resume to continue from the checkpoints", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -21,6 +21,11 @@ import torch
 
 FORMAT = "lstmkit-checkpoint-v1"
 
+# Paragraphs of torch's weights-only error that carry no reason. The first one also advises
+# retrying with weights_only=False, which is exactly wrong for a file nobody vouches for.
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue",
+                      "Check the documentation")
+
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
@@ -63,10 +68,9 @@ def load_checkpoint(
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
             ValueError, KeyError, AttributeError, TypeError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"checkpoint {path}: not a readable lstmkit checkpoint (truncated, corrupted or "
-            f"containing code-bearing objects): {first_line}"
+            f"containing code-bearing objects): {_reason(err)}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
@@ -83,3 +87,13 @@ def load_checkpoint(
         if diffs:
             raise ValueError(f"checkpoint {path}: made for another model; " + "; ".join(diffs))
     return state
+
+
+def _reason(err: BaseException) -> str:
+    """The one line of a ``torch.load`` error that says what is wrong with the file."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_TORCH_BOILERPLATE)]
+    if not useful:
+        return lines[0] if lines else type(err).__name__
+    # torch appends advice sentences ("This is an internal miniz error. If you are seeing...").
+    return useful[0].split(". ")[0].rstrip(".")

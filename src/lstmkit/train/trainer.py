@@ -52,18 +52,33 @@ class TrainConfig:
             raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("batch_size", "max_sequences", "check_every", "test_size", "log_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+        if not (_is_real(self.lr) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive finite number, got {self.lr!r}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm: expected None or a positive number, got {self.clip_norm}")
-        if self.checkpoint_every < 0:
+        if self.clip_norm is not None and not (_is_real(self.clip_norm) and self.clip_norm > 0):
             raise ValueError(
-                f"checkpoint_every: expected >= 0 (0: never), got {self.checkpoint_every}"
+                f"clip_norm: expected None or a positive number, got {self.clip_norm!r}"
             )
-        if self.tbptt is not None and self.tbptt < 1:
-            raise ValueError(f"tbptt: expected None or a positive chunk length, got {self.tbptt}")
+        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
+            raise ValueError(
+                f"checkpoint_every: expected an int >= 0 (0: never), got {self.checkpoint_every!r}"
+            )
+        if self.tbptt is not None and (not _is_int(self.tbptt) or self.tbptt < 1):
+            raise ValueError(
+                f"tbptt: expected None or a positive int chunk length, got {self.tbptt!r}"
+            )
+        if not _is_int(self.seed):
+            raise ValueError(f"seed: expected an int, got {self.seed!r}")
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but batch_size=True is a mistake, not a batch of one.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -204,6 +219,10 @@ class Trainer:
 
     def save(self) -> None:
         if self.checkpoint is not None:
+            # Never replace the last good checkpoint with weights a bad update has spoiled.
+            for name, param in self.model.named_parameters():
+                if not bool(torch.isfinite(param).all()):
+                    raise self._diverged(f"weight {name} became non-finite")
             save_checkpoint(self.checkpoint, self.state_dict())
 
     # -- training --------------------------------------------------------------------------
@@ -237,14 +256,27 @@ class Trainer:
 
     def _clip_and_step(self, loss: Tensor) -> None:
         if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {float(loss)} after {self.sequences} training sequences; "
-                "the last good checkpoint is kept"
-                + (f" at {self.checkpoint}" if self.checkpoint is not None else "")
-            )
+            raise self._diverged(f"loss became {float(loss.detach())}")
         if self.config.clip_norm is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+            # A finite loss can still have an overflowing gradient; stepping on it would turn
+            # every weight into NaN one step before the loss shows it. The norm is free here.
+            if not torch.isfinite(norm):
+                raise self._diverged(f"gradient norm became {float(norm)}")
         self.optimizer.step()
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error for a non-finite loss/gradient/weight, naming where it happened."""
+        if self.checkpoint is None:
+            kept = "no checkpoint is written (no checkpoint path)"
+        elif self.checkpoint.exists():
+            kept = f"the last good checkpoint is kept at {self.checkpoint}"
+        else:
+            kept = f"no checkpoint was written yet to {self.checkpoint}"
+        return TrainingDiverged(
+            f"training diverged: {what} in the batch after {self.sequences} training "
+            f"sequences; {kept}"
+        )
 
     def _evaluate(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Correctness, squared and absolute errors per sequence, and the loss, without grad."""
