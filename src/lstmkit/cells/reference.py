@@ -133,6 +133,21 @@ def _spread(gate: Tensor, block_size: int) -> Tensor:
 def lstm_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor) -> tuple[Carry, Tensor]:
     """One step of any LSTM-family spec; returns ``((h, c[, gates]), y=h)``.
 
+    The equations are in :func:`lstm_step_parts`, which also returns the step's gate values.
+    """
+    new_carry, y, _ = lstm_step_parts(spec, p, carry, x_proj)
+    return new_carry, y
+
+
+def lstm_step_parts(
+    spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor
+) -> tuple[Carry, Tensor, dict[str, Tensor]]:
+    """:func:`lstm_step` plus the step's parts ``{"i", "f", "o", "g", "c", "h"}``.
+
+    Gates are per memory block (absent gates are left out; ``f`` is ``1 - i`` for CIFG), ``g``
+    is the squashed cell input, ``c`` the new cell state and ``h`` the output. Used to look
+    inside a cell (:mod:`lstmkit.analysis.gates`) without restating its equations.
+
     With ``W x + b`` precomputed in ``x_proj`` and ``a(t-1)`` the previous gate activations::
 
         z        = x_proj + R h(t-1) + G a(t-1)             (R absent without hidden recurrence)
@@ -191,9 +206,13 @@ def lstm_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor) -> tuple[
         h_new = _spread(gates["o"], s) * h_new
     if "weight_hr" in p:
         h_new = h_new @ p["weight_hr"].t()
+    parts = dict(gates, g=candidate, c=c_new, h=h_new)
+    if spec.coupled:
+        parts["f"] = 1.0 - gates["i"]
     if spec.carries_gates:
-        return (h_new, c_new, torch.cat([gates[g] for g in spec.gate_names], -1)), h_new
-    return (h_new, c_new), h_new
+        carried = torch.cat([gates[g] for g in spec.gate_names], -1)
+        return (h_new, c_new, carried), h_new, parts
+    return (h_new, c_new), h_new, parts
 
 
 def gru_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor) -> tuple[Carry, Tensor]:
