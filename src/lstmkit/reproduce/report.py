@@ -61,6 +61,8 @@ def load_results(folder: str | Path) -> list[dict[str, Any]]:
 def _cell(summary: dict[str, Any], settings: dict[str, Any], changed: dict[str, Any]) -> str:
     """One run as a table cell: successes/trials, mean sequences, test errors, budget."""
     text = f"{summary['successes']}/{summary['trials']}"
+    if summary.get("diverged"):
+        text += f" ({summary['diverged']} diverged)"
     if summary["mean_sequences"] is not None:
         text += f", {summary['mean_sequences']:,.0f} seq"
     if summary.get("mean_test_wrong") is not None:
