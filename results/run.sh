@@ -16,18 +16,17 @@ run exp2b-paper       exp2b
 run exp2c-q50-paper   exp2c-q50-p50
 run exp3a-paper       exp3a
 run exp3b-paper       exp3b
-run exp3c-paper       exp3c --max-sequences 100000
-run exp4-T100-paper   exp4-T100 --trials 2
-run exp5-paper        exp5-T100 --max-sequences 100000
-run exp6a-paper       exp6a --trials 2
-run exp6b-paper       exp6b --max-sequences 100000
+run exp3c-paper       exp3c --max-sequences 60000
+run exp4-T100-paper   exp4-T100
+run exp5-paper        exp5-T100 --max-sequences 60000
+run exp6a-paper       exp6a
+run exp6b-paper       exp6b --max-sequences 60000
 
 # Modern setting (lstm with forget gate, Adam, batches of 16) and the plain RNN under the same
 # budget and a comparable weight count.
 for row in exp1 exp2a exp2b exp2c-q50-p50 exp3a exp3b exp3c exp4-T100 exp5-T100 exp6a exp6b; do
-  run "$row-modern" "$row" --setting modern --trials 3 --max-sequences 100000
-  run "$row-rnn"    "$row" --setting modern --cell rnn --max-sequences 100000
+  run "$row-modern" "$row" --setting modern --trials 2 --max-sequences 60000
+  run "$row-rnn"    "$row" --setting modern --cell rnn --max-sequences 60000
 done
-run exp4-T500-modern  exp4-T500 --setting modern --trials 2 --max-sequences 200000
 
 $K --summarize "$R"
