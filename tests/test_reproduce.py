@@ -199,3 +199,35 @@ def test_demo_prints_the_table_and_a_verdict_per_net(capsys):
     assert [r["cell"] for r in results] == ["lstm1997", "rnn"]
     assert "paper (H&S 1997)" in out and "paper lstm1997" in out and "paper rnn" in out
     assert out.count("fresh test sequences wrong") == 2
+
+
+def test_results_table_and_commands_from_records(tmp_path):
+    from lstmkit.reproduce.report import command, load_results, markdown
+
+    def record(setting, cell, successes, changed=None):
+        trials = [{"seed": s, "success": s < successes, "sequences": 1000 * (s + 1),
+                   "test": {"wrong": 0.0 if s < successes else 9.0, "size": 256.0}}
+                  for s in range(2)]
+        return {"experiment": "exp3a", "setting": setting, "cell": cell,
+                "changed_params": changed or {},
+                "paper": {"success_rate": None, "sequences": 39_850, "test": None},
+                "settings": {"max_sequences": 5000}, "trials": trials,
+                "summary": {"trials": 2, "successes": successes, "diverged": 0,
+                            "mean_sequences": 1000.0 if successes else None,
+                            "mean_test_wrong": 4.5, "test_size": 256.0}}
+
+    paper, rnn = record("paper", "lstm1997", 1), record("modern", "rnn", 0, {"T": 20})
+    assert command(paper) == ("lstmkit reproduce exp3a --setting paper --trials 2 --seed 0 "
+                              "--max-sequences 5000")
+    assert command(rnn).endswith("--cell rnn --trials 2 --seed 0 --max-sequences 5000 "
+                                 "--task-param T=20")
+    for name, res in (("a", paper), ("b", rnn)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    table = markdown(load_results(tmp_path))
+    row = next(line for line in table.splitlines() if line.startswith("| exp3a"))
+    assert "39,850 seq" in row and "1/2, 1,000 seq" in row and "0/2" in row and "T=20" in row
+    assert "| not run |" in row  # no modern lstm run
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no results.json"):
+        load_results(tmp_path / "empty")

@@ -96,4 +96,21 @@ def markdown(results: list[dict[str, Any]]) -> str:
     for exp, cells in rows.items():
         lines.append(f"| {exp} | {papers.get(exp, '-')} | "
                      + " | ".join(cells.get(c, "not run") for c in columns) + " |")
+    lines += ["", "Commands (each reruns its cell of the table):", "", "```"]
+    lines += [command(res) for res in results]
+    lines.append("```")
     return "\n".join(lines)
+
+
+def command(res: dict[str, Any]) -> str:
+    """The ``lstmkit reproduce`` command line that reruns ``res`` (a results.json record)."""
+    parts = ["lstmkit reproduce", res["experiment"], "--setting", res["setting"]]
+    default_cell = "lstm1997" if res["setting"] == "paper" else "lstm"
+    if res["cell"] != default_cell:
+        parts += ["--cell", res["cell"]]
+    parts += ["--trials", str(res["summary"]["trials"]), "--seed",
+              str(min(t["seed"] for t in res["trials"])),
+              "--max-sequences", str(res["settings"]["max_sequences"])]
+    for key, value in (res.get("changed_params") or {}).items():
+        parts += ["--task-param", f"{key}={value}"]
+    return " ".join(parts)
