@@ -9,14 +9,17 @@ K="${LSTMKIT:-.venv/bin/lstmkit} reproduce"
 R=results/runs
 run() { local dir=$1; shift; $K "$@" --quiet --out "$R/$dir" > /dev/null; echo "done: $dir"; }
 
-# The paper's own setting: the lstm1997 net, on-line SGD at the paper's learning rate.
+# The paper's own setting: the lstm1997 net, on-line SGD at the paper's learning rate, and a
+# plain RNN of about the same weight count under the same rules where the LSTM succeeded.
 run exp1-paper        exp1 --trials 2
 run exp2a-paper       exp2a
 run exp2b-paper       exp2b
 run exp2c-q50-paper   exp2c-q50-p50
-run exp3a-paper       exp3a
-run exp3b-paper       exp3b
-run exp3c-paper       exp3c --max-sequences 60000
+run exp3a-paper       exp3a --trials 3
+run exp3a-paper-rnn   exp3a --cell rnn
+run exp3b-paper       exp3b --trials 3
+run exp3b-paper-rnn   exp3b --cell rnn
+run exp3c-paper       exp3c --max-sequences 60000 --trials 3
 run exp4-T100-paper   exp4-T100
 run exp5-paper        exp5-T100 --max-sequences 60000
 run exp6a-paper       exp6a
