@@ -19,7 +19,7 @@ import torch
 from .reproduce.report import table
 from .reproduce.runner import compare
 
-DEFAULTS: dict[str, Any] = {"experiment": "exp3a", "T": 50, "max_sequences": 20_000}
+DEFAULTS: dict[str, Any] = {"experiment": "exp3a", "T": 50, "max_sequences": 40_000}
 
 
 def run_demo(*, experiment: str = DEFAULTS["experiment"], T: int | None = DEFAULTS["T"],
