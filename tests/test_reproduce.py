@@ -1,6 +1,7 @@
 """The trainer and ``lstmkit reproduce``: resume, sequential construction, short real runs."""
 
 import json
+import math
 import os
 import random
 import signal
@@ -234,3 +235,33 @@ def test_results_table_and_commands_from_records(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no results.json"):
         load_results(tmp_path / "empty")
+
+
+def test_truncated_bptt_carries_state_and_updates_once_per_chunk_with_targets():
+    task = tasks.make("adding", T=12)  # the target sits at the last step only
+    torch.manual_seed(0)
+    model = lstmkit.SequenceModel(lstmkit.LSTM(2, 6, variant="cifg"), 1)
+    batch = task.sample(3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(batch.inputs, batch.lengths)
+        state, parts = None, []
+        for start in range(0, batch.steps, 5):
+            out, state = model(batch.inputs[start:start + 5], hx=state, return_state=True)
+            parts.append(out)
+    same_length = (batch.lengths == batch.steps).nonzero().flatten()
+    torch.testing.assert_close(torch.cat(parts)[:, same_length], full[:, same_length])
+
+    config = TrainConfig(batch_size=3, max_sequences=30, tbptt=5, check_every=30, test_size=8,
+                         log_every=3)
+    trainer = Trainer(model, task, config)
+    steps = {"n": 0}
+    real_step = trainer.optimizer.step
+
+    def counting_step(*args, **kwargs):
+        steps["n"] += 1
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = counting_step
+    result = trainer.run()
+    assert steps["n"] == 10  # 10 batches, one chunk with a target each (no NaN from the others)
+    assert all(math.isfinite(p["loss"]) for p in result.curve)

@@ -243,15 +243,23 @@ class Trainer:
         state, outs, total = None, [], 0.0
         for start in range(0, batch.inputs.shape[0], cfg.tbptt):
             chunk = _time_slice(batch, start, start + cfg.tbptt)
-            out, state = self.model(chunk.inputs, chunk.lengths, hx=state, return_state=True)
+            # A chunk where no step carries a target (the adding problem's first steps) only
+            # moves the state on: a masked mean over nothing would be NaN, and there is nothing
+            # to learn from it.
+            has_target = bool(chunk.mask.any())
+            with torch.set_grad_enabled(has_target):
+                out, state = self.model(chunk.inputs, chunk.lengths, hx=state,
+                                        return_state=True)
             state = tuple(s.detach() for s in state) if isinstance(state, tuple) else \
                 state.detach()
+            outs.append(out.detach())
+            if not has_target:
+                continue
             loss = self.task.loss(out, chunk)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self._clip_and_step(loss)
-            outs.append(out.detach())
-            total += float(loss)
+            total += float(loss.detach())
         return torch.cat(outs), total
 
     def _clip_and_step(self, loss: Tensor) -> None:
