@@ -265,3 +265,20 @@ def test_truncated_bptt_carries_state_and_updates_once_per_chunk_with_targets():
     result = trainer.run()
     assert steps["n"] == 10  # 10 batches, one chunk with a target each (no NaN from the others)
     assert all(math.isfinite(p["loss"]) for p in result.curve)
+
+
+def test_truncated_bptt_freezes_the_state_of_sequences_that_ended():
+    task = tasks.make("adding1997", T=20)  # lengths 20..22
+    torch.manual_seed(0)
+    model = lstmkit.SequenceModel(lstmkit.LSTM(2, 5), 1, output_activation="sigmoid")
+    batch = task.sample(8, generator=torch.Generator().manual_seed(2))
+    assert batch.lengths.min() < batch.steps  # some sequences end a chunk before others
+    # Chunks of 5 steps: a sequence of length 20 has ended when the chunk at step 20 starts.
+    config = TrainConfig(batch_size=8, max_sequences=8, tbptt=5, check_every=8, test_size=8,
+                         log_every=8, lr=1e-12)
+    trainer = Trainer(model, task, config)
+    trainer._step(batch)
+    with torch.no_grad():
+        _, (h_n, c_n) = model.layer(batch.inputs, lengths=batch.lengths)
+    torch.testing.assert_close(trainer.last_state[0], h_n, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trainer.last_state[1], c_n, atol=1e-5, rtol=1e-5)

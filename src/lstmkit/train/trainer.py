@@ -175,6 +175,7 @@ class Trainer:
         self.sequences = 0
         self.success_at: int | None = None
         self.milestones: dict[str, int] = {}
+        self.last_state: Any = None  # truncated BPTT: the state carried out of the last batch
         self.curve: list[dict[str, float]] = []
         self._window: list[tuple[float, float]] = []
 
@@ -247,11 +248,16 @@ class Trainer:
             # moves the state on: a masked mean over nothing would be NaN, and there is nothing
             # to learn from it.
             has_target = bool(chunk.mask.any())
+            previous = state
             with torch.set_grad_enabled(has_target):
                 out, state = self.model(chunk.inputs, chunk.lengths, hx=state,
                                         return_state=True)
-            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else \
-                state.detach()
+            state = _detach(state)
+            ended = batch.lengths <= start
+            if previous is not None and bool(ended.any()):
+                # Sequences that ended in an earlier chunk ran one padding step here (layers
+                # need a length >= 1); their state stays what it was at their end.
+                state = _keep_where(ended.to(out.device), previous, state)
             outs.append(out.detach())
             if not has_target:
                 continue
@@ -260,6 +266,7 @@ class Trainer:
             loss.backward()
             self._clip_and_step(loss)
             total += float(loss.detach())
+        self.last_state = state  # the carried state at each sequence's end, for inspection
         return torch.cat(outs), total
 
     def _clip_and_step(self, loss: Tensor) -> None:
@@ -391,6 +398,17 @@ class Trainer:
             seconds=time.perf_counter() - start,
             milestones=dict(self.milestones),
         )
+
+
+def _detach(state: Any) -> Any:
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+def _keep_where(rows: Tensor, old: Any, new: Any) -> Any:
+    """``new`` state with the batch columns ``rows`` (bool ``[B]``) taken from ``old``."""
+    if isinstance(new, tuple):
+        return tuple(_keep_where(rows, o, n) for o, n in zip(old, new))
+    return torch.where(rows.view(1, -1, 1), old, new)
 
 
 def _time_slice(batch: Any, start: int, stop: int) -> Any:
