@@ -131,7 +131,9 @@ def run(experiment: str, *, setting: str = "paper", cell: str | None = None, tri
     """Run ``trials`` trials of ``experiment``; returns (and writes to ``out``) the results.
 
     ``task_params`` changes the row's task parameters (e.g. ``{"T": 50}``) for a smaller run
-    than the paper's; the results record it and the table marks the row as changed.
+    than the paper's; the results record it and the table marks the row as changed. With more
+    than one worker, trials run in spawned processes, so a calling script needs the usual
+    ``if __name__ == "__main__":`` guard; ``workers=1`` runs them in this process.
     """
     return compare(experiment, [cell], setting=setting, trials=trials, seed=seed,
                    max_sequences=max_sequences, outs=[out], workers=workers, resume=resume,
