@@ -203,7 +203,12 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = [pool.submit(run_trial, **job) for job in jobs]
-            records = [f.result() for f in futures]
+            try:
+                records = [f.result() for f in futures]
+            except BaseException:
+                # Report a failed trial (or Ctrl-C) now rather than after the queued ones ran.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     wall = time.perf_counter() - start
     # A smaller run than the paper's (changed task parameters) is still shown beside the
     # paper's row for the experiment, which the table labels with the changed parameters.
