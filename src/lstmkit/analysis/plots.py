@@ -9,10 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: no screen on CI or servers
-import matplotlib.pyplot as plt  # noqa: E402
+from .figures import plt, save
 
 
 def training_curves(results: dict[str, Any], path: str | Path) -> Path:
@@ -21,7 +18,6 @@ def training_curves(results: dict[str, Any], path: str | Path) -> Path:
     The paper's mean number of sequences to success is drawn as a dashed vertical mark, and each
     successful trial's own success point as a dot on its curve.
     """
-    path = Path(path)
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     metric_name = "fraction of training sequences correct"
     for trial in results["trials"]:
@@ -51,7 +47,4 @@ def training_curves(results: dict[str, Any], path: str | Path) -> Path:
         ax_loss.legend(fontsize=7)
     fig.suptitle(f"{results['experiment']}: {results['setting']} setting, cell "
                  f"{results['cell']} ({results['title']})", fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..reproduce.report import SUMMARY_COLUMNS, format_number, summary_rows
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
@@ -34,12 +36,7 @@ def _e(value: Any) -> str:
 
 
 def _num(value: Any, fmt: str = "{:,.0f}") -> str:
-    if value is None:
-        return "-"
-    try:
-        return fmt.format(value)
-    except (TypeError, ValueError):
-        return _e(value)
+    return _e(format_number(value, fmt))
 
 
 def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None,
@@ -81,31 +78,6 @@ def _load(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data
-
-
-def _summary_rows(runs: list[tuple[Path, dict[str, Any]]]) -> tuple[list[list[str]], list[str]]:
-    rows, classes, seen = [], [], set()
-    for _, res in runs:
-        paper = res.get("paper") or {}
-        exp = res.get("experiment", "?")
-        if paper and exp not in seen:
-            seen.add(exp)
-            rows.append([_e(exp), _e(paper.get("label") or "paper"),
-                         _num(paper.get("trials"), "{}"),
-                         _num(paper.get("success_rate"), "{:.0%}"),
-                         _num(paper.get("sequences")), "-", _e(paper.get("test") or "-"), "-"])
-            classes.append("paper")
-        s = res.get("summary") or {}
-        who = f"{res.get('setting', '?')} {res.get('cell', '?')}"
-        if res.get("changed_params"):
-            who += " (" + ", ".join(f"{k}={v}" for k, v in res["changed_params"].items()) + ")"
-        wrong = (f"{s['mean_test_wrong']:.1f} / {s.get('test_size') or 0:.0f}"
-                 if s.get("mean_test_wrong") is not None else "-")
-        rows.append([_e(exp), _e(who), _num(s.get("trials"), "{}"),
-                     _num(s.get("success_rate"), "{:.0%}"), _num(s.get("mean_sequences")),
-                     _num(s.get("median_sequences")), _e(wrong), _num(s.get("wall_s"))])
-        classes.append("")
-    return rows, classes
 
 
 def _run_section(path: Path, res: dict[str, Any], root: Path, images: list[Path]) -> str:
@@ -157,10 +129,11 @@ def render(root: str | Path) -> str:
     runs = [(p, _load(p)) for p in results]
     body = [f"<h1>lstmkit results: {_e(root.resolve().name)}</h1>"]
     if runs:
-        rows, classes = _summary_rows(runs)
+        summary = summary_rows([res for _, res in runs], paper_labels=True)
+        rows = [[_e(c) for c in cells] for _, cells in summary]
+        classes = ["paper" if is_paper else "" for is_paper, _ in summary]
         body.append("<h2>Summary</h2><p>Paper rows (H&amp;S 1997) in italics.</p>")
-        body.append(_table(["experiment", "who", "trials", "success", "mean seq",
-                            "median seq", "test wrong", "wall s"], rows, classes, left=2))
+        body.append(_table(list(SUMMARY_COLUMNS), rows, classes, left=2))
     used: set[Path] = set()
     for path, res in runs:
         body.append(_run_section(path, res, root, images))

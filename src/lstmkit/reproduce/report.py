@@ -7,39 +7,62 @@ from pathlib import Path
 from typing import Any
 
 
-def _num(value: float | None, fmt: str = "{:,.0f}") -> str:
-    return "-" if value is None else fmt.format(value)
+def format_number(value: Any, fmt: str = "{:,.0f}") -> str:
+    """``value`` in ``fmt``, "-" for None."""
+    if value is None:
+        return "-"
+    try:
+        return fmt.format(value)
+    except (TypeError, ValueError):  # a hand-edited results file: show what is there
+        return str(value)
+
+
+#: Columns of :func:`summary_rows`, shared by the terminal table and ``lstmkit report``.
+SUMMARY_COLUMNS = ("experiment", "who", "trials", "success", "mean seq", "median seq",
+                   "test wrong", "wall s")
+
+
+def summary_rows(results: list[dict[str, Any]], *, paper_labels: bool = False
+                 ) -> list[tuple[bool, list[str]]]:
+    """Rows of :data:`SUMMARY_COLUMNS` as text: each experiment's paper row (flag True; labelled
+    with the paper's table when ``paper_labels``), then one row per run (flag False)."""
+    rows: list[tuple[bool, list[str]]] = []
+    seen: set[str] = set()
+    for res in results:
+        exp = str(res.get("experiment", "?"))
+        paper = res.get("paper")
+        if paper and exp not in seen:
+            seen.add(exp)
+            who = (paper.get("label") or "paper") if paper_labels else "paper (H&S 1997)"
+            rows.append((True, [exp, who, format_number(paper.get("trials"), "{}"),
+                                format_number(paper.get("success_rate"), "{:.0%}"),
+                                format_number(paper.get("sequences")), "-",
+                                paper.get("test") or "-", "-"]))
+        s = res.get("summary") or {}
+        wrong = (f"{s['mean_test_wrong']:.1f} / {s.get('test_size') or 0:.0f}"
+                 if s.get("mean_test_wrong") is not None else "-")
+        who = f"{res.get('setting', '?')} {res.get('cell', '?')}"
+        if res.get("changed_params"):
+            who += " (" + ", ".join(f"{k}={v}" for k, v in res["changed_params"].items()) + ")"
+        rows.append((False, [exp, who, format_number(s.get("trials"), "{}"),
+                             format_number(s.get("success_rate"), "{:.0%}"),
+                             format_number(s.get("mean_sequences")),
+                             format_number(s.get("median_sequences")), wrong,
+                             format_number(s.get("wall_s"))]))
+    return rows
+
+
+_WIDTHS = (-18, -28, 7, 9, 11, 12, 16, 8)  # negative: left-aligned
 
 
 def table(results: list[dict[str, Any]]) -> str:
     """One line per run (experiment, setting, cell) plus the paper's line for each experiment."""
-    header = (f"{'experiment':<18}{'who':<28}{'trials':>7}{'success':>9}{'mean seq':>11}"
-              f"{'median seq':>12}{'test wrong':>16}{'wall s':>8}")
-    lines = [header, "-" * len(header)]
-    seen: set[str] = set()
-    for res in results:
-        paper = res.get("paper")
-        if res["experiment"] not in seen and paper is not None:
-            seen.add(res["experiment"])
-            rate = paper.get("success_rate")
-            lines.append(
-                f"{res['experiment']:<18}{'paper (H&S 1997)':<28}"
-                f"{_num(paper.get('trials'), '{}'):>7}"
-                f"{_num(rate, '{:.0%}'):>9}{_num(paper.get('sequences')):>11}{'-':>12}"
-                f"{paper.get('test') or '-':>16}{'-':>8}"
-            )
-        s = res["summary"]
-        wrong = (f"{s['mean_test_wrong']:.1f} / {s['test_size']:.0f}"
-                 if s.get("mean_test_wrong") is not None else "-")
-        who = f"{res['setting']} {res['cell']}"
-        if res.get("changed_params"):
-            who += " (" + ", ".join(f"{k}={v}" for k, v in res["changed_params"].items()) + ")"
-        lines.append(
-            f"{res['experiment']:<18}{who:<28}{s['trials']:>7}{s['success_rate']:>9.0%}"
-            f"{_num(s['mean_sequences']):>11}{_num(s['median_sequences']):>12}{wrong:>16}"
-            f"{s['wall_s']:>8.0f}"
-        )
-    return "\n".join(lines)
+    def line(cells: list[str] | tuple[str, ...]) -> str:
+        return "".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(cells, _WIDTHS))
+
+    header = line(SUMMARY_COLUMNS)
+    return "\n".join([header, "-" * len(header)]
+                     + [line(cells) for _, cells in summary_rows(results)])
 
 
 def load_results(folder: str | Path) -> list[dict[str, Any]]:
