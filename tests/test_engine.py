@@ -148,11 +148,65 @@ def _cases(draw):
     )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=_cases())
-def test_engine_matches_reference_float32(case):
+@pytest.fixture
+def row_split():
+    """Two threads, and the row split (each thread runs every step for its own batch rows) from
+    one row per thread on, so that even the small batches drawn below take the split path."""
     _engine_or_skip()
+    ext = engine._build.load()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    previous = ext.set_split(1)
+    yield ext
+    ext.set_split(previous)
+    torch.set_num_threads(threads)
+
+
+@settings(max_examples=150, deadline=None,  # the fixture holds for every example alike
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=_cases())
+def test_engine_matches_reference_float32(case, row_split):
+    assert row_split.split_parts(case["batch"]) == min(2, case["batch"])
     _compare(**case)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_engine_row_split_matches_reference(name, row_split):
+    """Default split threshold, a batch that splits unevenly (5 + 4 rows), lengths that end on
+    both sides of the split, both directions, projections and per-step cell states."""
+    row_split.set_split(4)
+    assert row_split.split_parts(9) == 2 and row_split.split_parts(7) == 1
+    spec = SPECS[name]
+    lstm = spec.family == "lstm"
+    _compare(spec, steps=6, batch=9, n_in=3, hidden=2 * spec.block_size, layers=2,
+             bidirectional=True, proj=1 if lstm and spec.block_size == 1 else 0,
+             lengths=torch.tensor([6, 1, 4, 6, 2, 3, 6, 5, 1]), with_hx=True,
+             return_cells=lstm, bias=True, seed=4)
+
+
+def test_row_split_and_column_split_agree():
+    """The split changes only which thread computes a row: results agree to rounding."""
+    _engine_or_skip()
+    ext = engine._build.load()
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    layer = lstmkit.LSTM(8, 24, variant="peephole", backend="engine", num_layers=2)
+    x = torch.randn(20, 16, 8)
+    results = []
+    try:
+        torch.set_num_threads(2)
+        for min_rows in (0, 4):
+            previous = ext.set_split(min_rows)
+            assert ext.split_parts(16) == (1 if min_rows == 0 else 2)
+            layer.zero_grad()
+            out = layer(x)[0]
+            out.square().sum().backward()
+            results.append([out.detach(), *(p.grad.clone() for p in layer.parameters())])
+            ext.set_split(previous)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

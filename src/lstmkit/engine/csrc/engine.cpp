@@ -262,6 +262,32 @@ Valid make_valid(const Tensor& lengths) {
   return v;
 }
 
+// Batch rows are independent through the whole recurrence, so with P threads each thread can run
+// every step for its own B/P rows: one fork/join per sequence instead of several per step (each
+// per-step GEMM and elementwise pass would otherwise fork and join, which costs tens of
+// microseconds per step when idle OpenMP threads sleep). Inside the OpenMP region the BLAS runs
+// each thread's GEMM on that thread alone (MKL's default for nested calls). Too few rows per thread
+// and the per-step GEMM is better split by MKL across its columns: below g_split_min_rows rows per
+// thread the steps run on all rows at once as before. set_split(0) turns splitting off.
+int64_t g_split_min_rows = 4;
+
+int64_t split_parts(int64_t B) {
+  if (g_split_min_rows <= 0 || at::in_parallel_region()) return 1;
+  const int64_t P = at::get_num_threads();
+  return std::max<int64_t>(1, std::min<int64_t>(P, B / g_split_min_rows));
+}
+
+// run(r0, r1) does all steps for rows [r0, r1); split across threads by rows where that pays.
+template <typename F>
+void over_rows(int64_t B, const F& run) {
+  const int64_t parts = split_parts(B);
+  if (parts <= 1) {
+    run(int64_t(0), B);
+    return;
+  }
+  at::parallel_for(0, B, (B + parts - 1) / parts, run);
+}
+
 // Buffer slot of state index i (0..T): every index when saving for backward, else a ring of 2.
 inline int64_t slot(int64_t i, bool full) { return full ? i : (i & 1); }
 
@@ -530,52 +556,57 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
     copy_row(c_p + i0 * B * H, c0.data_ptr<T>(), B * H);
   }
   const int64_t grain = grain_rows(R);
-  for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = c.rev ? T_ - 1 - step : step;
-    const int64_t ip = slot(c.rev ? t + 1 : t, full), in = slot(c.rev ? t : t + 1, full);
-    T* rp = rin_p + ip * B * KS;
-    T* rn = rin_p + in * B * KS;
-    T* cp = c_p + ip * B * H;
-    T* cn = c_p + in * B * H;
-    T* z = xg_p + t * B * R;
-    T* yt = y_p + t * B * c.out;
-    T* mt = c.proj ? m_p + (full ? t : 0) * B * H : nullptr;
-    if (c.KG > 0) gemm<T>(true, B, R, c.KG, T(1), rp + c.koff, KS, w_p, c.KG, T(1), z, R);
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      std::vector<T> tmp(4 * H);
-      for (int64_t b = b0; b < b1; ++b) {
-        if (!valid(b, t)) {
-          copy_row(rn + b * KS, static_cast<const T*>(rp + b * KS), KS);
-          copy_row(cn + b * H, static_cast<const T*>(cp + b * H), H);
-          if (c.proj) {
-            // Backward multiplies these rows by a zero gradient; uninitialised memory could
-            // hold NaN or Inf, and 0 * NaN would poison dW_hr.
-            zero_row(mt + b * H, H);
+  over_rows(B, [&](int64_t r0, int64_t r1) {
+    const int64_t M = r1 - r0;
+    for (int64_t step = 0; step < T_; ++step) {
+      const int64_t t = c.rev ? T_ - 1 - step : step;
+      const int64_t ip = slot(c.rev ? t + 1 : t, full), in = slot(c.rev ? t : t + 1, full);
+      T* rp = rin_p + ip * B * KS;
+      T* rn = rin_p + in * B * KS;
+      T* cp = c_p + ip * B * H;
+      T* cn = c_p + in * B * H;
+      T* z = xg_p + t * B * R;
+      T* yt = y_p + t * B * c.out;
+      T* mt = c.proj ? m_p + (full ? t : 0) * B * H : nullptr;
+      if (c.KG > 0) {
+        gemm<T>(true, M, R, c.KG, T(1), rp + r0 * KS + c.koff, KS, w_p, c.KG, T(1), z + r0 * R, R);
+      }
+      at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
+        std::vector<T> tmp(4 * H);
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!valid(b, t)) {
+            copy_row(rn + b * KS, static_cast<const T*>(rp + b * KS), KS);
+            copy_row(cn + b * H, static_cast<const T*>(cp + b * H), H);
+            if (c.proj) {
+              // Backward multiplies these rows by a zero gradient; uninitialised memory could
+              // hold NaN or Inf, and 0 * NaN would poison dW_hr.
+              zero_row(mt + b * H, H);
+            } else {
+              zero_row(yt + b * c.out, c.out);
+            }
+            if (cells_p) zero_row(cells_p + (t * B + b) * H, H);
+            continue;
+          }
+          T* m = c.proj ? mt + b * H : rn + b * KS;
+          lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m,
+                          c.G ? rn + b * KS + c.out : nullptr, pi, pf, po, tmp.data());
+          if (!c.proj) copy_row(yt + b * c.out, static_cast<const T*>(m), c.out);
+          if (cells_p) copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
+        }
+      });
+      if (c.proj) {
+        gemm<T>(true, M, c.out, H, T(1), mt + r0 * H, H, hr_p, H, T(0), rn + r0 * KS, KS);
+        for (int64_t b = r0; b < r1; ++b) {
+          if (valid(b, t)) {
+            copy_row(yt + b * c.out, static_cast<const T*>(rn + b * KS), c.out);
           } else {
+            copy_row(rn + b * KS, static_cast<const T*>(rp + b * KS), c.out);
             zero_row(yt + b * c.out, c.out);
           }
-          if (cells_p) zero_row(cells_p + (t * B + b) * H, H);
-          continue;
-        }
-        T* m = c.proj ? mt + b * H : rn + b * KS;
-        lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m, c.G ? rn + b * KS + c.out : nullptr,
-                        pi, pf, po, tmp.data());
-        if (!c.proj) copy_row(yt + b * c.out, static_cast<const T*>(m), c.out);
-        if (cells_p) copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
-      }
-    });
-    if (c.proj) {
-      gemm<T>(true, B, c.out, H, T(1), mt, H, hr_p, H, T(0), rn, KS);
-      for (int64_t b = 0; b < B; ++b) {
-        if (valid(b, t)) {
-          copy_row(yt + b * c.out, static_cast<const T*>(rn + b * KS), c.out);
-        } else {
-          copy_row(rn + b * KS, static_cast<const T*>(rp + b * KS), c.out);
-          zero_row(yt + b * c.out, c.out);
         }
       }
     }
-  }
+  });
   const int64_t iT = slot(c.rev ? 0 : T_, full);
   Tensor last = rin.select(0, iT);
   Tensor hT = last.narrow(1, 0, c.out).clone();
@@ -628,76 +659,80 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   const Valid valid = make_valid(lengths);
   (void)rin;
   const int64_t grain = grain_rows(R);
-  for (int64_t step = T_ - 1; step >= 0; --step) {
-    const int64_t t = c.rev ? T_ - 1 - step : step;
-    const int64_t ip = c.rev ? t + 1 : t, in = c.rev ? t : t + 1;
-    const T* cp = c_p + ip * B * H;
-    const T* cn = c_p + in * B * H;
-    const T* gt = g_p + t * B * R;
-    T* dzt = dz_p + t * B * R;
-    const T* dyt = dy_p + t * B * out;
-    if (c.proj) {
-      T* dht = dhall_p + t * B * out;
-      for (int64_t b = 0; b < B; ++b) {
-        T* dh = drin_p + b * KS;
-        if (valid(b, t)) {
-          for (int64_t j = 0; j < out; ++j) dht[b * out + j] = dyt[b * out + j] + dh[j];
-          zero_row(dh, out);
-        } else {
-          zero_row(dht + b * out, out);
-        }
-      }
-      gemm<T>(false, B, H, out, T(1), dht, out, hr_p, H, T(0), dm_p, H);
-    }
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      std::vector<T> tmp(6 * H);
-      for (int64_t b = b0; b < b1; ++b) {
-        if (!valid(b, t)) {
-          zero_row(dzt + b * R, R);
-          continue;
-        }
-        T* dr = drin_p + b * KS;
-        const T* dm;
-        if (c.proj) {
-          dm = dm_p + b * H;
-        } else {
-          T* t_m = tmp.data() + 5 * H;
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) t_m[j] = dyt[b * out + j] + dr[j];
-          dm = t_m;
-        }
-        T* dcb = dc_p + b * H;
-        if (dcells_p) {
-          const T* dcl = dcells_p + (t * B + b) * H;
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) dcb[j] += dcl[j];
-        }
-        lstm_bwd_row<T>(c, gt + b * R, cp + b * H, cn + b * H, dm, c.G ? dr + out : nullptr,
-                        dcb, dzt + b * R, pi, pf, po, tmp.data());
-        if (dpr_p) {
-          // Peephole gradients accumulate per row while dz and the cells are in cache; each
-          // row belongs to one thread per step, and rows are summed in order at the end, so
-          // the result does not depend on the thread count.
-          T* acc = dpr_p + b * 3 * H;
-          const T* dzb = dzt + b * R;
-          const int64_t offs[3] = {c.off_i, c.off_f, c.off_o};
-          for (int q = 0; q < 3; ++q) {
-            if (offs[q] < 0) continue;
-            const T* cells = q == 2 ? cn + b * H : cp + b * H;
-            const T* dv = spread<T>(dzb + offs[q], tmp.data() + H, c.nb, c.s);
-            T* a = acc + q * H;
-#pragma omp simd
-            for (int64_t j = 0; j < H; ++j) a[j] += dv[j] * cells[j];
+  over_rows(B, [&](int64_t r0, int64_t r1) {
+    const int64_t M = r1 - r0;
+    for (int64_t step = T_ - 1; step >= 0; --step) {
+      const int64_t t = c.rev ? T_ - 1 - step : step;
+      const int64_t ip = c.rev ? t + 1 : t, in = c.rev ? t : t + 1;
+      const T* cp = c_p + ip * B * H;
+      const T* cn = c_p + in * B * H;
+      const T* gt = g_p + t * B * R;
+      T* dzt = dz_p + t * B * R;
+      const T* dyt = dy_p + t * B * out;
+      if (c.proj) {
+        T* dht = dhall_p + t * B * out;
+        for (int64_t b = r0; b < r1; ++b) {
+          T* dh = drin_p + b * KS;
+          if (valid(b, t)) {
+            for (int64_t j = 0; j < out; ++j) dht[b * out + j] = dyt[b * out + j] + dh[j];
+            zero_row(dh, out);
+          } else {
+            zero_row(dht + b * out, out);
           }
         }
-        // The state gradient of a row inside its sequence now comes only from this step.
-        zero_row(dr, KS);
+        gemm<T>(false, M, H, out, T(1), dht + r0 * out, out, hr_p, H, T(0), dm_p + r0 * H, H);
       }
-    });
-    if (c.KG > 0 && !c.trunc) {
-      gemm<T>(false, B, c.KG, R, T(1), dzt, R, w_p, c.KG, T(1), drin_p + c.koff, KS);
+      at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
+        std::vector<T> tmp(6 * H);
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!valid(b, t)) {
+            zero_row(dzt + b * R, R);
+            continue;
+          }
+          T* dr = drin_p + b * KS;
+          const T* dm;
+          if (c.proj) {
+            dm = dm_p + b * H;
+          } else {
+            T* t_m = tmp.data() + 5 * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) t_m[j] = dyt[b * out + j] + dr[j];
+            dm = t_m;
+          }
+          T* dcb = dc_p + b * H;
+          if (dcells_p) {
+            const T* dcl = dcells_p + (t * B + b) * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) dcb[j] += dcl[j];
+          }
+          lstm_bwd_row<T>(c, gt + b * R, cp + b * H, cn + b * H, dm, c.G ? dr + out : nullptr,
+                          dcb, dzt + b * R, pi, pf, po, tmp.data());
+          if (dpr_p) {
+            // Peephole gradients accumulate per row while dz and the cells are in cache; each
+            // row belongs to one thread per step, and rows are summed in order at the end, so
+            // the result does not depend on the thread count.
+            T* acc = dpr_p + b * 3 * H;
+            const T* dzb = dzt + b * R;
+            const int64_t offs[3] = {c.off_i, c.off_f, c.off_o};
+            for (int q = 0; q < 3; ++q) {
+              if (offs[q] < 0) continue;
+              const T* cells = q == 2 ? cn + b * H : cp + b * H;
+              const T* dv = spread<T>(dzb + offs[q], tmp.data() + H, c.nb, c.s);
+              T* a = acc + q * H;
+#pragma omp simd
+              for (int64_t j = 0; j < H; ++j) a[j] += dv[j] * cells[j];
+            }
+          }
+          // The state gradient of a row inside its sequence now comes only from this step.
+          zero_row(dr, KS);
+        }
+      });
+      if (c.KG > 0 && !c.trunc) {
+        gemm<T>(false, M, c.KG, R, T(1), dzt + r0 * R, R, w_p, c.KG, T(1),
+                drin_p + r0 * KS + c.koff, KS);
+      }
     }
-  }
+  });
   Tensor dh0 = drin.narrow(1, 0, out).clone();
   Tensor da0 = c.G ? drin.narrow(1, out, c.G).clone() : Tensor();
   Tensor dpeep = c.peep ? dprow.sum(0) : Tensor();
@@ -770,63 +805,67 @@ std::vector<Tensor> gru_forward_impl(const GruCfg& c, Tensor xg, const Tensor& w
   const Valid valid = make_valid(lengths);
   copy_row(hs_p + slot(c.rev ? T_ : 0, full) * B * H, h0.data_ptr<T>(), B * H);
   const int64_t grain = grain_rows(R);
-  for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = c.rev ? T_ - 1 - step : step;
-    const T* hp = hs_p + slot(c.rev ? t + 1 : t, full) * B * H;
-    T* hn = hs_p + slot(c.rev ? t : t + 1, full) * B * H;
-    T* z = xg_p + t * B * R;
-    T* yt = y_p + t * B * H;
-    T* auxt = aux_p + (full ? t : 0) * B * H;
-    if (c.reset_after) {
-      gemm<T>(true, B, R, H, T(1), hp, H, w_p, H, T(0), rec_p, R);
-    } else {
-      gemm<T>(true, B, 2 * H, H, T(1), hp, H, w_p, H, T(1), z, R);
-      at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          T* zr = z + b * R;
-          act_fwd(c.ga, zr, 2 * H);
-          const T* h = hp + b * H;
-          T* rh = auxt + b * H;
+  over_rows(B, [&](int64_t r0, int64_t r1) {
+    const int64_t M = r1 - r0;
+    for (int64_t step = 0; step < T_; ++step) {
+      const int64_t t = c.rev ? T_ - 1 - step : step;
+      const T* hp = hs_p + slot(c.rev ? t + 1 : t, full) * B * H;
+      T* hn = hs_p + slot(c.rev ? t : t + 1, full) * B * H;
+      T* z = xg_p + t * B * R;
+      T* yt = y_p + t * B * H;
+      T* auxt = aux_p + (full ? t : 0) * B * H;
+      if (c.reset_after) {
+        gemm<T>(true, M, R, H, T(1), hp + r0 * H, H, w_p, H, T(0), rec_p + r0 * R, R);
+      } else {
+        gemm<T>(true, M, 2 * H, H, T(1), hp + r0 * H, H, w_p, H, T(1), z + r0 * R, R);
+        at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            T* zr = z + b * R;
+            act_fwd(c.ga, zr, 2 * H);
+            const T* h = hp + b * H;
+            T* rh = auxt + b * H;
 #pragma omp simd
-          for (int64_t j = 0; j < H; ++j) rh[j] = zr[j] * h[j];
+            for (int64_t j = 0; j < H; ++j) rh[j] = zr[j] * h[j];
+          }
+        });
+        gemm<T>(true, M, H, H, T(1), auxt + r0 * H, H, w_p + 2 * H * H, H, T(1),
+                z + r0 * R + 2 * H, R);
+      }
+      at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* h = hp + b * H;
+          if (!valid(b, t)) {
+            copy_row(hn + b * H, h, H);
+            zero_row(yt + b * H, H);
+            continue;
+          }
+          T* zr = z + b * R;
+          T* zz = zr + H;
+          T* zn = zr + 2 * H;
+          if (c.reset_after) {
+            const T* rr = rec_p + b * R;
+            T* rn = auxt + b * H;
+#pragma omp simd
+            for (int64_t j = 0; j < 2 * H; ++j) zr[j] += rr[j];
+            act_fwd(c.ga, zr, 2 * H);
+            if (bn) {
+#pragma omp simd
+              for (int64_t j = 0; j < H; ++j) rn[j] = rr[2 * H + j] + bn[j];
+            } else {
+              copy_row(rn, rr + 2 * H, H);
+            }
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) zn[j] += zr[j] * rn[j];
+          }
+          act_fwd(c.ia, zn, H);
+          T* ho = hn + b * H;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) ho[j] = zn[j] + zz[j] * (h[j] - zn[j]);
+          copy_row(yt + b * H, static_cast<const T*>(ho), H);
         }
       });
-      gemm<T>(true, B, H, H, T(1), auxt, H, w_p + 2 * H * H, H, T(1), z + 2 * H, R);
     }
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* h = hp + b * H;
-        if (!valid(b, t)) {
-          copy_row(hn + b * H, h, H);
-          zero_row(yt + b * H, H);
-          continue;
-        }
-        T* zr = z + b * R;
-        T* zz = zr + H;
-        T* zn = zr + 2 * H;
-        if (c.reset_after) {
-          const T* rr = rec_p + b * R;
-          T* rn = auxt + b * H;
-#pragma omp simd
-          for (int64_t j = 0; j < 2 * H; ++j) zr[j] += rr[j];
-          act_fwd(c.ga, zr, 2 * H);
-          if (bn) {
-#pragma omp simd
-            for (int64_t j = 0; j < H; ++j) rn[j] = rr[2 * H + j] + bn[j];
-          } else {
-            copy_row(rn, rr + 2 * H, H);
-          }
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) zn[j] += zr[j] * rn[j];
-        }
-        act_fwd(c.ia, zn, H);
-        T* ho = hn + b * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) ho[j] = zn[j] + zz[j] * (h[j] - zn[j]);
-        copy_row(yt + b * H, static_cast<const T*>(ho), H);
-      }
-    });
-  }
+  });
   Tensor hT = hs.select(0, slot(c.rev ? 0 : T_, full)).clone();
   return {y, hT, full ? hs : Tensor(), full ? aux : Tensor()};
 }
@@ -854,75 +893,79 @@ std::vector<Tensor> gru_backward_impl(const GruCfg& c, const Tensor& gates, cons
   const T* w_p = w_hh.data_ptr<T>();
   const Valid valid = make_valid(lengths);
   const int64_t grain = grain_rows(R);
-  for (int64_t step = T_ - 1; step >= 0; --step) {
-    const int64_t t = c.rev ? T_ - 1 - step : step;
-    const T* hp = hs_p + (c.rev ? t + 1 : t) * B * H;
-    const T* gt = g_p + t * B * R;
-    const T* auxt = aux_p + t * B * H;
-    T* dzt = dz_p + t * B * R;
-    T* drt = c.reset_after ? drec_p + t * B * R : nullptr;
-    const T* dyt = dy_p + t * B * H;
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* d = dz_p + (t * B + b) * R;
-        if (!valid(b, t)) {
-          zero_row(d, R);
-          if (drt) zero_row(drt + b * R, R);
-          continue;
-        }
-        const T* g = gt + b * R;
-        const T* gr = g;
-        const T* gz = g + H;
-        const T* gn = g + 2 * H;
-        const T* h = hp + b * H;
-        T* dhb = dh_p + b * H;
-        T* dr = d;
-        T* dzz = d + H;
-        T* dn = d + 2 * H;
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) {
-          T dht = dyt[b * H + j] + dhb[j];
-          dn[j] = dht * (T(1) - gz[j]);
-          dzz[j] = dht * (h[j] - gn[j]);
-          dhb[j] = dht * gz[j];
-        }
-        act_bwd(c.ia, gn, dn, H);
-        act_bwd(c.ga, gz, dzz, H);
-        if (c.reset_after) {
-          const T* rn = auxt + b * H;
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) dr[j] = dn[j] * rn[j];
-          act_bwd(c.ga, gr, dr, H);
-          T* dq = drt + b * R;
-          copy_row(dq, static_cast<const T*>(d), 2 * H);
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) dq[2 * H + j] = dn[j] * gr[j];
-        }
-      }
-    });
-    if (c.reset_after) {
-      gemm<T>(false, B, H, R, T(1), drt, R, w_p, H, T(1), dh_p, H);
-    } else {
-      gemm<T>(false, B, H, H, T(1), dzt + 2 * H, R, w_p + 2 * H * H, H, T(0), drh_p, H);
-      at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+  over_rows(B, [&](int64_t r0, int64_t r1) {
+    const int64_t M = r1 - r0;
+    for (int64_t step = T_ - 1; step >= 0; --step) {
+      const int64_t t = c.rev ? T_ - 1 - step : step;
+      const T* hp = hs_p + (c.rev ? t + 1 : t) * B * H;
+      const T* gt = g_p + t * B * R;
+      const T* auxt = aux_p + t * B * H;
+      T* dzt = dz_p + t * B * R;
+      T* drt = c.reset_after ? drec_p + t * B * R : nullptr;
+      const T* dyt = dy_p + t * B * H;
+      at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          if (!valid(b, t)) continue;
-          const T* gr = gt + b * R;
+          T* d = dz_p + (t * B + b) * R;
+          if (!valid(b, t)) {
+            zero_row(d, R);
+            if (drt) zero_row(drt + b * R, R);
+            continue;
+          }
+          const T* g = gt + b * R;
+          const T* gr = g;
+          const T* gz = g + H;
+          const T* gn = g + 2 * H;
           const T* h = hp + b * H;
-          const T* drhb = drh_p + b * H;
-          T* dr = dzt + b * R;
           T* dhb = dh_p + b * H;
+          T* dr = d;
+          T* dzz = d + H;
+          T* dn = d + 2 * H;
 #pragma omp simd
           for (int64_t j = 0; j < H; ++j) {
-            dr[j] = drhb[j] * h[j];
-            dhb[j] += drhb[j] * gr[j];
+            T dht = dyt[b * H + j] + dhb[j];
+            dn[j] = dht * (T(1) - gz[j]);
+            dzz[j] = dht * (h[j] - gn[j]);
+            dhb[j] = dht * gz[j];
           }
-          act_bwd(c.ga, gr, dr, H);
+          act_bwd(c.ia, gn, dn, H);
+          act_bwd(c.ga, gz, dzz, H);
+          if (c.reset_after) {
+            const T* rn = auxt + b * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) dr[j] = dn[j] * rn[j];
+            act_bwd(c.ga, gr, dr, H);
+            T* dq = drt + b * R;
+            copy_row(dq, static_cast<const T*>(d), 2 * H);
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) dq[2 * H + j] = dn[j] * gr[j];
+          }
         }
       });
-      gemm<T>(false, B, H, 2 * H, T(1), dzt, R, w_p, H, T(1), dh_p, H);
+      if (c.reset_after) {
+        gemm<T>(false, M, H, R, T(1), drt + r0 * R, R, w_p, H, T(1), dh_p + r0 * H, H);
+      } else {
+        gemm<T>(false, M, H, H, T(1), dzt + r0 * R + 2 * H, R, w_p + 2 * H * H, H, T(0),
+                drh_p + r0 * H, H);
+        at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            if (!valid(b, t)) continue;
+            const T* gr = gt + b * R;
+            const T* h = hp + b * H;
+            const T* drhb = drh_p + b * H;
+            T* dr = dzt + b * R;
+            T* dhb = dh_p + b * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              dr[j] = drhb[j] * h[j];
+              dhb[j] += drhb[j] * gr[j];
+            }
+            act_bwd(c.ga, gr, dr, H);
+          }
+        });
+        gemm<T>(false, M, H, 2 * H, T(1), dzt + r0 * R, R, w_p, H, T(1), dh_p + r0 * H, H);
+      }
     }
-  }
+  });
   return {dz, drec, dh};
 }
 
@@ -962,26 +1005,29 @@ std::vector<Tensor> rnn_forward_impl(int64_t H, bool rev, int act, Tensor xg, co
   const Valid valid = make_valid(lengths);
   copy_row(hs_p + slot(rev ? T_ : 0, full) * B * H, h0.data_ptr<T>(), B * H);
   const int64_t grain = grain_rows(H);
-  for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = rev ? T_ - 1 - step : step;
-    const T* hp = hs_p + slot(rev ? t + 1 : t, full) * B * H;
-    T* hn = hs_p + slot(rev ? t : t + 1, full) * B * H;
-    T* z = xg_p + t * B * H;
-    T* yt = y_p + t * B * H;
-    gemm<T>(true, B, H, H, T(1), hp, H, w_p, H, T(1), z, H);
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        if (!valid(b, t)) {
-          copy_row(hn + b * H, hp + b * H, H);
-          zero_row(yt + b * H, H);
-          continue;
+  over_rows(B, [&](int64_t r0, int64_t r1) {
+    const int64_t M = r1 - r0;
+    for (int64_t step = 0; step < T_; ++step) {
+      const int64_t t = rev ? T_ - 1 - step : step;
+      const T* hp = hs_p + slot(rev ? t + 1 : t, full) * B * H;
+      T* hn = hs_p + slot(rev ? t : t + 1, full) * B * H;
+      T* z = xg_p + t * B * H;
+      T* yt = y_p + t * B * H;
+      gemm<T>(true, M, H, H, T(1), hp + r0 * H, H, w_p, H, T(1), z + r0 * H, H);
+      at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!valid(b, t)) {
+            copy_row(hn + b * H, hp + b * H, H);
+            zero_row(yt + b * H, H);
+            continue;
+          }
+          act_fwd(act, z + b * H, H);
+          copy_row(hn + b * H, static_cast<const T*>(z + b * H), H);
+          copy_row(yt + b * H, static_cast<const T*>(z + b * H), H);
         }
-        act_fwd(act, z + b * H, H);
-        copy_row(hn + b * H, static_cast<const T*>(z + b * H), H);
-        copy_row(yt + b * H, static_cast<const T*>(z + b * H), H);
-      }
-    });
-  }
+      });
+    }
+  });
   Tensor hT = hs.select(0, slot(rev ? 0 : T_, full)).clone();
   return {y, hT, full ? hs : Tensor()};
 }
@@ -1001,26 +1047,29 @@ std::vector<Tensor> rnn_backward_impl(int64_t H, bool rev, int act, const Tensor
   const T* w_p = w_hh.data_ptr<T>();
   const Valid valid = make_valid(lengths);
   const int64_t grain = grain_rows(H);
-  for (int64_t step = T_ - 1; step >= 0; --step) {
-    const int64_t t = rev ? T_ - 1 - step : step;
-    T* dzt = dz_p + t * B * H;
-    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* d = dzt + b * H;
-        if (!valid(b, t)) {
-          zero_row(d, H);
-          continue;
-        }
-        const T* dyb = dy_p + (t * B + b) * H;
-        T* dhb = dh_p + b * H;
+  over_rows(B, [&](int64_t r0, int64_t r1) {
+    const int64_t M = r1 - r0;
+    for (int64_t step = T_ - 1; step >= 0; --step) {
+      const int64_t t = rev ? T_ - 1 - step : step;
+      T* dzt = dz_p + t * B * H;
+      at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          T* d = dzt + b * H;
+          if (!valid(b, t)) {
+            zero_row(d, H);
+            continue;
+          }
+          const T* dyb = dy_p + (t * B + b) * H;
+          T* dhb = dh_p + b * H;
 #pragma omp simd
-        for (int64_t j = 0; j < H; ++j) d[j] = dyb[j] + dhb[j];
-        act_bwd(act, g_p + (t * B + b) * H, d, H);
-        zero_row(dhb, H);
-      }
-    });
-    gemm<T>(false, B, H, H, T(1), dzt, H, w_p, H, T(1), dh_p, H);
-  }
+          for (int64_t j = 0; j < H; ++j) d[j] = dyb[j] + dhb[j];
+          act_bwd(act, g_p + (t * B + b) * H, d, H);
+          zero_row(dhb, H);
+        }
+      });
+      gemm<T>(false, M, H, H, T(1), dzt + r0 * H, H, w_p, H, T(1), dh_p + r0 * H, H);
+    }
+  });
   return {dz, dh};
 }
 
@@ -1048,18 +1097,30 @@ std::vector<Tensor> rnn_backward(Tensor hact, Tensor w_hh, Tensor lengths, Tenso
 }
 
 // The GEMMs alone, as the engine issues them per step (the benchmark's floor): n_steps times
-// C[M,N] (+)= A[M,K] op(W), op(W) = W^T for W [N,K] (trans_w) or W for W [K,N].
+// C[M,N] (+)= A[M,K] op(W), op(W) = W^T for W [N,K] (trans_w) or W for W [K,N]. Rows are split
+// across threads exactly as the engine splits them (over_rows).
 void gemm_loop(Tensor a, Tensor w, Tensor c, int64_t n_steps, bool accumulate, bool trans_w) {
   TORCH_CHECK(a.is_contiguous() && w.is_contiguous() && c.is_contiguous(),
               "lstmkit engine: gemm_loop needs contiguous tensors");
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "gemm_loop", [&] {
     const int64_t M = a.size(0), K = a.size(1), N = trans_w ? w.size(0) : w.size(1);
-    for (int64_t i = 0; i < n_steps; ++i) {
-      gemm<scalar_t>(trans_w, M, N, K, scalar_t(1), a.data_ptr<scalar_t>(), K,
-                     w.data_ptr<scalar_t>(), trans_w ? K : N,
-                     accumulate ? scalar_t(1) : scalar_t(0), c.data_ptr<scalar_t>(), N);
-    }
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* cp = c.data_ptr<scalar_t>();
+    over_rows(M, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = 0; i < n_steps; ++i) {
+        gemm<scalar_t>(trans_w, r1 - r0, N, K, scalar_t(1), ap + r0 * K, K, wp,
+                       trans_w ? K : N, accumulate ? scalar_t(1) : scalar_t(0), cp + r0 * N, N);
+      }
+    });
   });
+}
+
+// Minimum batch rows per thread for the row split (0: never split). Returns the previous value.
+int64_t set_split(int64_t min_rows) {
+  const int64_t prev = g_split_min_rows;
+  g_split_min_rows = min_rows;
+  return prev;
 }
 
 void set_blas(bool use) { g_use_blas = use; }
@@ -1078,5 +1139,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_loop", &gemm_loop, py::arg("a"), py::arg("w"), py::arg("c"), py::arg("n_steps"),
         py::arg("accumulate") = true, py::arg("trans_w") = true);
   m.def("set_blas", &set_blas);
+  m.def("set_split", &set_split);
+  m.def("split_parts", &split_parts);
   m.def("has_blas", &has_blas);
 }
