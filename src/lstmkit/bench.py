@@ -7,8 +7,9 @@ alternate the candidates (rotating their order every round so that none always r
   fused engine and of ``torch.nn.LSTM`` of the same shape;
 * inference (forward under ``torch.no_grad``) of both;
 * the floor: the GEMMs the engine issues for that variant and shape, alone (the input
-  projection, the per-step recurrent GEMMs through the engine's own BLAS call, and in training
-  the per-step state-gradient GEMMs and the weight-gradient GEMMs over all steps);
+  projection, the per-step recurrent GEMMs through the engine's own BLAS call with the batch
+  rows split across threads exactly as the engine splits them, and in training the per-step
+  state-gradient GEMMs and the weight-gradient GEMMs over all steps);
 * once, the peak CPU memory of one training step of each (torch's profiler), against
   ``torch.nn.LSTM``'s plus the bytes of the engine's saved gates.
 
