@@ -268,6 +268,42 @@ def test_engine_gemm_fallback_matches_blas():
         ext.set_blas(True)
 
 
+def test_engine_blas_steps_match_packed_kernel_steps():
+    """Where the packed per-step kernel and one-pass row run (float, AVX-512), the BLAS steps and
+    the general row (other machines, float64) must give the same numbers."""
+    _engine_or_skip()
+    ext = engine._build.load()
+    case = dict(steps=5, batch=10, n_in=3, hidden=8, layers=2, bidirectional=True, proj=0,
+                lengths=torch.tensor([5, 1, 3, 5, 2, 4, 5, 1, 5, 3]), with_hx=True,
+                return_cells=False, bias=True, seed=5)
+    previous = ext.set_kernel(False)
+    try:
+        for name in ("peephole", "cifg", "vanilla", "lstm", "nfg", "cifg_peephole", "gru_cho",
+                     "rnn"):
+            _compare(spec=PRESETS[name], **case)
+    finally:
+        ext.set_kernel(previous)
+    assert ext.set_kernel(previous) == previous
+
+
+def test_packed_kernel_gemm_matches_torch():
+    """The per-step GEMM as the floor runs it: odd sizes exercise partial panels and row blocks."""
+    _engine_or_skip()
+    ext = engine._build.load()
+    torch.manual_seed(0)
+    for m, n, k in ((1, 1, 1), (13, 33, 7), (29, 70, 64), (40, 16, 3)):
+        a, w = torch.randn(m, k), torch.randn(n, k)
+        for trans in (True, False):
+            wm = w if trans else w.t().contiguous()
+            c = torch.randn(m, n)
+            expected = c + 3 * (a @ w.t())
+            ext.gemm_loop(a, wm, c, 3, True, trans)
+            torch.testing.assert_close(c, expected, atol=1e-4, rtol=1e-5)
+            c0 = torch.randn(m, n)
+            ext.gemm_loop(a, wm, c0, 2, False, trans)
+            torch.testing.assert_close(c0, a @ w.t(), atol=1e-4, rtol=1e-5)
+
+
 def test_scan_falls_back_for_layer_norm_and_other_dtypes():
     spec = PRESETS["layernorm"]
     assert not engine.supports(spec)

@@ -20,10 +20,16 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 extern "C" {
@@ -104,6 +110,136 @@ void gemm(bool trans_w, int64_t M, int64_t N, int64_t K, T alpha, const T* A, in
     gemm_aten<T>(trans_w, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-step GEMMs with the weight packed once per sequence (float, AVX-512).
+//
+// Every step multiplies a few batch rows (B, or B/P per thread) by the same weight matrix. A
+// general BLAS call re-packs its operands each time and is tuned for large M; at M = 8 to 32 it
+// reached about half the machine's peak here. Packing op(W) once per sequence into panels of
+// 32 columns and running a register-blocked kernel (up to 12 rows x 32 columns of accumulators,
+// one broadcast of A and two panel loads per k) keeps the FMA units busy at small M. Elsewhere
+// (double, no AVX-512, set_kernel(false)) the step calls the BLAS as before.
+
+bool g_use_kernel = true;
+
+#if defined(__AVX512F__)
+constexpr int64_t kPanel = 32;
+constexpr int kMaxRows = 12;
+
+template <int MR>
+void panel_kernel(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Wp,
+                  float* __restrict C, int64_t ldc, bool accumulate, __mmask16 m0, __mmask16 m1) {
+  __m512 c0[MR], c1[MR];
+  for (int r = 0; r < MR; ++r) {
+    c0[r] = accumulate ? _mm512_maskz_loadu_ps(m0, C + r * ldc) : _mm512_setzero_ps();
+    c1[r] = accumulate ? _mm512_maskz_loadu_ps(m1, C + r * ldc + 16) : _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 w0 = _mm512_load_ps(Wp + k * kPanel);
+    const __m512 w1 = _mm512_load_ps(Wp + k * kPanel + 16);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+      c0[r] = _mm512_fmadd_ps(a, w0, c0[r]);
+      c1[r] = _mm512_fmadd_ps(a, w1, c1[r]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    _mm512_mask_storeu_ps(C + r * ldc, m0, c0[r]);
+    _mm512_mask_storeu_ps(C + r * ldc + 16, m1, c1[r]);
+  }
+}
+
+template <int MR>
+void panel_rows(int64_t K, const float* A, int64_t lda, const float* Wp, float* C, int64_t ldc,
+                bool accumulate, __mmask16 m0, __mmask16 m1, int rows) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return panel_rows<MR - 1>(K, A, lda, Wp, C, ldc, accumulate, m0, m1, rows);
+  }
+  panel_kernel<MR>(K, A, lda, Wp, C, ldc, accumulate, m0, m1);
+}
+#endif
+
+template <typename T>
+class StepGemm {
+ public:
+  // C[M,N] (+)= A[M,K] op(W) for every step; op(W) = W^T for W [N,K] (trans_w) or W for W [K,N].
+  StepGemm(bool trans_w, int64_t N, int64_t K, const T* W, int64_t ldw)
+      : trans_(trans_w), N_(N), K_(K), W_(W), ldw_(ldw) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (g_use_kernel && N > 0 && K > 0 && W != nullptr) pack();
+    }
+#endif
+  }
+
+  void operator()(int64_t M, const T* A, int64_t lda, bool accumulate, T* C, int64_t ldc) const {
+    if (M == 0 || N_ == 0) return;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (packed_) {
+        const int64_t panels = (N_ + kPanel - 1) / kPanel;
+        for (int64_t p = 0; p < panels; ++p) {
+          const int64_t n0 = p * kPanel, nv = std::min<int64_t>(kPanel, N_ - n0);
+          const __mmask16 m0 = nv >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nv) - 1);
+          const __mmask16 m1 = nv >= 32 ? __mmask16(0xFFFF)
+                                        : (nv > 16 ? __mmask16((1u << (nv - 16)) - 1) : 0);
+          const float* wp = packed_.get() + p * K_ * kPanel;
+          if (accumulate && p + 1 < panels) {
+            // The next panel's C rows (this step's slice of the input projection) are cold.
+            for (int64_t r = 0; r < M; ++r) {
+              _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + n0 + kPanel), _MM_HINT_T0);
+              _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + n0 + kPanel + 16),
+                           _MM_HINT_T0);
+            }
+          }
+          // Equal row blocks: 16 rows as 8 + 8 keeps every block's FMA chains long enough.
+          const int64_t blocks = (M + kMaxRows - 1) / kMaxRows;
+          const int64_t per = (M + blocks - 1) / blocks;
+          for (int64_t r = 0; r < M; r += per) {
+            const int rows = static_cast<int>(std::min<int64_t>(per, M - r));
+            panel_rows<kMaxRows>(K_, A + r * lda, lda, wp, C + r * ldc + n0, ldc, accumulate, m0,
+                                 m1, rows);
+          }
+        }
+        return;
+      }
+    }
+#endif
+    gemm<T>(trans_, M, N_, K_, T(1), A, lda, W_, ldw_, accumulate ? T(1) : T(0), C, ldc);
+  }
+
+ private:
+#if defined(__AVX512F__)
+  void pack() {
+    const int64_t panels = (N_ + kPanel - 1) / kPanel;
+    const size_t bytes = static_cast<size_t>(panels * K_ * kPanel) * sizeof(float);
+    packed_.reset(static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+    if (!packed_) return;
+    float* dst = packed_.get();
+    const float* W = reinterpret_cast<const float*>(W_);
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        float* d = dst + p * K_ * kPanel;
+        for (int64_t j = 0; j < kPanel; ++j) {
+          const int64_t n = p * kPanel + j;
+          for (int64_t k = 0; k < K_; ++k) {
+            d[k * kPanel + j] = n < N_ ? (trans_ ? W[n * ldw_ + k] : W[k * ldw_ + n]) : 0.0f;
+          }
+        }
+      }
+    });
+  }
+#endif
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  bool trans_;
+  int64_t N_, K_;
+  const T* W_;
+  int64_t ldw_;
+  std::unique_ptr<float, Free> packed_;
+};
 
 // ---------------------------------------------------------------------------------------------
 // Activations. Codes match lstmkit/engine/_function.py: ACT_CODES.
@@ -414,6 +550,54 @@ void lstm_fwd_row(const LstmCfg& c, T* z, const T* cp, T* cn, T* m, T* a, const 
   }
 }
 
+// The same row in one pass, for the common cell: one cell per block, sigmoid gates, tanh
+// candidate and output activation, input and output gates present, float. Every quantity of a
+// unit is computed while its inputs are in registers instead of in ten passes over the row.
+template <bool PEEP, bool COUPLED, bool HAS_F>
+void lstm_fwd_row_std(const LstmCfg& c, float* __restrict z, const float* __restrict cp,
+                      float* __restrict cn, float* __restrict m, const float* __restrict pi,
+                      const float* __restrict pf, const float* __restrict po) {
+  float* __restrict zi = z + c.off_i;
+  float* __restrict zf = HAS_F ? z + c.off_f : z;
+  float* __restrict zg = z + c.off_g;
+  float* __restrict zo = z + c.off_o;
+#pragma omp simd
+  for (int64_t j = 0; j < c.H; ++j) {
+    const float cj = cp[j];
+    const float i = fsigmoid(PEEP ? zi[j] + pi[j] * cj : zi[j]);
+    float f = 1.0f;
+    if constexpr (COUPLED) {
+      f = 1.0f - i;
+    } else if constexpr (HAS_F) {
+      f = fsigmoid(PEEP ? zf[j] + pf[j] * cj : zf[j]);
+      zf[j] = f;
+    }
+    const float g = ftanh(zg[j]);
+    const float cnew = f * cj + i * g;
+    const float o = fsigmoid(PEEP ? zo[j] + po[j] * cnew : zo[j]);
+    zi[j] = i;
+    zg[j] = g;
+    zo[j] = o;
+    cn[j] = cnew;
+    m[j] = o * ftanh(cnew);
+  }
+}
+
+using StdRow = void (*)(const LstmCfg&, float*, const float*, float*, float*, const float*,
+                        const float*, const float*);
+
+// The one-pass row for this cell, or null where the general row must run.
+StdRow std_row(const LstmCfg& c) {
+  if (c.s != 1 || c.ga != SIGMOID || c.ia != TANH || c.oa != TANH || c.off_i < 0 ||
+      c.off_o < 0) {
+    return nullptr;
+  }
+  const bool f = c.off_f >= 0;
+  if (c.coupled) return c.peep ? &lstm_fwd_row_std<true, true, false> : &lstm_fwd_row_std<false, true, false>;
+  if (c.peep) return f ? &lstm_fwd_row_std<true, false, true> : &lstm_fwd_row_std<true, false, false>;
+  return f ? &lstm_fwd_row_std<false, false, true> : &lstm_fwd_row_std<false, false, false>;
+}
+
 // One row of the backward elementwise pass. g: the row's saved activated gates; dm: gradient of
 // o * act(c); da: gradient of the carried gate activations a(t) (or null); dc: in, the gradient
 // of c(t); out, of c(t-1). dz: the pre-activation gradients. tmp: 5 * H scratch.
@@ -556,6 +740,9 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
     copy_row(c_p + i0 * B * H, c0.data_ptr<T>(), B * H);
   }
   const int64_t grain = grain_rows(R);
+  const StepGemm<T> rec(true, R, c.KG, c.KG > 0 ? w_p : nullptr, c.KG);
+  const StepGemm<T> project(true, c.out, H, c.proj ? hr_p : nullptr, H);
+  const StdRow fast = g_use_kernel ? std_row(c) : nullptr;
   over_rows(B, [&](int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0;
     for (int64_t step = 0; step < T_; ++step) {
@@ -568,9 +755,7 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
       T* z = xg_p + t * B * R;
       T* yt = y_p + t * B * c.out;
       T* mt = c.proj ? m_p + (full ? t : 0) * B * H : nullptr;
-      if (c.KG > 0) {
-        gemm<T>(true, M, R, c.KG, T(1), rp + r0 * KS + c.koff, KS, w_p, c.KG, T(1), z + r0 * R, R);
-      }
+      if (c.KG > 0) rec(M, rp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
       at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
         std::vector<T> tmp(4 * H);
         for (int64_t b = b0; b < b1; ++b) {
@@ -588,14 +773,27 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
             continue;
           }
           T* m = c.proj ? mt + b * H : rn + b * KS;
-          lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m,
-                          c.G ? rn + b * KS + c.out : nullptr, pi, pf, po, tmp.data());
+          T* a = c.G ? rn + b * KS + c.out : nullptr;
+          if constexpr (std::is_same_v<T, float>) {
+            if (fast) {
+              fast(c, z + b * R, cp + b * H, cn + b * H, m, pi, pf, po);
+              if (a) {
+                if (c.off_i >= 0) copy_row(a + c.aoff_i, static_cast<const T*>(z + b * R + c.off_i), c.nb);
+                if (c.off_f >= 0) copy_row(a + c.aoff_f, static_cast<const T*>(z + b * R + c.off_f), c.nb);
+                if (c.off_o >= 0) copy_row(a + c.aoff_o, static_cast<const T*>(z + b * R + c.off_o), c.nb);
+              }
+              if (!c.proj) copy_row(yt + b * c.out, static_cast<const T*>(m), c.out);
+              if (cells_p) copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
+              continue;
+            }
+          }
+          lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m, a, pi, pf, po, tmp.data());
           if (!c.proj) copy_row(yt + b * c.out, static_cast<const T*>(m), c.out);
           if (cells_p) copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
         }
       });
       if (c.proj) {
-        gemm<T>(true, M, c.out, H, T(1), mt + r0 * H, H, hr_p, H, T(0), rn + r0 * KS, KS);
+        project(M, mt + r0 * H, H, false, rn + r0 * KS, KS);
         for (int64_t b = r0; b < r1; ++b) {
           if (valid(b, t)) {
             copy_row(yt + b * c.out, static_cast<const T*>(rn + b * KS), c.out);
@@ -659,6 +857,9 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   const Valid valid = make_valid(lengths);
   (void)rin;
   const int64_t grain = grain_rows(R);
+  const bool state_grad = c.KG > 0 && !c.trunc;
+  const StepGemm<T> drec(false, c.KG, R, state_grad ? w_p : nullptr, c.KG);
+  const StepGemm<T> dproject(false, H, out, c.proj ? hr_p : nullptr, H);
   over_rows(B, [&](int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0;
     for (int64_t step = T_ - 1; step >= 0; --step) {
@@ -680,7 +881,7 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
             zero_row(dht + b * out, out);
           }
         }
-        gemm<T>(false, M, H, out, T(1), dht + r0 * out, out, hr_p, H, T(0), dm_p + r0 * H, H);
+        dproject(M, dht + r0 * out, out, false, dm_p + r0 * H, H);
       }
       at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
         std::vector<T> tmp(6 * H);
@@ -727,10 +928,7 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
           zero_row(dr, KS);
         }
       });
-      if (c.KG > 0 && !c.trunc) {
-        gemm<T>(false, M, c.KG, R, T(1), dzt + r0 * R, R, w_p, c.KG, T(1),
-                drin_p + r0 * KS + c.koff, KS);
-      }
+      if (state_grad) drec(M, dzt + r0 * R, R, true, drin_p + r0 * KS + c.koff, KS);
     }
   });
   Tensor dh0 = drin.narrow(1, 0, out).clone();
@@ -805,6 +1003,9 @@ std::vector<Tensor> gru_forward_impl(const GruCfg& c, Tensor xg, const Tensor& w
   const Valid valid = make_valid(lengths);
   copy_row(hs_p + slot(c.rev ? T_ : 0, full) * B * H, h0.data_ptr<T>(), B * H);
   const int64_t grain = grain_rows(R);
+  // reset_after: all three blocks at once; Cho: r and z first, then the candidate on r * h.
+  const StepGemm<T> w_step(true, c.reset_after ? R : 2 * H, H, w_p, H);
+  const StepGemm<T> w_step_n(true, H, H, c.reset_after ? nullptr : w_p + 2 * H * H, H);
   over_rows(B, [&](int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0;
     for (int64_t step = 0; step < T_; ++step) {
@@ -815,9 +1016,9 @@ std::vector<Tensor> gru_forward_impl(const GruCfg& c, Tensor xg, const Tensor& w
       T* yt = y_p + t * B * H;
       T* auxt = aux_p + (full ? t : 0) * B * H;
       if (c.reset_after) {
-        gemm<T>(true, M, R, H, T(1), hp + r0 * H, H, w_p, H, T(0), rec_p + r0 * R, R);
+        w_step(M, hp + r0 * H, H, false, rec_p + r0 * R, R);
       } else {
-        gemm<T>(true, M, 2 * H, H, T(1), hp + r0 * H, H, w_p, H, T(1), z + r0 * R, R);
+        w_step(M, hp + r0 * H, H, true, z + r0 * R, R);
         at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             T* zr = z + b * R;
@@ -828,8 +1029,7 @@ std::vector<Tensor> gru_forward_impl(const GruCfg& c, Tensor xg, const Tensor& w
             for (int64_t j = 0; j < H; ++j) rh[j] = zr[j] * h[j];
           }
         });
-        gemm<T>(true, M, H, H, T(1), auxt + r0 * H, H, w_p + 2 * H * H, H, T(1),
-                z + r0 * R + 2 * H, R);
+        w_step_n(M, auxt + r0 * H, H, true, z + r0 * R + 2 * H, R);
       }
       at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
@@ -893,6 +1093,8 @@ std::vector<Tensor> gru_backward_impl(const GruCfg& c, const Tensor& gates, cons
   const T* w_p = w_hh.data_ptr<T>();
   const Valid valid = make_valid(lengths);
   const int64_t grain = grain_rows(R);
+  const StepGemm<T> w_back(false, H, c.reset_after ? R : 2 * H, w_p, H);
+  const StepGemm<T> w_back_n(false, H, H, c.reset_after ? nullptr : w_p + 2 * H * H, H);
   over_rows(B, [&](int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0;
     for (int64_t step = T_ - 1; step >= 0; --step) {
@@ -942,10 +1144,9 @@ std::vector<Tensor> gru_backward_impl(const GruCfg& c, const Tensor& gates, cons
         }
       });
       if (c.reset_after) {
-        gemm<T>(false, M, H, R, T(1), drt + r0 * R, R, w_p, H, T(1), dh_p + r0 * H, H);
+        w_back(M, drt + r0 * R, R, true, dh_p + r0 * H, H);
       } else {
-        gemm<T>(false, M, H, H, T(1), dzt + r0 * R + 2 * H, R, w_p + 2 * H * H, H, T(0),
-                drh_p + r0 * H, H);
+        w_back_n(M, dzt + r0 * R + 2 * H, R, false, drh_p + r0 * H, H);
         at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             if (!valid(b, t)) continue;
@@ -962,7 +1163,7 @@ std::vector<Tensor> gru_backward_impl(const GruCfg& c, const Tensor& gates, cons
             act_bwd(c.ga, gr, dr, H);
           }
         });
-        gemm<T>(false, M, H, 2 * H, T(1), dzt + r0 * R, R, w_p, H, T(1), dh_p + r0 * H, H);
+        w_back(M, dzt + r0 * R, R, true, dh_p + r0 * H, H);
       }
     }
   });
@@ -1005,6 +1206,7 @@ std::vector<Tensor> rnn_forward_impl(int64_t H, bool rev, int act, Tensor xg, co
   const Valid valid = make_valid(lengths);
   copy_row(hs_p + slot(rev ? T_ : 0, full) * B * H, h0.data_ptr<T>(), B * H);
   const int64_t grain = grain_rows(H);
+  const StepGemm<T> rec(true, H, H, w_p, H);
   over_rows(B, [&](int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0;
     for (int64_t step = 0; step < T_; ++step) {
@@ -1013,7 +1215,7 @@ std::vector<Tensor> rnn_forward_impl(int64_t H, bool rev, int act, Tensor xg, co
       T* hn = hs_p + slot(rev ? t : t + 1, full) * B * H;
       T* z = xg_p + t * B * H;
       T* yt = y_p + t * B * H;
-      gemm<T>(true, M, H, H, T(1), hp + r0 * H, H, w_p, H, T(1), z + r0 * H, H);
+      rec(M, hp + r0 * H, H, true, z + r0 * H, H);
       at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           if (!valid(b, t)) {
@@ -1047,6 +1249,7 @@ std::vector<Tensor> rnn_backward_impl(int64_t H, bool rev, int act, const Tensor
   const T* w_p = w_hh.data_ptr<T>();
   const Valid valid = make_valid(lengths);
   const int64_t grain = grain_rows(H);
+  const StepGemm<T> drec(false, H, H, w_p, H);
   over_rows(B, [&](int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0;
     for (int64_t step = T_ - 1; step >= 0; --step) {
@@ -1067,7 +1270,7 @@ std::vector<Tensor> rnn_backward_impl(int64_t H, bool rev, int act, const Tensor
           zero_row(dhb, H);
         }
       });
-      gemm<T>(false, M, H, H, T(1), dzt + r0 * H, H, w_p, H, T(1), dh_p + r0 * H, H);
+      drec(M, dzt + r0 * H, H, true, dh_p + r0 * H, H);
     }
   });
   return {dz, dh};
@@ -1107,11 +1310,9 @@ void gemm_loop(Tensor a, Tensor w, Tensor c, int64_t n_steps, bool accumulate, b
     const scalar_t* ap = a.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* cp = c.data_ptr<scalar_t>();
+    const StepGemm<scalar_t> step(trans_w, N, K, wp, trans_w ? K : N);
     over_rows(M, [&](int64_t r0, int64_t r1) {
-      for (int64_t i = 0; i < n_steps; ++i) {
-        gemm<scalar_t>(trans_w, r1 - r0, N, K, scalar_t(1), ap + r0 * K, K, wp,
-                       trans_w ? K : N, accumulate ? scalar_t(1) : scalar_t(0), cp + r0 * N, N);
-      }
+      for (int64_t i = 0; i < n_steps; ++i) step(r1 - r0, ap + r0 * K, K, accumulate, cp + r0 * N, N);
     });
   });
 }
@@ -1140,6 +1341,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("accumulate") = true, py::arg("trans_w") = true);
   m.def("set_blas", &set_blas);
   m.def("set_split", &set_split);
+  m.def("set_kernel", [](bool use) {
+    const bool prev = g_use_kernel;
+    g_use_kernel = use;
+    return prev;
+  });
+  m.def("has_kernel", []() {
+#if defined(__AVX512F__)
+    return true;
+#else
+    return false;
+#endif
+  });
   m.def("split_parts", &split_parts);
   m.def("has_blas", &has_blas);
 }
