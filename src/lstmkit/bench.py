@@ -77,6 +77,8 @@ class Row:
     ref_peak_bytes: int
     gate_bytes: int
     floor_flops: float
+    #: the variant's inference multiply-adds over ``nn.LSTM``'s at the same shape
+    infer_flop_ratio: float = 1.0
 
     @property
     def mem_ratio(self) -> float:
@@ -294,6 +296,8 @@ def bench_shape(shape: Shape, variants: Sequence[str], *, repeats: int, warmup: 
             infer_floor_ratio=_paired_ratio(inf[v], inf[f"floor:{v}"]),
             peak_bytes=peak, ref_peak_bytes=ref_peak, gate_bytes=gate_bytes,
             floor_flops=plan_flops(gemm_plan(specs[v], shape, True)),
+            infer_flop_ratio=plan_flops(gemm_plan(specs[v], shape, False))
+            / plan_flops(gemm_plan(get_spec("lstm"), shape, False)),
         ))
     return rows
 
@@ -318,6 +322,8 @@ def summarise(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
             "train_max": max(r.train_ratio for r in mine),
             "infer_geomean": _geomean([r.infer_ratio for r in mine]),
             "infer_max": max(r.infer_ratio for r in mine),
+            # the inference ratio per multiply-add: how the engine's arithmetic speed compares
+            "infer_per_flop_geomean": _geomean([r.infer_ratio / r.infer_flop_ratio for r in mine]),
             "floor_shapes": [list(r.shape) for r in big],
             "train_floor_max": max(r.train_floor_ratio for r in big),
             "infer_floor_max": max(r.infer_floor_ratio for r in big),
@@ -342,14 +348,15 @@ def format_report(rows: Sequence[Row], summary: dict[str, dict[str, Any]], heade
     """The Markdown report: one table of every measurement and one of the targets."""
     lines = [header, "",
              "| shape (T, B, in, H) | variant | train ms | nn.LSTM train ms | train ratio "
-             "| infer ms | nn.LSTM infer ms | infer ratio | train / floor | infer / floor "
-             "| peak MB | nn.LSTM peak + gates MB | mem ratio |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| infer ms | nn.LSTM infer ms | infer ratio | infer FLOPs / nn.LSTM's "
+             "| train / floor | infer / floor | peak MB | nn.LSTM peak + gates MB | mem ratio |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {tuple(r.shape)} | {r.variant} | {r.train_ms:.2f} | {r.ref_train_ms:.2f} "
             f"| {r.train_ratio:.2f} | {r.infer_ms:.2f} | {r.ref_infer_ms:.2f} "
-            f"| {r.infer_ratio:.2f} | {r.train_floor_ratio:.2f} | {r.infer_floor_ratio:.2f} "
+            f"| {r.infer_ratio:.2f} | {r.infer_flop_ratio:.2f} "
+            f"| {r.train_floor_ratio:.2f} | {r.infer_floor_ratio:.2f} "
             f"| {r.peak_bytes / 2**20:.1f} | {(r.ref_peak_bytes + r.gate_bytes) / 2**20:.1f} "
             f"| {r.mem_ratio:.2f} |")
     lines += ["", f"Targets (issue 5): training geometric mean <= {TARGET_TRAIN_GEOMEAN} and every "
@@ -357,14 +364,16 @@ def format_report(rows: Sequence[Row], summary: dict[str, dict[str, Any]], heade
               f"<= {TARGET_FLOOR} x its GEMM floor on the {FLOOR_SHAPES} shapes with the most "
               "GEMM work; peak memory <= nn.LSTM's + the saved gates (mem ratio <= 1).", "",
               "| variant | train geomean | train max | infer geomean | infer max "
+              "| infer geomean per FLOP "
               "| train / floor (max, big shapes) | infer / floor (max, big shapes) | mem ratio max "
               "| train met | infer met | floor met | memory met |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|"]
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|"]
     for v, s in summary.items():
         met = s["met"]
         lines.append(
             f"| {v} | {s['train_geomean']:.2f} | {s['train_max']:.2f} | {s['infer_geomean']:.2f} "
-            f"| {s['infer_max']:.2f} | {s['train_floor_max']:.2f} | {s['infer_floor_max']:.2f} "
+            f"| {s['infer_max']:.2f} | {s['infer_per_flop_geomean']:.2f} "
+            f"| {s['train_floor_max']:.2f} | {s['infer_floor_max']:.2f} "
             f"| {s['mem_max']:.2f} | {_yes(met['train'])} | {_yes(met['infer'])} "
             f"| {_yes(met['floor'])} | {_yes(met['memory'])} |")
     return "\n".join(lines) + "\n"
@@ -401,8 +410,10 @@ def run(shapes: Sequence[Shape] = DEFAULT_SHAPES, variants: Sequence[str] = DEFA
     # The load average and the OpenMP wait policy are recorded because on a shared machine
     # they, more than anything in the code, decide how far the medians move between runs.
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    ext = engine._build.load()
+    kernel = "packed AVX-512 kernel" if ext is not None and ext.has_kernel() else "BLAS"
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-               f"torch {torch.__version__}, {threads} threads, "
+               f"torch {torch.__version__}, {threads} threads, per-step GEMMs: {kernel}, "
                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
                f"load average {load:.1f} at the end")
     header = (f"`{command}` — {when} — {machine}; medians of {repeats} alternating rounds "
