@@ -7,9 +7,11 @@ alternate the candidates (rotating their order every round so that none always r
   fused engine and of ``torch.nn.LSTM`` of the same shape;
 * inference (forward under ``torch.no_grad``) of both;
 * the floor: the GEMMs the engine issues for that variant and shape, alone (the input
-  projection, the per-step recurrent GEMMs through the engine's own BLAS call with the batch
-  rows split across threads exactly as the engine splits them, and in training the per-step
-  state-gradient GEMMs and the weight-gradient GEMMs over all steps);
+  projection, the per-step recurrent GEMMs through the engine's own GEMM path (its packed kernel
+  or the BLAS) with the batch rows split across threads exactly as the engine splits them and
+  each step's output in its own slice of a ``[T, B, rows]`` buffer as the engine's is, and in
+  training the per-step state-gradient GEMMs, each reading its own step's slice, and the
+  weight-gradient GEMMs over all steps);
 * once, the peak CPU memory of one training step of each (torch's profiler), against
   ``torch.nn.LSTM``'s plus the bytes of the engine's saved gates.
 
@@ -187,17 +189,20 @@ def _floor(plan: Sequence[tuple[str, int, int, int, int]]) -> Callable[[], None]
             a, b = torch.randn(k, m), torch.randn(k, n)
             calls.append(lambda a=a, b=b: torch.mm(a.t(), b))
         else:
+            # As in the engine: the forward step writes into its own step's slice of the input
+            # projection, the backward step reads its own step's slice of dz.
             trans = kind == "step_t"
-            a = torch.randn(m, k)
+            a = torch.randn(m, k) if trans else torch.randn(count, m, k)
             w = torch.randn(n, k) if trans else torch.randn(k, n)
-            c = torch.zeros(m, n)
+            c = torch.randn(count, m, n) if trans else torch.zeros(m, n)
             if ext is not None:
                 calls.append(lambda a=a, w=w, c=c, count=count, trans=trans:
                              ext.gemm_loop(a, w, c, count, True, trans))
             else:  # no engine: the floor is only informative, torch's GEMM loop stands in
                 wt = w.t() if trans else w
                 calls.append(lambda a=a, wt=wt, c=c, count=count:
-                             [c.addmm_(a, wt) for _ in range(count)])
+                             [(c[i] if c.dim() == 3 else c).addmm_(a[i] if a.dim() == 3 else a, wt)
+                              for i in range(count)])
 
     def run() -> None:
         for call in calls:

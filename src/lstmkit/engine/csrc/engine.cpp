@@ -12,8 +12,12 @@
 //             pre-activation gradients dz, then one GEMM dz * [W_hh | W_gh] for the recurrent
 //             state gradient (skipped under the 1997 truncated gradient).
 //
-// Row-major everywhere. GEMMs call the BLAS torch was built with (sgemm_/dgemm_ exported by
-// libtorch_cpu, MKL on x86) directly, falling back to ATen's addmm when the symbol is absent.
+// Threads: batch rows are independent, so each thread runs the whole sequence for its share of
+// the rows (over_rows), with one fork/join per sequence rather than several per step.
+// Row-major everywhere. The per-step GEMMs run a register-blocked AVX-512 kernel on a weight
+// packed once per sequence (StepGemm) where the build has AVX-512, and otherwise call the BLAS
+// torch was built with (sgemm_/dgemm_ exported by libtorch_cpu, MKL on x86) directly, falling
+// back to ATen's addmm when the symbol is absent.
 // Lengths (right padding): a row whose sequence has ended keeps its state, outputs zero and passes
 // its state gradient through unchanged.
 
@@ -116,10 +120,10 @@ void gemm(bool trans_w, int64_t M, int64_t N, int64_t K, T alpha, const T* A, in
 //
 // Every step multiplies a few batch rows (B, or B/P per thread) by the same weight matrix. A
 // general BLAS call re-packs its operands each time and is tuned for large M; at M = 8 to 32 it
-// reached about half the machine's peak here. Packing op(W) once per sequence into panels of
-// 32 columns and running a register-blocked kernel (up to 12 rows x 32 columns of accumulators,
-// one broadcast of A and two panel loads per k) keeps the FMA units busy at small M. Elsewhere
-// (double, no AVX-512, set_kernel(false)) the step calls the BLAS as before.
+// ran at about half the kernel's speed here (benchmarks/bench_step_gemm.py). Packing op(W) once
+// per sequence into panels of 32 columns and running a register-blocked kernel (up to 12 rows x
+// 32 columns of accumulators, one broadcast of A and two panel loads per k) keeps the FMA units
+// busy at small M. Elsewhere (double, no AVX-512, set_kernel(false)) the step calls the BLAS.
 
 bool g_use_kernel = true;
 
@@ -593,8 +597,12 @@ StdRow std_row(const LstmCfg& c) {
     return nullptr;
   }
   const bool f = c.off_f >= 0;
-  if (c.coupled) return c.peep ? &lstm_fwd_row_std<true, true, false> : &lstm_fwd_row_std<false, true, false>;
-  if (c.peep) return f ? &lstm_fwd_row_std<true, false, true> : &lstm_fwd_row_std<true, false, false>;
+  if (c.coupled) {
+    return c.peep ? &lstm_fwd_row_std<true, true, false> : &lstm_fwd_row_std<false, true, false>;
+  }
+  if (c.peep) {
+    return f ? &lstm_fwd_row_std<true, false, true> : &lstm_fwd_row_std<true, false, false>;
+  }
   return f ? &lstm_fwd_row_std<false, false, true> : &lstm_fwd_row_std<false, false, false>;
 }
 
@@ -814,6 +822,75 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
           full ? mall : Tensor()};
 }
 
+// The backward row in one pass for the same common cell (and no projection or carried gates):
+// dy + dh gives dm; dz, the peephole-weight gradients (acc: i, f, o rows of H) and dc(t-1)
+// follow per unit; dh is consumed (zeroed).
+template <bool PEEP, bool COUPLED, bool HAS_F>
+void lstm_bwd_row_std(const LstmCfg& c, const float* __restrict gz, const float* __restrict cp,
+                      const float* __restrict cn, const float* __restrict dy,
+                      float* __restrict dh, float* __restrict dc, float* __restrict dz,
+                      const float* __restrict pi, const float* __restrict pf,
+                      const float* __restrict po, float* __restrict acc) {
+  const int64_t H = c.H;
+  const float* __restrict gi = gz + c.off_i;
+  const float* __restrict gf = HAS_F ? gz + c.off_f : gz;
+  const float* __restrict gg = gz + c.off_g;
+  const float* __restrict go = gz + c.off_o;
+  float* __restrict dzi = dz + c.off_i;
+  float* __restrict dzf = HAS_F ? dz + c.off_f : dz;
+  float* __restrict dzg = dz + c.off_g;
+  float* __restrict dzo = dz + c.off_o;
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const float i = gi[j], g = gg[j], o = go[j], cpj = cp[j], cnj = cn[j];
+    const float dm = dy[j] + dh[j];
+    const float th = ftanh(cnj);
+    const float d_o = dm * th * o * (1.0f - o);
+    float dcj = dc[j] + dm * o * (1.0f - th * th);
+    if constexpr (PEEP) dcj += d_o * po[j];
+    const float d_g = dcj * i * (1.0f - g * g);
+    const float d_i = (COUPLED ? dcj * (g - cpj) : dcj * g) * i * (1.0f - i);
+    float d_f = 0.0f;
+    float dprev = dcj;
+    if constexpr (COUPLED) {
+      dprev = dcj * (1.0f - i);
+    } else if constexpr (HAS_F) {
+      const float f = gf[j];
+      d_f = dcj * cpj * f * (1.0f - f);
+      dprev = dcj * f;
+      dzf[j] = d_f;
+    }
+    if constexpr (PEEP) {
+      dprev += d_i * pi[j];
+      if constexpr (HAS_F) dprev += d_f * pf[j];
+      acc[j] += d_i * cpj;
+      if constexpr (HAS_F) acc[H + j] += d_f * cpj;
+      acc[2 * H + j] += d_o * cnj;
+    }
+    dzi[j] = d_i;
+    dzg[j] = d_g;
+    dzo[j] = d_o;
+    dc[j] = dprev;
+    dh[j] = 0.0f;
+  }
+}
+
+using StdBwdRow = void (*)(const LstmCfg&, const float*, const float*, const float*,
+                           const float*, float*, float*, float*, const float*, const float*,
+                           const float*, float*);
+
+StdBwdRow std_bwd_row(const LstmCfg& c) {
+  if (std_row(c) == nullptr || c.proj || c.G != 0) return nullptr;
+  const bool f = c.off_f >= 0;
+  if (c.coupled) {
+    return c.peep ? &lstm_bwd_row_std<true, true, false> : &lstm_bwd_row_std<false, true, false>;
+  }
+  if (c.peep) {
+    return f ? &lstm_bwd_row_std<true, false, true> : &lstm_bwd_row_std<true, false, false>;
+  }
+  return f ? &lstm_bwd_row_std<false, false, true> : &lstm_bwd_row_std<false, false, false>;
+}
+
 // Backward over the sequence. Returns {dz [T,B,R], dh0, dc0, da0, dh_all [T,B,out] (proj only),
 // dpeep [3,H] (peepholes only: the gradients of the i, f, o peephole weights)}.
 template <typename T>
@@ -860,6 +937,7 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   const bool state_grad = c.KG > 0 && !c.trunc;
   const StepGemm<T> drec(false, c.KG, R, state_grad ? w_p : nullptr, c.KG);
   const StepGemm<T> dproject(false, H, out, c.proj ? hr_p : nullptr, H);
+  const StdBwdRow fast = g_use_kernel ? std_bwd_row(c) : nullptr;
   over_rows(B, [&](int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0;
     for (int64_t step = T_ - 1; step >= 0; --step) {
@@ -891,6 +969,19 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
             continue;
           }
           T* dr = drin_p + b * KS;
+          if constexpr (std::is_same_v<T, float>) {
+            if (fast) {
+              T* dcb = dc_p + b * H;
+              if (dcells_p) {
+                const T* dcl = dcells_p + (t * B + b) * H;
+#pragma omp simd
+                for (int64_t j = 0; j < H; ++j) dcb[j] += dcl[j];
+              }
+              fast(c, gt + b * R, cp + b * H, cn + b * H, dyt + b * out, dr, dcb, dzt + b * R, pi,
+                   pf, po, dpr_p ? dpr_p + b * 3 * H : nullptr);
+              continue;
+            }
+          }
           const T* dm;
           if (c.proj) {
             dm = dm_p + b * H;
@@ -1300,19 +1391,27 @@ std::vector<Tensor> rnn_backward(Tensor hact, Tensor w_hh, Tensor lengths, Tenso
 }
 
 // The GEMMs alone, as the engine issues them per step (the benchmark's floor): n_steps times
-// C[M,N] (+)= A[M,K] op(W), op(W) = W^T for W [N,K] (trans_w) or W for W [K,N]. Rows are split
-// across threads exactly as the engine splits them (over_rows).
+// C[M,N] (+)= A[M,K] op(W), op(W) = W^T for W [N,K] (trans_w) or W for W [K,N]. A or C given as
+// [n_steps, M, .] advances one slice per step, as the engine's step slices of the input
+// projection (forward) and of dz (backward) do; given as [M, .] it is the same every step. Rows
+// are split across threads exactly as the engine splits them (over_rows).
 void gemm_loop(Tensor a, Tensor w, Tensor c, int64_t n_steps, bool accumulate, bool trans_w) {
   TORCH_CHECK(a.is_contiguous() && w.is_contiguous() && c.is_contiguous(),
               "lstmkit engine: gemm_loop needs contiguous tensors");
+  TORCH_CHECK((a.dim() == 2 || (a.dim() == 3 && a.size(0) >= n_steps)) &&
+                  (c.dim() == 2 || (c.dim() == 3 && c.size(0) >= n_steps)),
+              "lstmkit engine: gemm_loop takes [M, .] or [n_steps, M, .] operands");
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "gemm_loop", [&] {
-    const int64_t M = a.size(0), K = a.size(1), N = trans_w ? w.size(0) : w.size(1);
+    const int64_t M = a.size(-2), K = a.size(-1), N = trans_w ? w.size(0) : w.size(1);
+    const int64_t a_step = a.dim() == 3 ? M * K : 0, c_step = c.dim() == 3 ? M * N : 0;
     const scalar_t* ap = a.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* cp = c.data_ptr<scalar_t>();
     const StepGemm<scalar_t> step(trans_w, N, K, wp, trans_w ? K : N);
     over_rows(M, [&](int64_t r0, int64_t r1) {
-      for (int64_t i = 0; i < n_steps; ++i) step(r1 - r0, ap + r0 * K, K, accumulate, cp + r0 * N, N);
+      for (int64_t i = 0; i < n_steps; ++i) {
+        step(r1 - r0, ap + i * a_step + r0 * K, K, accumulate, cp + i * c_step + r0 * N, N);
+      }
     });
   });
 }
