@@ -302,6 +302,14 @@ def test_packed_kernel_gemm_matches_torch():
             c0 = torch.randn(m, n)
             ext.gemm_loop(a, wm, c0, 2, False, trans)
             torch.testing.assert_close(c0, a @ w.t(), atol=1e-4, rtol=1e-5)
+            # per-step slices, as the engine's forward (C) and backward (A) steps use them
+            cs = torch.randn(3, m, n)
+            expected = cs + a @ w.t()
+            ext.gemm_loop(a, wm, cs, 3, True, trans)
+            torch.testing.assert_close(cs, expected, atol=1e-4, rtol=1e-5)
+            a_s, c1 = torch.randn(3, m, k), torch.zeros(m, n)
+            ext.gemm_loop(a_s, wm, c1, 3, True, trans)
+            torch.testing.assert_close(c1, (a_s @ w.t()).sum(0), atol=1e-4, rtol=1e-5)
 
 
 def test_scan_falls_back_for_layer_norm_and_other_dtypes():
