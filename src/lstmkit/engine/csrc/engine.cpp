@@ -590,20 +590,34 @@ void lstm_fwd_row_std(const LstmCfg& c, float* __restrict z, const float* __rest
 using StdRow = void (*)(const LstmCfg&, float*, const float*, float*, float*, const float*,
                         const float*, const float*);
 
+// Rows::get<PEEP, COUPLED, HAS_F>() for this cell's flags (a coupled cell has no forget gate).
+template <typename Rows>
+auto pick_row(const LstmCfg& c) {
+  const bool f = c.off_f >= 0;
+  if (c.coupled) {
+    return c.peep ? Rows::template get<true, true, false>()
+                  : Rows::template get<false, true, false>();
+  }
+  if (c.peep) {
+    return f ? Rows::template get<true, false, true>() : Rows::template get<true, false, false>();
+  }
+  return f ? Rows::template get<false, false, true>() : Rows::template get<false, false, false>();
+}
+
+struct FwdRows {
+  template <bool PEEP, bool COUPLED, bool HAS_F>
+  static StdRow get() {
+    return &lstm_fwd_row_std<PEEP, COUPLED, HAS_F>;
+  }
+};
+
 // The one-pass row for this cell, or null where the general row must run.
 StdRow std_row(const LstmCfg& c) {
   if (c.s != 1 || c.ga != SIGMOID || c.ia != TANH || c.oa != TANH || c.off_i < 0 ||
       c.off_o < 0) {
     return nullptr;
   }
-  const bool f = c.off_f >= 0;
-  if (c.coupled) {
-    return c.peep ? &lstm_fwd_row_std<true, true, false> : &lstm_fwd_row_std<false, true, false>;
-  }
-  if (c.peep) {
-    return f ? &lstm_fwd_row_std<true, false, true> : &lstm_fwd_row_std<true, false, false>;
-  }
-  return f ? &lstm_fwd_row_std<false, false, true> : &lstm_fwd_row_std<false, false, false>;
+  return pick_row<FwdRows>(c);
 }
 
 // One row of the backward elementwise pass. g: the row's saved activated gates; dm: gradient of
@@ -785,13 +799,16 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
           if constexpr (std::is_same_v<T, float>) {
             if (fast) {
               fast(c, z + b * R, cp + b * H, cn + b * H, m, pi, pf, po);
-              if (a) {
-                if (c.off_i >= 0) copy_row(a + c.aoff_i, static_cast<const T*>(z + b * R + c.off_i), c.nb);
-                if (c.off_f >= 0) copy_row(a + c.aoff_f, static_cast<const T*>(z + b * R + c.off_f), c.nb);
-                if (c.off_o >= 0) copy_row(a + c.aoff_o, static_cast<const T*>(z + b * R + c.off_o), c.nb);
+              if (a) {  // the carried gate activations, as the general row stores them
+                const T* zb = z + b * R;
+                if (c.off_i >= 0) copy_row(a + c.aoff_i, zb + c.off_i, c.nb);
+                if (c.off_f >= 0) copy_row(a + c.aoff_f, zb + c.off_f, c.nb);
+                if (c.off_o >= 0) copy_row(a + c.aoff_o, zb + c.off_o, c.nb);
               }
               if (!c.proj) copy_row(yt + b * c.out, static_cast<const T*>(m), c.out);
-              if (cells_p) copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
+              if (cells_p) {
+                copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
+              }
               continue;
             }
           }
@@ -879,16 +896,16 @@ using StdBwdRow = void (*)(const LstmCfg&, const float*, const float*, const flo
                            const float*, float*, float*, float*, const float*, const float*,
                            const float*, float*);
 
+struct BwdRows {
+  template <bool PEEP, bool COUPLED, bool HAS_F>
+  static StdBwdRow get() {
+    return &lstm_bwd_row_std<PEEP, COUPLED, HAS_F>;
+  }
+};
+
 StdBwdRow std_bwd_row(const LstmCfg& c) {
   if (std_row(c) == nullptr || c.proj || c.G != 0) return nullptr;
-  const bool f = c.off_f >= 0;
-  if (c.coupled) {
-    return c.peep ? &lstm_bwd_row_std<true, true, false> : &lstm_bwd_row_std<false, true, false>;
-  }
-  if (c.peep) {
-    return f ? &lstm_bwd_row_std<true, false, true> : &lstm_bwd_row_std<true, false, false>;
-  }
-  return f ? &lstm_bwd_row_std<false, false, true> : &lstm_bwd_row_std<false, false, false>;
+  return pick_row<BwdRows>(c);
 }
 
 // Backward over the sequence. Returns {dz [T,B,R], dh0, dc0, da0, dh_all [T,B,out] (proj only),
