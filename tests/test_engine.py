@@ -312,6 +312,32 @@ def test_packed_kernel_gemm_matches_torch():
             torch.testing.assert_close(c1, (a_s @ w.t()).sum(0), atol=1e-4, rtol=1e-5)
 
 
+def test_engine_entry_points_reject_wrong_operands():
+    """A direct call with a missing or mis-sized operand stops with a message, not a crash."""
+    _engine_or_skip()
+    from lstmkit.engine import _function as F
+
+    ext = engine._build.load()
+    spec = PRESETS["lstm1997"]  # carries gate activations: a0 is required
+    cfg = F.lstm_cfg(spec, 4, 4, False, False)
+    rows = sum(spec.block_widths(4).values())
+    xg, none = torch.randn(3, 2, rows), torch.empty(0)
+    wcat = torch.randn(rows, 4 + 8)
+    h0, c0, a0 = torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 8)
+    lengths = torch.empty(0, dtype=torch.int64)
+    ext.lstm_forward(xg.clone(), wcat, none, none, h0, c0, a0, lengths, cfg, False, False)
+    bad = {"the initial gate activations": (wcat, h0, a0.new_empty(0), lengths),
+           "h0": (wcat, torch.zeros(2, 3), a0, lengths),
+           "the recurrent weight": (wcat[:, :5].contiguous(), h0, a0, lengths),
+           "lengths": (wcat, h0, a0, torch.tensor([3]))}
+    for name, (w, h, a, ln) in bad.items():
+        with pytest.raises(RuntimeError, match=name):
+            ext.lstm_forward(xg.clone(), w, none, none, h, c0, a, ln, cfg, False, False)
+    with pytest.raises(RuntimeError, match="weight_hh"):
+        ext.gru_forward(torch.randn(3, 2, 12), torch.randn(11, 4), none, h0, lengths,
+                        F.gru_cfg(PRESETS["gru_cho"], 4, False), False)
+
+
 def test_scan_falls_back_for_layer_norm_and_other_dtypes():
     spec = PRESETS["layernorm"]
     assert not engine.supports(spec)

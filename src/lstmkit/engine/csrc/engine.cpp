@@ -1109,6 +1109,26 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   return {dz, dh0, dc, da0, dhall, dpeep};
 }
 
+// The entry points read raw pointers: an operand of the wrong size or kind must stop here with
+// a message, not be read past its end. (The Python side always passes them right; this guards
+// direct calls.) numel 0 stands for "absent", which is allowed only where `needed` is false.
+void check_operand(const Tensor& t, const Tensor& like, bool needed, int64_t numel,
+                   const char* name) {
+  if (!needed) return;
+  TORCH_CHECK(t.defined() && t.numel() == numel, "lstmkit engine: ", name, " must have ", numel,
+              " elements, got ", t.defined() ? t.numel() : 0);
+  TORCH_CHECK(t.is_contiguous() && t.scalar_type() == like.scalar_type() && t.device().is_cpu(),
+              "lstmkit engine: ", name, " must be a contiguous CPU tensor of ",
+              like.scalar_type());
+}
+
+void check_lengths(const Tensor& lengths, int64_t B) {
+  if (!lengths.defined() || lengths.numel() == 0) return;
+  TORCH_CHECK(lengths.numel() == B && lengths.scalar_type() == at::kLong &&
+                  lengths.is_contiguous(),
+              "lstmkit engine: lengths must be ", B, " contiguous int64 values");
+}
+
 std::vector<Tensor> lstm_forward(Tensor xg, Tensor wcat, Tensor peep, Tensor w_hr, Tensor h0,
                                  Tensor c0, Tensor a0, Tensor lengths, std::vector<int64_t> cfg,
                                  bool full, bool return_cells) {
@@ -1116,6 +1136,14 @@ std::vector<Tensor> lstm_forward(Tensor xg, Tensor wcat, Tensor peep, Tensor w_h
   const LstmCfg c = lstm_cfg(cfg, xg.size(0), xg.size(1));
   TORCH_CHECK(xg.size(2) == c.R, "lstmkit engine: xg has ", xg.size(2), " columns, expected ",
               c.R);
+  const int64_t B = c.B;
+  check_operand(wcat, xg, c.KG > 0, c.R * c.KG, "the recurrent weight");
+  check_operand(peep, xg, c.peep, 3 * c.H, "the peephole weights");
+  check_operand(w_hr, xg, c.proj, c.out * c.H, "the projection weight");
+  check_operand(h0, xg, true, B * c.out, "h0");
+  check_operand(c0, xg, true, B * c.H, "c0");
+  check_operand(a0, xg, c.G > 0, B * c.G, "the initial gate activations");
+  check_lengths(lengths, B);
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_forward", [&] {
     res = lstm_forward_impl<scalar_t>(c, xg, wcat, peep, w_hr, h0, c0, a0, lengths, full,
@@ -1346,6 +1374,11 @@ std::vector<Tensor> gru_forward(Tensor xg, Tensor w_hh, Tensor b_hn, Tensor h0, 
                                 std::vector<int64_t> cfg, bool full) {
   TORCH_CHECK(xg.dim() == 3 && xg.is_contiguous(), "lstmkit engine: xg must be [T,B,3H]");
   const GruCfg c = gru_cfg(cfg, xg.size(0), xg.size(1));
+  TORCH_CHECK(xg.size(2) == 3 * c.H, "lstmkit engine: xg must have 3H columns");
+  check_operand(w_hh, xg, true, 3 * c.H * c.H, "weight_hh");
+  check_operand(b_hn, xg, b_hn.defined() && b_hn.numel() > 0, c.H, "the candidate bias");
+  check_operand(h0, xg, true, c.B * c.H, "h0");
+  check_lengths(lengths, c.B);
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "gru_forward", [&] {
     res = gru_forward_impl<scalar_t>(c, xg, w_hh, b_hn, h0, lengths, full);
@@ -1450,8 +1483,11 @@ std::vector<Tensor> rnn_backward_impl(int64_t H, bool rev, int act, const Tensor
 
 std::vector<Tensor> rnn_forward(Tensor xg, Tensor w_hh, Tensor h0, Tensor lengths,
                                 std::vector<int64_t> cfg, bool full) {
-  TORCH_CHECK(cfg.size() == 3 && xg.dim() == 3 && xg.is_contiguous(),
+  TORCH_CHECK(cfg.size() == 3 && xg.dim() == 3 && xg.is_contiguous() && xg.size(2) == cfg[0],
               "lstmkit engine: bad RNN call");
+  check_operand(w_hh, xg, true, cfg[0] * cfg[0], "weight_hh");
+  check_operand(h0, xg, true, xg.size(1) * cfg[0], "h0");
+  check_lengths(lengths, xg.size(1));
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "rnn_forward", [&] {
     res = rnn_forward_impl<scalar_t>(cfg[0], cfg[1] != 0, static_cast<int>(cfg[2]), xg, w_hh, h0,
