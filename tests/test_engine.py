@@ -312,6 +312,23 @@ def test_packed_kernel_gemm_matches_torch():
             torch.testing.assert_close(c1, (a_s @ w.t()).sum(0), atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", [n for n, s in PRESETS.items() if not s.layer_norm])
+def test_engine_propagates_nan_like_the_reference(name):
+    """NaN in one sequence's input is NaN in that sequence's output (as in torch), never clamped
+    into a number by the fast paths, and never leaks into the other sequences of the batch."""
+    _engine_or_skip()
+    spec = PRESETS[name]
+    eng, ref = _pair(spec, 3, 5, torch.float32)
+    x = torch.randn(4, 9, 3)
+    x[1, 2, 0] = float("nan")
+    with torch.no_grad():
+        y_eng, y_ref = eng(x)[0], ref(x)[0]
+    assert torch.equal(torch.isnan(y_eng), torch.isnan(y_ref))
+    assert torch.isnan(y_eng[1, 2]).all()
+    others = [b for b in range(9) if b != 2]
+    assert torch.isfinite(y_eng[:, others]).all()
+
+
 def test_engine_entry_points_reject_wrong_operands():
     """A direct call with a missing or mis-sized operand stops with a message, not a crash."""
     _engine_or_skip()

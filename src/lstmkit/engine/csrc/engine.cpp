@@ -301,7 +301,7 @@ void act_fwd(int act, T* __restrict x, int64_t n) {
       break;
     case RELU:
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) x[j] = x[j] > T(0) ? x[j] : T(0);
+      for (int64_t j = 0; j < n; ++j) x[j] = x[j] < T(0) ? T(0) : x[j];  // NaN stays NaN
       break;
     case PM1:
 #pragma omp simd
@@ -561,7 +561,9 @@ void lstm_fwd_row(const LstmCfg& c, T* z, const T* cp, T* cn, T* m, T* a, const 
 // divisions, which were the slowest part of the pass. Other builds run the general row.
 #if defined(__AVX512F__)
 inline __m512 v_exp(__m512 x) {  // the Cephes expf above, with scalef for the 2^n
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  // The constant first: max/min return their second operand when either is NaN, so a NaN
+  // input stays NaN (as in the scalar code and in torch) instead of being clamped to a number.
+  x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
   const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
