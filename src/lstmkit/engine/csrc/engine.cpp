@@ -225,11 +225,15 @@ class StepGemm {
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         float* d = dst + p * K_ * kPanel;
-        for (int64_t j = 0; j < kPanel; ++j) {
-          const int64_t n = p * kPanel + j;
-          for (int64_t k = 0; k < K_; ++k) {
-            d[k * kPanel + j] = n < N_ ? (trans_ ? W[n * ldw_ + k] : W[k * ldw_ + n]) : 0.0f;
+        const int64_t n0 = p * kPanel, nv = std::min<int64_t>(kPanel, N_ - n0);
+        // Writes in order; the reads walk 32 rows of W side by side, whose cache lines are
+        // reused for 16 consecutive k (writing in W's order instead strides every store).
+        for (int64_t k = 0; k < K_; ++k) {
+          float* dk = d + k * kPanel;
+          for (int64_t j = 0; j < nv; ++j) {
+            dk[j] = trans_ ? W[(n0 + j) * ldw_ + k] : W[k * ldw_ + n0 + j];
           }
+          for (int64_t j = nv; j < kPanel; ++j) dk[j] = 0.0f;
         }
       }
     });
