@@ -312,6 +312,22 @@ def test_packed_kernel_gemm_matches_torch():
             torch.testing.assert_close(c1, (a_s @ w.t()).sum(0), atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["peephole", "cifg", "lstm", "nig", "lstm1997", "fgr"])
+@pytest.mark.parametrize("proj", [0, 2])
+def test_no_grad_forward_without_lengths_matches_reference(name, proj, row_split):
+    """Inference with no lengths reads each step's h straight from the output (no state ring):
+    values and final states must still be the reference's, in both directions, split or not."""
+    torch.manual_seed(1)
+    row_split.set_split(4)
+    eng, ref = _pair(PRESETS[name], 3, 5, torch.float32, num_layers=2, bidirectional=True,
+                     proj_size=proj)
+    for batch in (3, 9):
+        x = torch.randn(6, batch, 3)
+        with torch.no_grad():
+            for e, r in zip(_flatten(eng(x)), _flatten(ref(x))):
+                torch.testing.assert_close(e, r, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", [n for n, s in PRESETS.items() if not s.layer_norm])
 def test_engine_propagates_nan_like_the_reference(name):
     """NaN in one sequence's input is NaN in that sequence's output (as in torch), never clamped

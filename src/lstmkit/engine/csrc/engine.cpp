@@ -835,6 +835,9 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
   const StepGemm<T> rec(true, R, c.KG, c.KG > 0 ? w_p : nullptr, c.KG);
   const StepGemm<T> project(true, c.out, H, c.proj ? hr_p : nullptr, H);
   const StdRow fast = g_use_kernel ? std_row(c) : nullptr;
+  // Inference with every row valid, no projection and no carried gates: h(t) is y[t] itself, so
+  // each step writes it into y and the next step reads it there (no copy through the ring).
+  const bool h_in_y = !full && !c.proj && c.G == 0 && valid.len == nullptr && T_ > 0;
   over_rows(B, [&](int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0;
     for (int64_t step = 0; step < T_; ++step) {
@@ -847,7 +850,8 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
       T* z = xg_p + t * B * R;
       T* yt = y_p + t * B * c.out;
       T* mt = c.proj ? m_p + (full ? t : 0) * B * H : nullptr;
-      if (c.KG > 0) rec(M, rp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
+      const T* hp = h_in_y && step > 0 ? y_p + (c.rev ? t + 1 : t - 1) * B * c.out : rp;
+      if (c.KG > 0) rec(M, hp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
       at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
         std::vector<T> tmp(4 * H);
         for (int64_t b = b0; b < b1; ++b) {
@@ -864,7 +868,7 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
             if (cells_p) zero_row(cells_p + (t * B + b) * H, H);
             continue;
           }
-          T* m = c.proj ? mt + b * H : rn + b * KS;
+          T* m = c.proj ? mt + b * H : (h_in_y ? yt + b * c.out : rn + b * KS);
           T* a = c.G ? rn + b * KS + c.out : nullptr;
           if constexpr (std::is_same_v<T, float>) {
             if (fast) {
@@ -902,7 +906,7 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
   });
   const int64_t iT = slot(c.rev ? 0 : T_, full);
   Tensor last = rin.select(0, iT);
-  Tensor hT = last.narrow(1, 0, c.out).clone();
+  Tensor hT = h_in_y ? y.select(0, c.rev ? 0 : T_ - 1).clone() : last.narrow(1, 0, c.out).clone();
   Tensor aT = c.G ? last.narrow(1, c.out, c.G).clone() : Tensor();
   Tensor cT = call.select(0, iT).clone();
   return {y, hT, cT, aT, cells, full ? rin : Tensor(), full ? call : Tensor(),
