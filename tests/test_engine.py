@@ -184,6 +184,35 @@ def test_engine_row_split_matches_reference(name, row_split):
              return_cells=lstm, bias=True, seed=4)
 
 
+def test_small_batch_shares_the_step_gemm_by_columns():
+    """Below the row split (4 rows, 2 threads) the packed kernel's panels are shared among the
+    threads: a width that makes the step GEMM big enough to fork must still match."""
+    _engine_or_skip()
+    ext = engine._build.load()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert ext.split_parts(4) == 1
+        torch.manual_seed(6)
+        # torch's initialisation: at this width _pair's larger weights would saturate every
+        # gate, and float32 rounding of 256-term sums would dominate the comparison
+        eng = lstmkit.LSTM(5, 256, variant="peephole", backend="engine", bidirectional=True)
+        ref = lstmkit.LSTM(5, 256, variant="peephole", backend="reference", bidirectional=True)
+        ref.load_state_dict(eng.state_dict())
+        x = torch.randn(3, 4, 5)
+        lengths = [3, 1, 2, 3]
+        outs = [layer(x, lengths=lengths)[0] for layer in (eng, ref)]
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+        grad = torch.randn_like(outs[1])
+        for out in outs:
+            out.backward(grad)
+        for (name, pe), (_, pr) in zip(eng.named_parameters(), ref.named_parameters()):
+            torch.testing.assert_close(pe.grad, pr.grad, atol=1e-5, rtol=1e-5,
+                                       msg=lambda m, name=name: f"{name}: {m}")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_row_split_and_column_split_agree():
     """The split changes only which thread computes a row: results agree to rounding."""
     _engine_or_skip()
@@ -369,6 +398,13 @@ def test_engine_entry_points_reject_wrong_operands():
     with pytest.raises(RuntimeError, match="weight_hh"):
         ext.gru_forward(torch.randn(3, 2, 12), torch.randn(11, 4), none, h0, lengths,
                         F.gru_cfg(PRESETS["gru_cho"], 4, False), False)
+    # an output width other than H without a projection, and a zero block size
+    for bad_cfg in (F.lstm_cfg(spec, 4, 3, False, False), [4, 0] + cfg[2:]):
+        with pytest.raises(RuntimeError, match="bad LSTM config"):
+            ext.lstm_forward(xg.clone(), wcat, none, none, h0, c0, a0, lengths, bad_cfg, False,
+                             False)
+    with pytest.raises(RuntimeError, match="gemm_loop operands do not agree"):
+        ext.gemm_loop(torch.randn(8, 64), torch.randn(32, 16), torch.zeros(8, 32), 1, True, True)
 
 
 def test_scan_falls_back_for_layer_norm_and_other_dtypes():

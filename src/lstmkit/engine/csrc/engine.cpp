@@ -183,29 +183,35 @@ class StepGemm {
     if constexpr (std::is_same_v<T, float>) {
       if (packed_) {
         const int64_t panels = (N_ + kPanel - 1) / kPanel;
-        for (int64_t p = 0; p < panels; ++p) {
-          const int64_t n0 = p * kPanel, nv = std::min<int64_t>(kPanel, N_ - n0);
-          const __mmask16 m0 = nv >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nv) - 1);
-          const __mmask16 m1 = nv >= 32 ? __mmask16(0xFFFF)
-                                        : (nv > 16 ? __mmask16((1u << (nv - 16)) - 1) : 0);
-          const float* wp = packed_.get() + p * K_ * kPanel;
-          if (accumulate && p + 1 < panels) {
-            // The next panel's C rows (this step's slice of the input projection) are cold.
-            for (int64_t r = 0; r < M; ++r) {
-              _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + n0 + kPanel), _MM_HINT_T0);
-              _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + n0 + kPanel + 16),
-                           _MM_HINT_T0);
+        // Outside the row split (small batches) the panels, which write disjoint columns, are
+        // shared among the threads as the BLAS would; inside it this runs inline.
+        const int64_t grain =
+            std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, M * K_ * kPanel));
+        at::parallel_for(0, panels, grain, [&](int64_t p_begin, int64_t p_end) {
+          for (int64_t p = p_begin; p < p_end; ++p) {
+            const int64_t n0 = p * kPanel, nv = std::min<int64_t>(kPanel, N_ - n0);
+            const __mmask16 m0 = nv >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nv) - 1);
+            const __mmask16 m1 = nv >= 32 ? __mmask16(0xFFFF)
+                                          : (nv > 16 ? __mmask16((1u << (nv - 16)) - 1) : 0);
+            const float* wp = packed_.get() + p * K_ * kPanel;
+            if (accumulate && p + 1 < p_end) {
+              // The next panel's C rows (this step's slice of the input projection) are cold.
+              for (int64_t r = 0; r < M; ++r) {
+                _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + n0 + kPanel), _MM_HINT_T0);
+                _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + n0 + kPanel + 16),
+                             _MM_HINT_T0);
+              }
+            }
+            // Equal row blocks: 16 rows as 8 + 8 keeps every block's FMA chains long enough.
+            const int64_t blocks = (M + kMaxRows - 1) / kMaxRows;
+            const int64_t per = (M + blocks - 1) / blocks;
+            for (int64_t r = 0; r < M; r += per) {
+              const int rows = static_cast<int>(std::min<int64_t>(per, M - r));
+              panel_rows<kMaxRows>(K_, A + r * lda, lda, wp, C + r * ldc + n0, ldc, accumulate, m0,
+                                   m1, rows);
             }
           }
-          // Equal row blocks: 16 rows as 8 + 8 keeps every block's FMA chains long enough.
-          const int64_t blocks = (M + kMaxRows - 1) / kMaxRows;
-          const int64_t per = (M + blocks - 1) / blocks;
-          for (int64_t r = 0; r < M; r += per) {
-            const int rows = static_cast<int>(std::min<int64_t>(per, M - r));
-            panel_rows<kMaxRows>(K_, A + r * lda, lda, wp, C + r * ldc + n0, ldc, accumulate, m0,
-                                 m1, rows);
-          }
-        }
+        });
         return;
       }
     }
@@ -411,8 +417,9 @@ Valid make_valid(const Tensor& lengths) {
 // per-step GEMM and elementwise pass would otherwise fork and join, which costs tens of
 // microseconds per step when idle OpenMP threads sleep). Inside the OpenMP region the BLAS runs
 // each thread's GEMM on that thread alone (MKL's default for nested calls). Too few rows per thread
-// and the per-step GEMM is better split by MKL across its columns: below g_split_min_rows rows per
-// thread the steps run on all rows at once as before. set_split(0) turns splitting off.
+// and the per-step GEMM is better split across its columns (StepGemm's panels, or the BLAS's own
+// threads): below g_split_min_rows rows per thread the steps run on all rows at once, each step's
+// GEMM threaded by columns. set_split(0) turns splitting off.
 int64_t g_split_min_rows = 4;
 
 int64_t split_parts(int64_t B) {
@@ -450,6 +457,9 @@ struct LstmCfg {
 //       gate_recurrence, reverse, truncated, gate_act, input_act, output_act]
 LstmCfg lstm_cfg(const std::vector<int64_t>& v, int64_t T, int64_t B) {
   TORCH_CHECK(v.size() == 16, "lstmkit engine: bad LSTM config");
+  TORCH_CHECK(v[0] >= 0 && v[1] >= 1 && v[0] % v[1] == 0 && (v[8] != 0 || v[2] == v[0]),
+              "lstmkit engine: bad LSTM config (hidden ", v[0], ", block size ", v[1],
+              ", output ", v[2], ")");
   LstmCfg c{};
   c.T = T;
   c.B = B;
@@ -1142,7 +1152,8 @@ void check_lengths(const Tensor& lengths, int64_t B) {
 std::vector<Tensor> lstm_forward(Tensor xg, Tensor wcat, Tensor peep, Tensor w_hr, Tensor h0,
                                  Tensor c0, Tensor a0, Tensor lengths, std::vector<int64_t> cfg,
                                  bool full, bool return_cells) {
-  TORCH_CHECK(xg.dim() == 3 && xg.is_contiguous(), "lstmkit engine: xg must be [T,B,R]");
+  TORCH_CHECK(xg.dim() == 3 && xg.is_contiguous() && xg.device().is_cpu(),
+              "lstmkit engine: xg must be a contiguous CPU tensor [T,B,R]");
   const LstmCfg c = lstm_cfg(cfg, xg.size(0), xg.size(1));
   TORCH_CHECK(xg.size(2) == c.R, "lstmkit engine: xg has ", xg.size(2), " columns, expected ",
               c.R);
@@ -1530,6 +1541,11 @@ void gemm_loop(Tensor a, Tensor w, Tensor c, int64_t n_steps, bool accumulate, b
               "lstmkit engine: gemm_loop takes [M, .] or [n_steps, M, .] operands");
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "gemm_loop", [&] {
     const int64_t M = a.size(-2), K = a.size(-1), N = trans_w ? w.size(0) : w.size(1);
+    TORCH_CHECK(w.dim() == 2 && (trans_w ? w.size(1) : w.size(0)) == K && c.size(-2) == M &&
+                    c.size(-1) == N && w.scalar_type() == a.scalar_type() &&
+                    c.scalar_type() == a.scalar_type(),
+                "lstmkit engine: gemm_loop operands do not agree: a ", a.sizes(), ", w ",
+                w.sizes(), ", c ", c.sizes());
     const int64_t a_step = a.dim() == 3 ? M * K : 0, c_step = c.dim() == 3 ? M * N : 0;
     const scalar_t* ap = a.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
