@@ -184,56 +184,42 @@ def test_engine_row_split_matches_reference(name, row_split):
              return_cells=lstm, bias=True, seed=4)
 
 
-def test_small_batch_shares_the_step_gemm_by_columns():
+def test_small_batch_shares_the_step_gemm_by_columns(row_split):
     """Below the row split (4 rows, 2 threads) the packed kernel's panels are shared among the
     threads: a width that makes the step GEMM big enough to fork must still match."""
-    _engine_or_skip()
-    ext = engine._build.load()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert ext.split_parts(4) == 1
-        torch.manual_seed(6)
-        # torch's initialisation: at this width _pair's larger weights would saturate every
-        # gate, and float32 rounding of 256-term sums would dominate the comparison
-        eng = lstmkit.LSTM(5, 256, variant="peephole", backend="engine", bidirectional=True)
-        ref = lstmkit.LSTM(5, 256, variant="peephole", backend="reference", bidirectional=True)
-        ref.load_state_dict(eng.state_dict())
-        x = torch.randn(3, 4, 5)
-        lengths = [3, 1, 2, 3]
-        outs = [layer(x, lengths=lengths)[0] for layer in (eng, ref)]
-        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
-        grad = torch.randn_like(outs[1])
-        for out in outs:
-            out.backward(grad)
-        for (name, pe), (_, pr) in zip(eng.named_parameters(), ref.named_parameters()):
-            torch.testing.assert_close(pe.grad, pr.grad, atol=1e-5, rtol=1e-5,
-                                       msg=lambda m, name=name: f"{name}: {m}")
-    finally:
-        torch.set_num_threads(threads)
+    row_split.set_split(4)
+    assert row_split.split_parts(4) == 1
+    torch.manual_seed(6)
+    # torch's initialisation: at this width _pair's larger weights would saturate every gate,
+    # and float32 rounding of 256-term sums would dominate the comparison
+    eng = lstmkit.LSTM(5, 256, variant="peephole", backend="engine", bidirectional=True)
+    ref = lstmkit.LSTM(5, 256, variant="peephole", backend="reference", bidirectional=True)
+    ref.load_state_dict(eng.state_dict())
+    x = torch.randn(3, 4, 5)
+    lengths = [3, 1, 2, 3]
+    outs = [layer(x, lengths=lengths)[0] for layer in (eng, ref)]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(outs[1])
+    for out in outs:
+        out.backward(grad)
+    for (name, pe), (_, pr) in zip(eng.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(pe.grad, pr.grad, atol=1e-5, rtol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
-def test_row_split_and_column_split_agree():
+def test_row_split_and_column_split_agree(row_split):
     """The split changes only which thread computes a row: results agree to rounding."""
-    _engine_or_skip()
-    ext = engine._build.load()
-    threads = torch.get_num_threads()
     torch.manual_seed(0)
     layer = lstmkit.LSTM(8, 24, variant="peephole", backend="engine", num_layers=2)
     x = torch.randn(20, 16, 8)
     results = []
-    try:
-        torch.set_num_threads(2)
-        for min_rows in (0, 4):
-            previous = ext.set_split(min_rows)
-            assert ext.split_parts(16) == (1 if min_rows == 0 else 2)
-            layer.zero_grad()
-            out = layer(x)[0]
-            out.square().sum().backward()
-            results.append([out.detach(), *(p.grad.clone() for p in layer.parameters())])
-            ext.set_split(previous)
-    finally:
-        torch.set_num_threads(threads)
+    for min_rows in (0, 4):
+        row_split.set_split(min_rows)
+        assert row_split.split_parts(16) == (1 if min_rows == 0 else 2)
+        layer.zero_grad()
+        out = layer(x)[0]
+        out.square().sum().backward()
+        results.append([out.detach(), *(p.grad.clone() for p in layer.parameters())])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 

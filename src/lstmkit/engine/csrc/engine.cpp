@@ -261,19 +261,25 @@ class StepGemm {
 enum Act : int { TANH = 0, SIGMOID = 1, IDENTITY = 2, RELU = 3, PM1 = 4, PM2 = 5 };
 
 // exp for float, branch-free so loops over it vectorise (Cephes expf; about 1 ulp).
+// Coefficients, shared with the AVX-512 versions below: exp(x) = 2^n * p(r), r = x - n ln 2
+// (ln 2 split in two for precision), and tanh's odd polynomial for |x| < kTanhSmall.
+constexpr float kExpLo = -87.0f, kExpHi = 88.0f, kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpP[6] = {1.9875691500E-4f, 1.3981999507E-3f, 8.3334519073E-3f,
+                            4.1665795894E-2f, 1.6666665459E-1f, 5.0000001201E-1f};
+constexpr float kTanhSmall = 0.625f;
+constexpr float kTanhP[5] = {-5.70498872745E-3f, 2.06390887954E-2f, -5.37397155531E-2f,
+                             1.33314422036E-1f, -3.33332819422E-1f};
+
 inline float fexp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
+  x = x < kExpLo ? kExpLo : x;
+  x = x > kExpHi ? kExpHi : x;
   // Round to nearest with the 1.5 * 2^23 trick (no floorf call, which would block vectorising).
-  float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - fx * 0.693359375f + fx * 2.12194440e-4f;
+  float fx = (x * kLog2e + 12582912.0f) - 12582912.0f;
+  float r = x - fx * kLn2Hi - fx * kLn2Lo;
   float r2 = r * r;
-  float y = 1.9875691500E-4f;
-  y = y * r + 1.3981999507E-3f;
-  y = y * r + 8.3334519073E-3f;
-  y = y * r + 4.1665795894E-2f;
-  y = y * r + 1.6666665459E-1f;
-  y = y * r + 5.0000001201E-1f;
+  float y = kExpP[0];
+  for (int q = 1; q < 6; ++q) y = y * r + kExpP[q];
   y = y * r2 + r + 1.0f;
   int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
   float scale;
@@ -288,9 +294,10 @@ inline float ftanh(float x) {
   float e = fexp(2.0f * ax);
   float big = 1.0f - 2.0f / (e + 1.0f);
   float z = x * x;
-  float small = ((((-5.70498872745E-3f * z + 2.06390887954E-2f) * z - 5.37397155531E-2f) * z +
-                  1.33314422036E-1f) * z - 3.33332819422E-1f) * z * ax + ax;
-  float r = ax < 0.625f ? small : big;
+  float p = kTanhP[0];
+  for (int q = 1; q < 5; ++q) p = p * z + kTanhP[q];
+  float small = p * z * ax + ax;
+  float r = ax < kTanhSmall ? small : big;
   return std::copysign(r, x);
 }
 
@@ -502,6 +509,14 @@ LstmCfg lstm_cfg(const std::vector<int64_t>& v, int64_t T, int64_t B) {
   return c;
 }
 
+// The gate activations a row carries to the next step (gate recurrence), from its activated z.
+template <typename T>
+void store_carried(const LstmCfg& c, const T* z, T* a) {
+  if (c.off_i >= 0) copy_row(a + c.aoff_i, z + c.off_i, c.nb);
+  if (c.off_f >= 0) copy_row(a + c.aoff_f, z + c.off_f, c.nb);
+  if (c.off_o >= 0) copy_row(a + c.aoff_o, z + c.off_o, c.nb);
+}
+
 // One row of the forward elementwise pass. z: the row's pre-activations (becomes the activated
 // gates), cp/cn: previous/new cell state, m: o * act(c) (h without projection), a: gate
 // activations carried to the next step (or null). tmp: 4 * H scratch.
@@ -561,11 +576,7 @@ void lstm_fwd_row(const LstmCfg& c, T* z, const T* cp, T* cn, T* m, T* a, const 
   } else {
     copy_row(m, static_cast<const T*>(t_h), H);
   }
-  if (a) {
-    if (zi) copy_row(a + c.aoff_i, static_cast<const T*>(zi), nb);
-    if (zf) copy_row(a + c.aoff_f, static_cast<const T*>(zf), nb);
-    if (zo) copy_row(a + c.aoff_o, static_cast<const T*>(zo), nb);
-  }
+  if (a) store_carried(c, static_cast<const T*>(z), a);
 }
 
 // The same row in one pass, for the common cell: one cell per block, sigmoid gates, tanh
@@ -577,18 +588,14 @@ void lstm_fwd_row(const LstmCfg& c, T* z, const T* cp, T* cn, T* m, T* a, const 
 inline __m512 v_exp(__m512 x) {  // the Cephes expf above, with scalef for the 2^n
   // The constant first: max/min return their second operand when either is NaN, so a NaN
   // input stays NaN (as in the scalar code and in torch) instead of being clamped to a number.
-  x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
-  const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  x = _mm512_min_ps(_mm512_set1_ps(kExpHi), _mm512_max_ps(_mm512_set1_ps(kExpLo), x));
+  const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fmadd_ps(fx, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kLn2Lo), r);
   const __m512 r2 = _mm512_mul_ps(r, r);
-  __m512 y = _mm512_set1_ps(1.9875691500E-4f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507E-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073E-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894E-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459E-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201E-1f));
+  __m512 y = _mm512_set1_ps(kExpP[0]);
+  for (int q = 1; q < 6; ++q) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(kExpP[q]));
   y = _mm512_add_ps(_mm512_fmadd_ps(y, r2, r), _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(y, fx);
 }
@@ -609,14 +616,11 @@ inline __m512 v_tanh(__m512 x) {  // as ftanh: a polynomial below |x| = 0.625, e
                                       v_recip(_mm512_add_ps(e, _mm512_set1_ps(1.0f))),
                                       _mm512_set1_ps(1.0f));
   const __m512 z = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_set1_ps(-5.70498872745E-3f);
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954E-2f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531E-2f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036E-1f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422E-1f));
+  __m512 p = _mm512_set1_ps(kTanhP[0]);
+  for (int q = 1; q < 5; ++q) p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(kTanhP[q]));
   const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), ax, ax);
-  const __m512 r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ),
-                                        big, small);
+  const __m512 r = _mm512_mask_blend_ps(
+      _mm512_cmp_ps_mask(ax, _mm512_set1_ps(kTanhSmall), _CMP_LT_OQ), big, small);
   const __m512i sign = _mm512_and_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN));
   return _mm512_castsi512_ps(_mm512_or_epi32(_mm512_castps_si512(r), sign));
 }
@@ -880,23 +884,17 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
           }
           T* m = c.proj ? mt + b * H : (h_in_y ? yt + b * c.out : rn + b * KS);
           T* a = c.G ? rn + b * KS + c.out : nullptr;
+          bool done = false;
           if constexpr (std::is_same_v<T, float>) {
             if (fast) {
               fast(c, z + b * R, cp + b * H, cn + b * H, m, pi, pf, po);
-              if (a) {  // the carried gate activations, as the general row stores them
-                const T* zb = z + b * R;
-                if (c.off_i >= 0) copy_row(a + c.aoff_i, zb + c.off_i, c.nb);
-                if (c.off_f >= 0) copy_row(a + c.aoff_f, zb + c.off_f, c.nb);
-                if (c.off_o >= 0) copy_row(a + c.aoff_o, zb + c.off_o, c.nb);
-              }
-              if (!c.proj) copy_row(yt + b * c.out, static_cast<const T*>(m), c.out);
-              if (cells_p) {
-                copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
-              }
-              continue;
+              if (a) store_carried(c, static_cast<const T*>(z + b * R), a);
+              done = true;
             }
           }
-          lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m, a, pi, pf, po, tmp.data());
+          if (!done) {
+            lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m, a, pi, pf, po, tmp.data());
+          }
           if (!c.proj) copy_row(yt + b * c.out, static_cast<const T*>(m), c.out);
           if (cells_p) copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
         }
@@ -1070,14 +1068,14 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
             continue;
           }
           T* dr = drin_p + b * KS;
+          T* dcb = dc_p + b * H;
+          if (dcells_p) {
+            const T* dcl = dcells_p + (t * B + b) * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) dcb[j] += dcl[j];
+          }
           if constexpr (std::is_same_v<T, float>) {
             if (fast) {
-              T* dcb = dc_p + b * H;
-              if (dcells_p) {
-                const T* dcl = dcells_p + (t * B + b) * H;
-#pragma omp simd
-                for (int64_t j = 0; j < H; ++j) dcb[j] += dcl[j];
-              }
               fast(c, gt + b * R, cp + b * H, cn + b * H, dyt + b * out, dr, dcb, dzt + b * R, pi,
                    pf, po, dpr_p ? dpr_p + b * 3 * H : nullptr);
               continue;
@@ -1091,12 +1089,6 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
 #pragma omp simd
             for (int64_t j = 0; j < H; ++j) t_m[j] = dyt[b * out + j] + dr[j];
             dm = t_m;
-          }
-          T* dcb = dc_p + b * H;
-          if (dcells_p) {
-            const T* dcl = dcells_p + (t * B + b) * H;
-#pragma omp simd
-            for (int64_t j = 0; j < H; ++j) dcb[j] += dcl[j];
           }
           lstm_bwd_row<T>(c, gt + b * R, cp + b * H, cn + b * H, dm, c.G ? dr + out : nullptr,
                           dcb, dzt + b * R, pi, pf, po, tmp.data());
