@@ -11,9 +11,15 @@ GEMMs over all steps.
 Covered: the LSTM family with every flag (missing or coupled gates, peepholes, any activations,
 gate recurrence ``"gates"``/``"all"``, memory blocks, the 1997 truncated gradient, no hidden
 recurrence, projections), GRU in both reset placements, the Elman RNN; lengths and both
-directions; float32 and float64. Not covered: ``layer_norm`` (:func:`supports` is False) and
-double backward. Tensors that are not on the CPU, other dtypes and empty sequences run the
+directions; float32 and float64. Not covered: ``layer_norm`` (:func:`supports` is False).
+Tensors that are not on the CPU, other dtypes, empty sequences, calls inside ``torch.func``
+transforms (``grad``, ``vmap``, ``jacrev``, ...) and forward-mode AD (dual tensors) run the
 reference (``scan`` falls back by itself, so the result is always correct).
+
+Higher-order gradients: a backward that builds a graph (``create_graph=True``, as a gradient
+penalty does) recomputes the layer-direction with the reference and differentiates that, so
+double backward is exact too (see :mod:`lstmkit.engine._function`); the ordinary backward
+keeps the compiled kernels.
 
 The C++ extension is built on first use with ``torch.utils.cpp_extension`` (see
 :mod:`lstmkit.engine._build`); :func:`available` says whether that worked.
@@ -22,6 +28,7 @@ The C++ extension is built on first use with ``torch.utils.cpp_extension`` (see
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
 from ..cells import reference
@@ -62,6 +69,21 @@ def supports(spec: CellSpec) -> bool:
     return not spec.layer_norm
 
 
+def _transformed(tensors: list[Tensor]) -> bool:
+    """Whether a ``torch.func`` transform or forward-mode AD sees this call.
+
+    The compiled kernels read raw memory, which the wrapped tensors of ``vmap``/``grad`` do not
+    have, and the autograd Functions define neither a vmap rule nor a jvp; the reference is
+    plain torch code, which every transform handles.
+    """
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if active is not None and active():
+        return True
+    if getattr(_fwad, "_current_level", -1) >= 0:  # inside ``forward_ad.dual_level()``
+        return any(_fwad.unpack_dual(t).tangent is not None for t in tensors)
+    return False
+
+
 def _eligible(spec: CellSpec, p: dict[str, Tensor], x: Tensor, carry: Carry,
               return_cells: bool) -> bool:
     if not supports(spec) or x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
@@ -74,6 +96,8 @@ def _eligible(spec: CellSpec, p: dict[str, Tensor], x: Tensor, carry: Carry,
     if any(t.device != x.device or t.dtype != x.dtype for t in tensors):
         return False
     if any(name.startswith("ln_") for name in p):
+        return False
+    if _transformed([x, *tensors]):
         return False
     return available()
 

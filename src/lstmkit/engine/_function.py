@@ -6,6 +6,12 @@ weight ``[W_hh | G]`` assembled once, and in backward the weight, bias, peephole
 gradients as GEMMs/reductions over all steps at once. Per time step, in C++
 (``csrc/engine.cpp``): the recurrent GEMM, the fused elementwise pass, and in backward the fused
 elementwise pass and the state-gradient GEMM.
+
+Higher-order gradients: a backward asked to build a graph (``create_graph=True``, e.g. a
+gradient penalty) cannot use the hand-written kernels, whose results have no graph. It recomputes
+the layer-direction with :func:`lstmkit.cells.reference.scan` from the saved inputs and
+differentiates that instead, so second and higher derivatives are those of the reference
+equations (the 1997 truncated gradient included). The ordinary backward is unaffected.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..cells import reference
 from ..cells.reference import full_bias
 from ..cells.spec import CellSpec
 
@@ -106,6 +113,38 @@ def _input_grads(ctx: Any, dz: Tensor, x: Tensor, w_ih: Tensor) -> tuple[Tensor 
     return dx, dw, dz2
 
 
+def _reference_backward(ctx: Any, spec: CellSpec, hidden_size: int, reverse: bool,
+                        return_cells: bool, names: tuple[str, ...],
+                        originals: tuple[Tensor | None, ...],
+                        grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
+    """The backward as a differentiable graph: recompute with the reference and differentiate.
+
+    ``originals`` are the Function's tensor inputs as saved in forward (``x``, the carry, then
+    the parameters of ``names``), so the graph built here reaches the caller's tensors. Each
+    differentiated input enters through its own alias: an input passed twice (``h0 is c0``)
+    then gets the gradient of each use, as autograd sums them itself.
+    """
+    n_carry = len(originals) - 1 - len(names)
+    need = ctx.needs_input_grad[2:]
+    with torch.enable_grad():
+        inputs = [t.view_as(t) if t is not None and need[i] else t
+                  for i, t in enumerate(originals)]
+        x, carry = inputs[0], tuple(t for t in inputs[1 : 1 + n_carry] if t is not None)
+        params = {n: t for n, t in zip(names, inputs[1 + n_carry :]) if t is not None}
+        y, final, cells = reference.scan(spec, params, x, carry, hidden_size=hidden_size,
+                                         lengths=ctx.lengths, reverse=reverse,
+                                         return_cells=return_cells)
+        outs = [y, *final] + ([cells] if return_cells else [])
+        pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
+        wrt = [t for i, t in enumerate(inputs) if t is not None and need[i]]
+        found = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
+                                    create_graph=True, allow_unused=True) if pairs else \
+            [None] * len(wrt)
+    it = iter(found)
+    return (None, None, *(next(it) if t is not None and need[i] else None
+                          for i, t in enumerate(inputs)))
+
+
 # -------------------------------------------------------------------------------------------
 # LSTM family
 
@@ -187,7 +226,9 @@ class LSTMFunction(torch.autograd.Function):
         ctx.ix, ctx.iw = 2, 6
         saved = [x, xg, rin, call, _c(wcat, x), _c(peep, x), _c(params["weight_hr"], x),
                  _c(mall if proj else None, x), _lengths(lengths), params["weight_ih"]]
-        ctx.save_for_backward(*saved)
+        # The inputs themselves go last: a backward that builds a graph recomputes from them.
+        ctx.save_for_backward(*saved, x, h0, c0, a0, *flat)
+        ctx.lengths = lengths
         ctx.present = tuple(p is not None for p in flat)
         ctx.out_size = out_size
         outs = [y, h_t, c_t]
@@ -200,7 +241,10 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
         ext, spec, hidden_size, reverse, return_cells = ctx.meta
-        x, gates, rin, call, wcat, peep, w_hr, mall, lengths, w_ih = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _reference_backward(ctx, spec, hidden_size, reverse, return_cells,
+                                       LSTM_PARAMS, tuple(ctx.saved_tensors[10:]), grads)
+        x, gates, rin, call, wcat, peep, w_hr, mall, lengths, w_ih = ctx.saved_tensors[:10]
         steps, batch, _ = x.shape
         dy, dh_t, dc_t = grads[0], grads[1], grads[2]
         k = 3
@@ -294,13 +338,17 @@ class GRUFunction(torch.autograd.Function):
                                           True)
         ctx.meta, ctx.cfg, ctx.ix, ctx.iw = meta, cfg, 2, 4
         ctx.present = tuple(p is not None for p in flat)
-        ctx.save_for_backward(x, xg, hs, aux, w_hh, len_c, params["weight_ih"])
+        ctx.save_for_backward(x, xg, hs, aux, w_hh, len_c, params["weight_ih"], x, h0, *flat)
+        ctx.lengths = lengths
         return y, h_t
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, dh_t: Tensor) -> tuple[Tensor | None, ...]:
         ext, spec, hidden_size, reverse = ctx.meta
-        x, gates, hs, aux, w_hh, lengths, w_ih = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _reference_backward(ctx, spec, hidden_size, reverse, False, GRU_PARAMS,
+                                       tuple(ctx.saved_tensors[7:]), (dy, dh_t))
+        x, gates, hs, aux, w_hh, lengths, w_ih = ctx.saved_tensors[:7]
         steps, batch, _ = x.shape
         dz, drec, dh0 = ext.gru_backward(gates, w_hh, hs, aux, lengths, dy.contiguous(),
                                          dh_t.contiguous(), ctx.cfg)
@@ -362,13 +410,17 @@ class RNNFunction(torch.autograd.Function):
         y, h_t, hs = ext.rnn_forward(xg, w_hh, h0.contiguous(), len_c, cfg, True)
         ctx.meta, ctx.cfg, ctx.ix, ctx.iw = meta, cfg, 2, 4
         ctx.present = tuple(p is not None for p in flat)
-        ctx.save_for_backward(x, xg, hs, w_hh, len_c, params["weight_ih"])
+        ctx.save_for_backward(x, xg, hs, w_hh, len_c, params["weight_ih"], x, h0, *flat)
+        ctx.lengths = lengths
         return y, h_t
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, dh_t: Tensor) -> tuple[Tensor | None, ...]:
         ext, spec, hidden_size, reverse = ctx.meta
-        x, hact, hs, w_hh, lengths, w_ih = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _reference_backward(ctx, spec, hidden_size, reverse, False, GRU_PARAMS,
+                                       tuple(ctx.saved_tensors[6:]), (dy, dh_t))
+        x, hact, hs, w_hh, lengths, w_ih = ctx.saved_tensors[:6]
         steps, batch, _ = x.shape
         dz, dh0 = ext.rnn_backward(hact, w_hh, lengths, dy.contiguous(), dh_t.contiguous(),
                                    ctx.cfg)
