@@ -538,17 +538,18 @@ _PLAIN = (str, int, float, bool, type(None))
 
 def _first_non_plain(value: Any, where: str) -> tuple[str, Any] | None:
     """The first entry of ``value`` that weights-only loading would refuse, with its place."""
-    if isinstance(value, _PLAIN):
+    # Exact types: subclasses (numpy floats, enums) pickle as objects weights-only refuses.
+    if type(value) in _PLAIN:
         return None
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         for i, item in enumerate(value):
             bad = _first_non_plain(item, f"{where}[{i}]")
             if bad is not None:
                 return bad
         return None
-    if isinstance(value, dict):
+    if type(value) is dict:
         for key, item in value.items():
-            if not isinstance(key, _PLAIN):
+            if type(key) not in _PLAIN:
                 return f"{where} key {key!r}", key
             bad = _first_non_plain(item, f"{where}[{key!r}]")
             if bad is not None:
@@ -559,12 +560,12 @@ def _first_non_plain(value: Any, where: str) -> tuple[str, Any] | None:
 
 def _plain(value: Any) -> Any:
     """``value`` with anything that is not a plain value replaced by its description."""
-    if isinstance(value, _PLAIN):
+    if type(value) in _PLAIN:
         return value
     if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
+        return (tuple if isinstance(value, tuple) else list)(_plain(v) for v in value)
     if isinstance(value, dict):
-        return {str(k) if not isinstance(k, _PLAIN) else k: _plain(v) for k, v in value.items()}
+        return {k if type(k) in _PLAIN else describe(k): _plain(v) for k, v in value.items()}
     return describe(value, 200)
 
 
