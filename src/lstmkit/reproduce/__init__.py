@@ -5,6 +5,7 @@ and prints the outcome beside the paper's row; :func:`run` is the same from Pyth
 """
 
 from .experiments import EXPERIMENTS, Experiment, get, names
-from .runner import compare, run, run_trial
+from .runner import Terminated, compare, run, run_trial
 
-__all__ = ["EXPERIMENTS", "Experiment", "get", "compare", "names", "run", "run_trial"]
+__all__ = ["EXPERIMENTS", "Experiment", "Terminated", "get", "compare", "names", "run",
+           "run_trial"]

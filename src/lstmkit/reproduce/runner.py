@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..train.checkpoint import load_checkpoint
+from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.construction import SequentialConstruction
 from ..train.trainer import Trainer, TrainingDiverged, TrainResult
 from .experiments import budget_for, criteria_for, describe_criteria, get
@@ -138,8 +138,8 @@ def _one_line(err: BaseException) -> str:
 
 def _check_resumable(job: dict[str, Any]) -> None:
     """Restore ``job``'s checkpoint (if any) into a throwaway trainer, so that a checkpoint the
-    trial cannot continue from is refused before any worker starts, as one ``ValueError``
-    naming the file."""
+    trial cannot continue from is refused before any worker starts, as one line naming the
+    file (a ``ValueError``)."""
     if job["checkpoint_dir"] is None:
         return
     path = _checkpoint_path(job["checkpoint_dir"], job["seed"])
@@ -155,8 +155,8 @@ def _check_resumable(job: dict[str, Any]) -> None:
                 raise ValueError(_one_line(err)) from None
             raise
         except Exception as err:  # a checkpoint of the right format holding the wrong things
-            raise ValueError(f"checkpoint {path}: cannot be resumed by this trial "
-                             f"({type(err).__name__}: {_one_line(err)})") from None
+            raise CheckpointError(path, f"cannot be resumed by this trial "
+                                  f"({type(err).__name__}: {_one_line(err)})") from None
 
 
 def _checkpoint_path(checkpoint_dir: str | Path, seed: int) -> Path:
@@ -197,6 +197,11 @@ def run(experiment: str, *, setting: str = "paper", cell: str | None = None, tri
     than the paper's; the results record it and the table marks the row as changed. With more
     than one worker, trials run in spawned processes, so a calling script needs the usual
     ``if __name__ == "__main__":`` guard; ``workers=1`` runs them in this process.
+
+    While it runs, ``out`` is locked: a second run on the same folder raises ``ValueError``
+    ("DIR is in use by another lstmkit reproduce run (pid N)"). With ``resume``, a checkpoint the
+    trial cannot continue from raises ``ValueError`` naming the file before any trial starts. In
+    the main thread, SIGTERM raises :class:`Terminated` after stopping the workers.
     """
     return compare(experiment, [cell], setting=setting, trials=trials, seed=seed,
                    max_sequences=max_sequences, outs=[out], workers=workers, resume=resume,
