@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -222,3 +223,105 @@ def test_report_renders_in_a_headless_browser(tmp_path: Path) -> None:
     dom = result.stdout
     assert "<table>" in dom and "paper lstm1997" in dom and "exp4-T100" in dom
     assert dom.count("data:image/png;base64,") == 2
+
+
+# -- figures: colours and wording ------------------------------------------------------------
+
+
+def test_every_preset_has_its_own_colour() -> None:
+    from lstmkit.analysis.figures import cell_colour
+    from lstmkit.cells import PRESETS
+
+    colours = {name: cell_colour(name) for name in PRESETS}
+    assert len(set(colours.values())) == len(PRESETS), colours
+
+
+def _drawn_title(monkeypatch: pytest.MonkeyPatch, results: dict, path: Path) -> str:
+    """The title ``gradflow.plot`` gives its figure (read before the figure is saved)."""
+    from lstmkit.analysis import figures
+
+    titles = []
+    save = figures.save
+
+    def keep(fig: Any, out: Path) -> Path:
+        titles.append(fig._suptitle.get_text())
+        return save(fig, out)
+
+    monkeypatch.setattr(figures, "save", keep)
+    gradflow.plot(results, path)
+    return titles[0]
+
+
+def test_caption_counts_in_the_right_number(
+    flow: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert "mean of 2 seeds x 8 sequences" in _drawn_title(monkeypatch, flow, tmp_path / "a.png")
+    one = {**flow, "settings": {**flow["settings"], "seeds": 1, "batch_size": 1}}
+    text = _drawn_title(monkeypatch, one, tmp_path / "b.png")
+    assert "one seed, mean of 1 sequence" in text
+    assert "1 seeds" not in text and "1 sequences" not in text and "seed range" not in text
+    assert gradflow.plural(1, "Adam step") == "1 Adam step"
+    assert gradflow.plural(1000, "Adam step") == "1,000 Adam steps"
+
+
+# -- size limits: refused up front, one line ------------------------------------------------
+
+
+@pytest.fixture
+def eight_gib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine with 8 GiB of memory, whatever this one has."""
+    from lstmkit.analysis import _limits
+
+    monkeypatch.setattr(_limits, "physical_memory", lambda: 8 * 2**30)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["gradflow", "--length", "100000000000"],
+     "--length: expected an int from 2 to 20,000, got 100000000000 (the probe runs"),
+    (["gradflow", "--batch", "5000"], "--batch: expected an int from 1 to 4,096, got 5000"),
+    (["gradflow", "--length", "20000", "--batch", "4096", "--hidden", "256"],
+     "lower --length, --batch or --hidden"),
+    (["inspect", "--length", "100000000000"], "--length: expected an int from 1 to 10,000"),
+    (["inspect", "--length", "10000", "--hidden", "1024"], "lower --length or --hidden"),
+])
+def test_sizes_beyond_the_limits_are_one_line(
+    eight_gib: None, capsys: pytest.CaptureFixture, tmp_path: Path, argv: list[str],
+    expected: str,
+) -> None:
+    out = tmp_path / "out"
+    assert cli.main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lstmkit {argv[0]}: error: "), err
+    assert expected in err[0]
+    assert not out.exists()  # refused before any work
+    if "GiB" in err[0]:
+        assert "this machine's 8.0 GiB" in err[0]
+
+
+def test_run_gradflow_checks_sizes_together(eight_gib: None) -> None:
+    with pytest.raises(ValueError, match="lower length, batch_size or hidden"):
+        gradflow.run_gradflow(("rnn",), length=20_000, hidden=1024, batch_size=1024, seeds=1)
+    with pytest.raises(TypeError, match="seeds: expected an int, got float"):
+        gradflow.run_gradflow(("rnn",), seeds=1.0)  # type: ignore[arg-type]
+    # Within the limits and the memory: accepted.
+    gradflow.check_arguments(length=2_000, hidden=64, batch_size=32, seeds=3)
+
+
+# -- report: the run's own task parameters ---------------------------------------------------
+
+
+def test_report_shows_the_runs_task_parameters(tmp_path: Path) -> None:
+    root = _results(tmp_path)
+    path = root / "exp4-paper-rnn" / "results.json"
+    res = json.loads(path.read_text())
+    res["task_params"] = {"T": 50}
+    path.write_text(json.dumps(res))
+    page = report.render(root)
+    assert "task adding1997 (T=50)" in page and "task adding1997 (T=100)" in page
+
+
+def test_report_gradflow_section_counts_in_the_right_number(tmp_path: Path, flow: dict) -> None:
+    one = {**flow, "settings": {**flow["settings"], "seeds": 1}}
+    (tmp_path / "gradflow.json").write_text(json.dumps(one))
+    page = report.render(tmp_path)
+    assert "1 seed of 8 sequences" in page and "1 seeds" not in page

@@ -1,16 +1,24 @@
-"""The command line and the README stay in step with the presets."""
+"""The command line: one-line errors for every command, the variants listing (with the path
+each preset runs on), and the README and packaging in step with it."""
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from lstmkit import cli
 from lstmkit.cells import PRESETS
 from lstmkit.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_variants_lists_every_preset(capsys):
+def test_variants_lists_every_preset(monkeypatch, capsys):
+    from lstmkit import engine
+
+    monkeypatch.setattr(engine, "available", lambda: True)  # no build just to list
     assert main(["variants"]) == 0
     out = capsys.readouterr().out
     for name in PRESETS:
@@ -27,3 +35,211 @@ def test_unknown_command_exits_2(capsys):
     with pytest.raises(SystemExit) as err:
         main(["frobnicate"])
     assert err.value.code == 2
+
+
+# -- one-line errors ------------------------------------------------------------------------
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """The stderr of an argv that argparse refuses: exit 2, exactly one line, no usage block."""
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert "usage:" not in captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["reproduce", "exp1", "--trials", "x"], "--trials"),
+    (["demo", "--T", "1e11"], "--T"),
+    (["bench", "--repeats", "x"], "--repeats"),
+    (["gradflow", "--length", "1e11"], "--length"),
+    (["inspect", "--hidden", "x"], "--hidden"),
+])
+def test_type_errors_are_one_line_per_command(capsys, argv: list[str], option: str) -> None:
+    line = _one_line_error(capsys, argv)
+    got = argv[argv.index(option) + 1]
+    assert line == (f"lstmkit {argv[0]}: error: {option}: expected an integer, got {got!r} "
+                    f"(see lstmkit {argv[0]} --help)")
+
+
+def test_float_choice_and_missing_value_errors_are_one_line(capsys) -> None:
+    assert _one_line_error(capsys, ["gradflow", "--forget-bias", "big"]).startswith(
+        "lstmkit gradflow: error: --forget-bias: expected a number, got 'big'")
+    line = _one_line_error(capsys, ["reproduce", "exp1", "--setting", "fast"])
+    assert line.startswith("lstmkit reproduce: error: --setting: expected one of paper, modern, "
+                           "got 'fast'")
+    assert _one_line_error(capsys, ["inspect", "--steps"]).startswith(
+        "lstmkit inspect: error: --steps: expected a value")
+    line = _one_line_error(capsys, ["frobnicate"])
+    assert line.startswith("lstmkit: error: command: expected one of variants, ")
+    assert "got 'frobnicate'" in line
+
+
+def test_unknown_option_names_its_command(capsys) -> None:
+    line = _one_line_error(capsys, ["report", "somewhere", "--bogus"])
+    assert line == ("lstmkit report: error: unrecognized arguments: --bogus "
+                    "(see lstmkit report --help)")
+
+
+def _failing_report(monkeypatch, err: BaseException) -> None:
+    from lstmkit.analysis import report
+
+    def fail(_args: object) -> int:
+        raise err
+
+    monkeypatch.setattr(report, "_command", fail)
+
+
+@pytest.mark.parametrize("err", [
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+                 "memory: you tried to allocate 800000000000 bytes"),
+])
+def test_out_of_memory_is_one_line(monkeypatch, capsys, err: BaseException) -> None:
+    _failing_report(monkeypatch, err)
+    assert main(["report", "anywhere"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["lstmkit report: error: out of memory; rerun with smaller sizes "
+                     "(see lstmkit report --help)"]
+
+
+def test_other_runtime_errors_still_raise(monkeypatch) -> None:
+    # A bug is not bad input: it keeps its traceback.
+    _failing_report(monkeypatch, RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["report", "anywhere"])
+
+
+def test_missing_matplotlib_is_one_line(tmp_path: Path) -> None:
+    # A fresh interpreter in which matplotlib cannot be imported, as after a bare install of a
+    # broken environment; the library and the parser must not need it.
+    script = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        "import lstmkit\n"
+        "from lstmkit import cli\n"
+        "cli.build_parser()\n"
+        "assert sys.modules['matplotlib'] is None, 'imported eagerly'\n"
+        "status = cli.main(['gradflow', '--cell', 'rnn', '--length', '3', '--hidden', '2', "
+        f"'--batch', '1', '--seeds', '1', '--out', {str(tmp_path / 'gf')!r}])\n"
+        "sys.exit(status)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "lstmkit gradflow: error: this command draws figures with matplotlib, which is not "
+        "installed; install it with: pip install matplotlib"]
+    assert not (tmp_path / "gf").exists()  # refused before any work
+
+
+def test_matplotlib_is_a_dependency() -> None:
+    text = (README.parent / "pyproject.toml").read_text()
+    deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
+    assert '"matplotlib' in deps
+
+
+# -- variants: the path each preset takes ---------------------------------------------------
+
+
+def _variant_rows(out: str) -> dict[str, tuple[str, str]]:
+    """``name -> (family, path)`` from ``lstmkit variants``' table."""
+    rows = {}
+    for line in out.splitlines():
+        name = line.split("  ", 1)[0].strip()
+        if name in PRESETS:
+            rest = line[len(name):].split("  ")
+            cols = [c.strip() for c in rest if c.strip()]
+            rows[name] = (cols[0], cols[1])
+    return rows
+
+
+@pytest.mark.parametrize("engine_ok", [True, False])
+def test_variants_says_which_path_each_preset_takes(monkeypatch, capsys, engine_ok: bool) -> None:
+    from lstmkit import engine
+
+    monkeypatch.delenv("LSTMKIT_BACKEND", raising=False)
+    monkeypatch.setattr(engine, "available", lambda: engine_ok)
+    monkeypatch.setattr(engine, "build_error", lambda: "no C++ compiler found")
+    assert main(["variants"]) == 0
+    out = capsys.readouterr().out
+    rows = _variant_rows(out)
+    assert set(rows) == set(PRESETS)
+    compiled = "fused engine" if engine_ok else "reference"
+    expected = {"lstm": "torch kernel", "np": "torch kernel", "gru": "torch kernel",
+                "rnn": "torch kernel", "rnn_relu": "torch kernel", "layernorm": "reference",
+                "peephole": compiled, "lstm1997": compiled, "gru_cho": compiled}
+    for name, path in expected.items():
+        assert rows[name] == (PRESETS[name].family, path), name
+    if engine_ok:
+        assert "The fused engine is built and runs on this machine." in out
+    else:
+        assert "not available on this machine (no C++ compiler found)" in out
+
+
+def test_variants_paths_follow_the_layers_dispatch(monkeypatch) -> None:
+    """The listing's rule agrees with what a layer decides (torch kernel or not) and with the
+    engine's own coverage (engine or reference)."""
+    from lstmkit import engine, layers
+
+    monkeypatch.delenv("LSTMKIT_BACKEND", raising=False)
+    for name, spec in PRESETS.items():
+        cls = {"lstm": layers.LSTM, "gru": layers.GRU, "rnn": layers.RNN}[spec.family]
+        layer = cls(2, 2 * spec.block_size, variant=name)
+        decided = layer._backend(False)
+        path = cli.auto_path(spec, engine_ok=True)
+        if decided == "native":
+            assert path == "native", name
+        else:
+            assert path == ("engine" if engine.supports(spec) else "reference"), name
+
+
+def test_variants_honours_lstmkit_backend(monkeypatch, capsys) -> None:
+    from lstmkit import engine
+
+    monkeypatch.setattr(engine, "available", lambda: True)
+    monkeypatch.setenv("LSTMKIT_BACKEND", "reference")
+    assert main(["variants"]) == 0
+    out = capsys.readouterr().out
+    assert {path for _, path in _variant_rows(out).values()} == {"reference"}
+    assert "LSTMKIT_BACKEND=reference is set" in out
+    monkeypatch.setenv("LSTMKIT_BACKEND", "fast")
+    assert main(["variants"]) == 2
+    assert "LSTMKIT_BACKEND: expected one of" in capsys.readouterr().err
+
+
+# -- bench: no development history in what users read ---------------------------------------
+
+
+def test_bench_text_has_no_issue_numbers(capsys) -> None:
+    import inspect
+
+    from lstmkit import bench
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    texts = [capsys.readouterr().out, bench.__doc__ or ""]
+    texts += [obj.__doc__ or "" for obj in vars(bench).values()
+              if inspect.isfunction(obj) or inspect.isclass(obj)]
+    row = bench.Row(shape=(10, 2, 3, 4), variant="peephole", train_ms=2.0, ref_train_ms=1.0,
+                    train_ratio=2.0, infer_ms=1.0, ref_infer_ms=1.0, infer_ratio=1.0,
+                    train_floor_ms=1.0, infer_floor_ms=1.0, train_floor_ratio=2.0,
+                    infer_floor_ratio=1.0, peak_bytes=10, ref_peak_bytes=10, gate_bytes=0,
+                    floor_flops=1.0)
+    texts.append(bench.format_report([row], bench.summarise([row]), "header"))
+    for text in texts:
+        assert not re.search(r"\bissues?\s*#?\d|#\d", text, re.IGNORECASE), text[:300]
+
+
+def test_bench_refuses_a_shape_too_large_for_the_memory(monkeypatch, capsys) -> None:
+    from lstmkit.analysis import _limits
+
+    monkeypatch.setattr(_limits, "physical_memory", lambda: 8 * 2**30)
+    assert main(["bench", "--shapes", "100000x100000x10x10", "--variants", "lstm1997"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "8.0 GiB" in err[0] and "smaller --shapes" in err[0]

@@ -39,11 +39,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .analysis._limits import check_memory
 from .cells.spec import CellSpec, get_spec
 
 Shape = tuple[int, int, int, int]
 
-#: (T, B, input, hidden) from issue 5.
+#: (T, B, input, hidden): small to large nets, long and short sequences, one scalar input.
 DEFAULT_SHAPES: tuple[Shape, ...] = (
     (100, 32, 32, 64), (100, 64, 128, 128), (200, 32, 1, 128), (100, 64, 256, 512),
     (50, 16, 64, 256),
@@ -317,7 +318,7 @@ def _geomean(values: Sequence[float]) -> float:
 
 def summarise(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
     """Per variant: geometric means and maxima of the ratios, the floor ratios on the shapes with
-    the most GEMM work, the worst memory ratio and whether each target of issue 5 is met."""
+    the most GEMM work, the worst memory ratio and whether each target (``TARGET_*``) is met."""
     out: dict[str, dict[str, Any]] = {}
     for v in dict.fromkeys(r.variant for r in rows):
         mine = [r for r in rows if r.variant == v]
@@ -364,7 +365,7 @@ def format_report(rows: Sequence[Row], summary: dict[str, dict[str, Any]], heade
             f"| {r.train_floor_ratio:.2f} | {r.infer_floor_ratio:.2f} "
             f"| {r.peak_bytes / 2**20:.1f} | {(r.ref_peak_bytes + r.gate_bytes) / 2**20:.1f} "
             f"| {r.mem_ratio:.2f} |")
-    lines += ["", f"Targets (issue 5): training geometric mean <= {TARGET_TRAIN_GEOMEAN} and every "
+    lines += ["", f"Targets: training geometric mean <= {TARGET_TRAIN_GEOMEAN} and every "
               f"shape <= {TARGET_TRAIN_MAX}; inference geometric mean <= {TARGET_INFER}; engine "
               f"<= {TARGET_FLOOR} x its GEMM floor on the {FLOOR_SHAPES} shapes with the most "
               "GEMM work; peak memory <= nn.LSTM's + the saved gates (mem ratio <= 1).", "",
@@ -382,6 +383,17 @@ def format_report(rows: Sequence[Row], summary: dict[str, dict[str, Any]], heade
             f"| {s['mem_max']:.2f} | {_yes(met['train'])} | {_yes(met['infer'])} "
             f"| {_yes(met['floor'])} | {_yes(met['memory'])} |")
     return "\n".join(lines) + "\n"
+
+
+def memory_estimate(shape: Shape, variants: int) -> float:
+    """A rough upper bound, in bytes, of what :func:`bench_shape` holds at once for ``shape``.
+
+    Every candidate's floor keeps its own ``[T, B, rows]`` operands (rows up to about 5 hidden
+    widths for the widest presets) while one training step holds its saved gates, all float32.
+    """
+    steps, batch, n_in, hidden = shape
+    per_candidate = steps * batch * (n_in + 16 * hidden)
+    return 4.0 * (variants + 2) * per_candidate + 4.0 * steps * batch * 2 * n_in
 
 
 def parse_shapes(text: str) -> list[Shape]:
@@ -404,6 +416,10 @@ def run(shapes: Sequence[Shape] = DEFAULT_SHAPES, variants: Sequence[str] = DEFA
     for v in variants:
         if v not in TORCH_MODULES:
             get_spec(v)  # a clear error for an unknown name before any timing
+    for shape in shapes:
+        check_memory(memory_estimate(shape, len(variants)),
+                     f"benchmarking shape {'x'.join(map(str, shape))} with {len(variants)} "
+                     "variants", "use smaller --shapes or fewer --variants")
     torch.set_num_threads(threads)
     if not engine.available():
         raise OSError(f"the fused engine is not available: {engine.build_error()}")
@@ -442,8 +458,10 @@ def _command(args: argparse.Namespace) -> int:
     warmup = 1 if args.quick else 2
     shapes = parse_shapes(args.shapes) if args.shapes else list(DEFAULT_SHAPES)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if repeats < 1 or args.threads < 1:
-        raise ValueError("--repeats and --threads: expected positive ints")
+    if repeats < 1:
+        raise ValueError(f"--repeats: expected an int >= 1, got {repeats}")
+    if args.threads < 1:
+        raise ValueError(f"--threads: expected an int >= 1, got {args.threads}")
     parts = ["lstmkit bench"] + (["--quick"] if args.quick else [])
     if args.shapes:
         parts.append(f"--shapes {args.shapes}")
@@ -462,7 +480,8 @@ def register(sub: Any) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="3 rounds and 1 warm-up (smoke test)")
     p.add_argument("--shapes", default=None,
-                   help="comma-separated TxBxINxH (default: the five shapes of issue 5)")
+                   help="comma-separated TxBxINxH (default: "
+                   + ",".join("x".join(map(str, s)) for s in DEFAULT_SHAPES) + ")")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help="comma-separated presets; torch.nn.GRU and torch.nn.LSTM also allowed")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 9)")

@@ -2,19 +2,24 @@
 
 Each command lives beside the code it drives and registers itself here through a
 ``register(subparsers)`` function (see ``_COMMANDS``); this module only assembles the parser
-and turns bad input into a one-line message with exit status 2 (a diverged or killed run: 1),
-never a traceback.
+and turns bad input into a one-line message with exit status 2 (a diverged or killed run, or one
+that ran out of memory: 1), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
+from typing import NoReturn
 
-from .cells import PRESETS
+from .cells import PRESETS, CellSpec
 from .train.trainer import TrainingDiverged
 
 # Modules with a ``register(subparsers)`` function, in the order ``lstmkit --help`` lists them.
@@ -27,43 +32,175 @@ _COMMANDS = (
     "lstmkit.analysis.report",
 )
 
+# argparse's own wording, rephrased as ``name: expected X, got Y`` like every other error.
+_TYPE_NAMES = {"int": "an integer", "float": "a number"}
+_INVALID_VALUE = re.compile(r"argument (?P<arg>[^:]+): invalid (?P<type>\w+) value: (?P<got>.*)")
+_INVALID_CHOICE = re.compile(
+    r"argument (?P<arg>[^:]+): invalid choice: (?P<got>.*?) \(choose from (?P<choices>.*)\)"
+)
+_ARGUMENT = re.compile(r"argument (?P<arg>[^:]+): (?P<rest>.*)")
+
+
+def _rephrase(message: str) -> str:
+    """argparse's error ``message`` in the ``name: expected X, got Y`` form where it has one."""
+    if m := _INVALID_VALUE.fullmatch(message):
+        kind = _TYPE_NAMES.get(m["type"], f"a valid {m['type']} value")
+        return f"{m['arg']}: expected {kind}, got {m['got']}"
+    if m := _INVALID_CHOICE.fullmatch(message):
+        choices = ", ".join(c.strip().strip("'\"") for c in m["choices"].split(","))
+        return f"{m['arg']}: expected one of {choices}, got {m['got']}"
+    if m := _ARGUMENT.fullmatch(message):
+        rest = "expected a value" if m["rest"] == "expected one argument" else m["rest"]
+        return f"{m['arg']}: {rest}"
+    return message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage block), exit status 2.
+
+    ``add_subparsers`` makes every command's parser of this class too, so each command's
+    errors read ``lstmkit CMD: error: ...`` without any code in the command itself.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self._fail(self.prog, message)
+
+    def _fail(self, prog: str, message: str) -> NoReturn:
+        self.exit(2, f"{prog}: error: {_rephrase(message)} (see {prog} --help)\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            # Unknown options reach the top parser; blame the command they were given to.
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self._fail(prog, f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+#: How ``lstmkit variants`` names the three paths of ``backend="auto"``.
+PATH_NAMES = {"native": "torch kernel", "engine": "fused engine", "reference": "reference",
+              "none": "none (refused)"}
+
+
+def auto_path(spec: CellSpec, engine_ok: bool) -> str:
+    """The path (``"native"``, ``"engine"``, ``"reference"``) that ``backend="auto"`` takes for
+    ``spec`` on CPU float32 input, where ``engine_ok`` says whether the engine is built.
+
+    This follows the layers' dispatch: torch's kernel where the spec is exactly a torch cell,
+    else the engine for what it supports, else the reference. ``LSTMKIT_BACKEND`` overrides
+    it; under ``LSTMKIT_BACKEND=native`` a cell without a torch kernel is refused (``"none"``).
+    """
+    from . import engine
+
+    forced = os.environ.get("LSTMKIT_BACKEND", "auto")
+    if forced == "native":
+        return "native" if spec.torch_native else "none"
+    if forced == "reference":
+        return "reference"
+    if forced != "engine" and spec.torch_native:
+        return "native"
+    return "engine" if engine_ok and engine.supports(spec) else "reference"
+
+
+def _engine_status() -> tuple[bool, str]:
+    """Whether the fused engine runs here, and a sentence saying so (building it if needed)."""
+    from . import engine
+
+    # The first use compiles the engine (a minute or so): say so rather than hang silently.
+    log = logging.getLogger("lstmkit.engine")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            # A failed build warns at length; the listing says it in one sentence instead.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ok = engine.available()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    if ok:
+        return True, "The fused engine is built and runs on this machine."
+    return False, (f"The fused engine is not available on this machine ({engine.build_error()}), "
+                   "so the cells without a torch kernel run the reference.")
+
 
 def _variants(_: argparse.Namespace) -> int:
-    width = max(len(n) for n in PRESETS)
-    for name, spec in PRESETS.items():
-        print(f"{name:<{width}}  [{spec.family}]  {spec.doc}")
+    forced = os.environ.get("LSTMKIT_BACKEND", "auto")
+    if forced not in ("auto", "native", "engine", "reference"):
+        raise ValueError(f"LSTMKIT_BACKEND: expected one of auto, native, engine, reference, "
+                         f"got {forced!r}")
+    engine_ok, status = _engine_status()
+    rows = [(name, spec.family, PATH_NAMES[auto_path(spec, engine_ok)], spec.doc)
+            for name, spec in PRESETS.items()]
+    header = ("variant", "family", "path", "equations")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(f"{v:<{w}}" for v, w in zip(row[:3], widths)) + "  " + row[3])
+    print('\npath: what the default backend="auto" runs for CPU float32 tensors here: torch '
+          "kernel (torch's own),\nfused engine (lstmkit's C++) or reference (the Python step "
+          f"functions).\n{status}")
+    if forced != "auto":
+        print(f"LSTMKIT_BACKEND={forced} is set and decides the path of every layer.")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``lstmkit`` parser with every registered command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lstmkit", description="LSTM-family cells and the long-time-lag experiments."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("variants", help="list the cell presets with their equations")
+    p = sub.add_parser("variants", help="list the cell presets with their equations and the "
+                       "path each one runs on")
     p.set_defaults(func=_variants)
     for name in _COMMANDS:
         importlib.import_module(name).register(sub)
     return parser
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    """A ``MemoryError``, or torch's allocator failing (a ``RuntimeError`` that says so)."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in text
+                                              or "not enough memory" in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefix = f"lstmkit {args.command}: error:"
     try:
         return int(args.func(args))
     except (ValueError, TypeError, OSError) as err:
-        print(f"lstmkit {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prefix} {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] != "matplotlib":
+            raise
+        print(f"{prefix} this command draws figures with matplotlib, which is not installed; "
+              "install it with: pip install matplotlib", file=sys.stderr)
         return 2
     # Not bad input but a run that failed: its own message, status 1, still no traceback.
     except TrainingDiverged as err:
-        print(f"lstmkit {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prefix} {err}", file=sys.stderr)
         return 1
     except BrokenProcessPool:
-        print(f"lstmkit {args.command}: error: a trial's worker process died (killed, or out of "
-              "memory); rerun with --resume to continue from the checkpoints", file=sys.stderr)
+        print(f"{prefix} a trial's worker process died (killed, or out of memory); rerun with "
+              "--resume to continue from the checkpoints", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        print(f"{prefix} out of memory; rerun with smaller sizes (see lstmkit {args.command} "
+              "--help)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Shared figure helpers for the analysis commands: one backend, one colour per cell, one save.
 
-matplotlib is an optional extra; importing this module selects the non-interactive Agg backend
-first, so figures render on servers and CI machines without a display.
+Importing this module imports matplotlib and selects the non-interactive Agg backend first, so
+figures render on servers and CI machines without a display; ``import lstmkit`` alone never
+imports it.
 """
 
 from __future__ import annotations
@@ -14,15 +15,27 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: no screen on CI or servers
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Fixed colours, so a cell looks the same in every figure of a report.
+# Fixed colours, so a cell looks the same in every figure of a report; one per preset, all
+# different (from matplotlib's tab20 palette), so any set of presets can share a plot.
 _CELL_COLOURS = {
+    "lstm": "#1f77b4",
+    "np": "#aec7e8",
+    "peephole": "#ff7f0e",
+    "fgr": "#ffbb78",
+    "lstm1997": "#2ca02c",
     "rnn": "#d62728",
     "rnn_relu": "#ff9896",
-    "lstm": "#1f77b4",
-    "lstm1997": "#2ca02c",
     "gru": "#9467bd",
     "gru_cho": "#c5b0d5",
-    "peephole": "#ff7f0e",
+    "vanilla": "#8c564b",
+    "nig": "#c49c94",
+    "nfg": "#e377c2",
+    "nog": "#f7b6d2",
+    "layernorm": "#7f7f7f",
+    "niaf": "#bcbd22",
+    "noaf": "#dbdb8d",
+    "cifg": "#17becf",
+    "cifg_peephole": "#9edae5",
 }
 _FALLBACK = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 

@@ -24,6 +24,7 @@ from .. import tasks
 from ..cells import reference
 from ..models import SequenceModel
 from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ._limits import check_int, check_memory, require_matplotlib
 from .gradflow import build_model, make_task, quick_train
 
 #: Panels in the order of the LSTM workflow: (part, title, colour map).
@@ -35,6 +36,15 @@ PANELS = (
     ("o", "output gate o(t): how much of the cell to show", "viridis"),
     ("h", "output h(t) = o(t) * h(c(t))", "RdBu_r"),
 )
+
+
+#: Size arguments of ``lstmkit inspect``: (lowest, highest, why the ceiling).
+LIMITS: dict[str, tuple[int, int, str]] = {
+    "--length": (1, 10_000, "the figure gives every step a column"),
+    "--hidden": (1, 1024, "the figure gives every memory cell a row"),
+    "--steps": (0, 1_000_000, "the training is a short look, not a reproduction"),
+}
+_TEST_SIZE = 512  # test sequences behind the printed loss and accuracy
 
 
 def trace(model: SequenceModel, inputs: Tensor) -> dict[str, Tensor]:
@@ -166,12 +176,26 @@ def train_or_load(
     return model, meta
 
 
+def check_arguments(*, length: int, hidden: int, steps: int, input_size: int = 1) -> None:
+    """Refuse ``lstmkit inspect`` sizes out of :data:`LIMITS` or too large for the memory."""
+    for flag, value in (("--length", length), ("--hidden", hidden), ("--steps", steps)):
+        low, high, why = LIMITS[flag]
+        check_int(flag, value, low, high, why)
+    # Training holds a batch of 64 sequences' saved gates, the test forward 512 sequences'
+    # outputs and gate pre-activations, all float32 (the widths are generous upper bounds).
+    need = 4.0 * length * (64 * 48 * hidden + _TEST_SIZE * (8 * hidden + 2 * input_size))
+    check_memory(need, f"training and testing on {length:,}-step sequences with {hidden:,} "
+                 "memory cells", "lower --length or --hidden")
+
+
 def _command(args: argparse.Namespace) -> int:
+    # Before any work: training for minutes should not end in "no matplotlib" or out of memory.
+    require_matplotlib()
+    check_arguments(length=args.length, hidden=args.hidden, steps=args.steps)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     task = make_task(args.task, args.length)
-    for name, value, low in (("steps", args.steps, 0), ("hidden", args.hidden, 1)):
-        if value < low:
-            raise ValueError(f"--{name}: expected an int >= {low}, got {value}")
+    check_arguments(length=args.length, hidden=args.hidden, steps=args.steps,
+                    input_size=task.input_size)
     start = time.perf_counter()
     model, meta = train_or_load(cell=args.cell, task=task, hidden=args.hidden, steps=args.steps,
                                 seed=args.seed, forget_bias=args.forget_bias, lr=args.lr,
@@ -180,7 +204,7 @@ def _command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.save:
         save_checkpoint(args.save, {"model": model.state_dict(), "meta": meta})
-    test = task.sample(512, generator=torch.Generator().manual_seed(10_000 + args.seed))
+    test = task.sample(_TEST_SIZE, generator=torch.Generator().manual_seed(10_000 + args.seed))
     with torch.no_grad():
         outputs = model(test.inputs, test.lengths)
         test_loss = float(task.loss(outputs, test))

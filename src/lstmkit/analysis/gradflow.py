@@ -38,6 +38,7 @@ from ..cells import reference
 from ..cells.spec import get_spec
 from ..layers import GRU, LSTM, RNN, _Recurrent
 from ..models import SequenceModel
+from ._limits import check_int, check_memory, require_matplotlib
 
 DEFAULT_CELLS = ("rnn", "lstm", "lstm1997", "gru", "peephole")
 QUANTITIES = {
@@ -49,6 +50,23 @@ QUANTITIES = {
 REPORT_LAGS = (1, 10, 50, 100, 150)
 
 _LAYERS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+
+_STEPWISE = "the probe runs the cells one step at a time and gradflow.json holds every lag"
+#: Size arguments: (lowest, highest, why the ceiling). Larger values are refused up front; the
+#: memory estimate of :func:`check_arguments` also bounds them together.
+LIMITS: dict[str, tuple[int, int, str]] = {
+    "length": (2, 20_000, _STEPWISE),
+    "hidden": (1, 4096, "a wider net says nothing more about the decay with the lag"),
+    "batch_size": (1, 4096, "the batch only averages the norms over sequences"),
+    "seeds": (1, 100, "every seed repeats the whole measurement"),
+    "train_steps": (0, 1_000_000, "the training is a short look, not a reproduction"),
+    "train_length": (2, 20_000, _STEPWISE),
+}
+_FLAGS = {"length": "--length", "hidden": "--hidden", "batch_size": "--batch",
+          "seeds": "--seeds", "train_steps": "--train-steps", "train_length": "--train-length"}
+#: Numbers kept per step, sequence and hidden unit by the measurement's graph, with a margin
+#: (measured: RNN about 12, GRU 18, LSTM 23).
+_GRAPH_WIDTH = 48
 
 
 def _forget_bias_for(cell: str, forget_bias: float | None) -> float | None:
@@ -195,6 +213,43 @@ def _stage(
     return result
 
 
+def check_arguments(
+    *, length: int, hidden: int, batch_size: int, seeds: int, train_steps: int = 0,
+    train_length: int = 50, input_size: int = 1, cli: bool = False,
+) -> None:
+    """Refuse sizes out of :data:`LIMITS`, or too large together for this machine's memory.
+
+    ``cli`` names the command-line flags (``--batch``) instead of the parameters
+    (``batch_size``) in the message. Raises ``TypeError``/``ValueError``; returns nothing.
+    """
+    values = {"length": length, "hidden": hidden, "batch_size": batch_size, "seeds": seeds,
+              "train_steps": train_steps, "train_length": train_length}
+    for name, value in values.items():
+        low, high, why = LIMITS[name]
+        check_int(_FLAGS[name] if cli else name, value, low, high, why)
+    need = memory_estimate(length=length, hidden=hidden, batch_size=batch_size,
+                           input_size=input_size,
+                           train_length=train_length if train_steps else 0)
+    names = ("--length", "--batch", "--hidden") if cli else ("length", "batch_size", "hidden")
+    check_memory(need, f"measuring {length:,} steps x {batch_size:,} sequences x {hidden:,} "
+                 "units (every step's float64 graph is kept for the backward pass)",
+                 f"lower {names[0]}, {names[1]} or {names[2]}")
+
+
+def memory_estimate(
+    *, length: int, hidden: int, batch_size: int, input_size: int = 1, train_length: int = 0
+) -> float:
+    """A rough upper bound, in bytes, of what one measurement (or training run) holds at once.
+
+    The measurement keeps every step's autograd graph in float64 (about 23 numbers per hidden
+    unit for the plain LSTM, more with peepholes or gate recurrence: :data:`_GRAPH_WIDTH`
+    covers every preset); training holds the engine's saved gates for a batch of 32 in float32.
+    """
+    measure_bytes = 8.0 * length * batch_size * (_GRAPH_WIDTH * hidden + input_size)
+    train_bytes = 4.0 * train_length * 32 * (_GRAPH_WIDTH * hidden + input_size)
+    return max(measure_bytes, train_bytes)
+
+
 def run_gradflow(
     cells: tuple[str, ...] | list[str] = DEFAULT_CELLS, *, length: int = 200, hidden: int = 64,
     batch_size: int = 32, seeds: int = 3, task: str = "adding", train_steps: int = 0,
@@ -206,17 +261,16 @@ def run_gradflow(
     and, with training, ``"trained"``) mapping cell -> quantity (``x``, ``h``, ``c``) ->
     ``mean``/``min``/``max`` over seeds and the per-seed values, all indexed by lag.
     """
-    for name, value, low in (("length", length, 2), ("hidden", hidden, 1),
-                             ("batch_size", batch_size, 1), ("seeds", seeds, 1),
-                             ("train_steps", train_steps, 0), ("train_length", train_length, 2)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    sizes = {"length": length, "hidden": hidden, "batch_size": batch_size, "seeds": seeds,
+             "train_steps": train_steps, "train_length": train_length}
+    check_arguments(**sizes)
     cells = list(cells)
     if not cells:
         raise ValueError("cells: expected at least one cell preset")
     for cell in cells:
         get_spec(cell)  # unknown names fail before any work
     probe = make_task(task, length)
+    check_arguments(**sizes, input_size=probe.input_size)
     train_task = make_task(task, train_length) if train_steps else None
     init: dict[str, list[_Recurrent]] = {}
     trained: dict[str, list[_Recurrent]] = {}
@@ -312,18 +366,35 @@ def plot(results: dict[str, Any], path: str | Path) -> Path:
             ax.grid(alpha=0.3, which="both", lw=0.5)
             if len(lags) > 100:
                 ax.axvline(100, color="0.5", ls=":", lw=1)
+            trained_on = s["task"] + (f" (T={s['train_length']})"
+                                      if "T" in s.get("task_params", {}) else "")
             title = "at initialisation" if stage == "init" else (
-                f"after {s['train_steps']} Adam steps on {s['task']} (T={s['train_length']})")
+                f"after {plural(s['train_steps'], 'Adam step')} on {trained_on}")
             ax.set_title(f"‖∂L/∂{q}(t)‖, {title}", fontsize=9)
             ax.set_ylabel(f"gradient norm w.r.t. {QUANTITIES[q]}", fontsize=8)
             if row == len(stages) - 1:
                 ax.set_xlabel("time lag T-1-t (steps before the loss)")
             ax.legend(fontsize=7, loc="lower left")
-    bias = "" if s["forget_bias"] is None else f", forget bias {s['forget_bias']}"
-    fig.suptitle(f"Gradient flow back in time: L = u·h(T-1), H={s['hidden']}, "
-                 f"{s['task']} inputs, mean of {s['seeds']} seeds x {s['batch_size']} sequences "
-                 f"(band: seed range){bias}", fontsize=9)
+    fig.suptitle(caption(results), fontsize=9)
     return save(fig, path)
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 seed"``, ``"3 seeds"``: the count with the noun in the right number."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def caption(results: dict[str, Any]) -> str:
+    """The figure's title: the loss, the net's size, the probe and what the lines average."""
+    s = results["settings"]
+    bias = "" if s["forget_bias"] is None else f", forget bias {s['forget_bias']}"
+    if s["seeds"] == 1:
+        spread = f"one seed, mean of {plural(s['batch_size'], 'sequence')}"
+    else:
+        spread = (f"mean of {plural(s['seeds'], 'seed')} x "
+                  f"{plural(s['batch_size'], 'sequence')} (band: seed range)")
+    return (f"Gradient flow back in time: L = u·h(T-1), H={s['hidden']}, "
+            f"{s['task']} inputs, {spread}{bias}")
 
 
 def _positive(values: list[float]) -> list[float]:
@@ -346,6 +417,11 @@ def summary_table(results: dict[str, Any]) -> str:
 
 
 def _command(args: argparse.Namespace) -> int:
+    # Both before any work: a run of minutes should not end in "no matplotlib" or out of memory.
+    require_matplotlib()
+    check_arguments(length=args.length, hidden=args.hidden, batch_size=args.batch,
+                    seeds=args.seeds, train_steps=args.train_steps,
+                    train_length=args.train_length, cli=True)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     results = run_gradflow(
         tuple(args.cell or DEFAULT_CELLS), length=args.length, hidden=args.hidden,

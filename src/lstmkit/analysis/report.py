@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..reproduce.report import SUMMARY_COLUMNS, format_number, summary_rows
+from .gradflow import REPORT_LAGS, plural
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -83,7 +84,12 @@ def _load(path: Path) -> dict[str, Any]:
 def _run_section(path: Path, res: dict[str, Any], root: Path, images: list[Path]) -> str:
     title = (f"{res.get('experiment', '?')}: {res.get('setting', '?')} setting, cell "
              f"{res.get('cell', '?')}")
-    parts = [f"<h2>{_e(title)}</h2>", f"<p>{_e(res.get('title', ''))} "
+    # The task and its parameters as the run recorded them, beside the experiment's title, so
+    # a run with non-default parameters (another T, say) reads as what it was.
+    params = res.get("task_params") or {}
+    task = str(res.get("task", "?")) + (
+        " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
+    parts = [f"<h2>{_e(title)}</h2>", f"<p>{_e(res.get('title', ''))}; task {_e(task)} "
              f"<small>({_e(path.relative_to(root).as_posix())})</small></p>"]
     settings = res.get("settings") or {}
     if settings:
@@ -106,8 +112,13 @@ def _run_section(path: Path, res: dict[str, Any], root: Path, images: list[Path]
     return "\n".join(parts)
 
 
+def _count(value: Any, noun: str) -> str:
+    """``plural`` for a count read from a file, which may be missing or not a number."""
+    return plural(value, noun) if isinstance(value, int) else f"{value} {noun}s"
+
+
 def _gradflow_section(path: Path, data: dict[str, Any], root: Path) -> str:
-    lags = [g for g in (1, 10, 50, 100, 150) if g < len(data.get("lags", []))]
+    lags = [g for g in REPORT_LAGS if g < len(data.get("lags", []))]
     rows = []
     for stage, cells in data.get("stages", {}).items():
         for cell, quantities in cells.items():
@@ -117,7 +128,8 @@ def _gradflow_section(path: Path, data: dict[str, Any], root: Path) -> str:
     s = data.get("settings", {})
     return (f"<h2>Gradient flow ({_e(path.relative_to(root).as_posix())})</h2>"
             f"<p>Loss {_e(s.get('loss', ''))}; hidden size {_e(s.get('hidden'))}, "
-            f"{_e(s.get('seeds'))} seeds of {_e(s.get('batch_size'))} sequences; gradient: "
+            f"{_e(_count(s.get('seeds'), 'seed'))} of "
+            f"{_e(_count(s.get('batch_size'), 'sequence'))}; gradient: "
             f"{_e(s.get('gradient', ''))}.</p>"
             + _table(["stage", "cell", "gradient"] + [f"lag {g}" for g in lags], rows, left=3))
 
