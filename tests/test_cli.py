@@ -243,3 +243,12 @@ def test_bench_refuses_a_shape_too_large_for_the_memory(monkeypatch, capsys) -> 
     assert main(["bench", "--shapes", "100000x100000x10x10", "--variants", "lstm1997"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "8.0 GiB" in err[0] and "smaller --shapes" in err[0]
+
+
+def test_demo_refuses_a_huge_sequence_length_up_front(capsys) -> None:
+    assert main(["demo", "--T", "100000000000", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing started
+    assert captured.err.splitlines() == [
+        "lstmkit demo: error: T: expected an int from 1 to 10,000, got 100000000000 (the paper's "
+        "time lags are at most 1,000 steps)"]

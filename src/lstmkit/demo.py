@@ -16,16 +16,25 @@ from typing import Any
 
 import torch
 
+from .analysis._limits import check_int
 from .reproduce.report import table
 from .reproduce.runner import compare
 
 DEFAULTS: dict[str, Any] = {"experiment": "exp3a", "T": 50, "max_sequences": 40_000}
+MAX_T = 10_000
 
 
 def run_demo(*, experiment: str = DEFAULTS["experiment"], T: int | None = DEFAULTS["T"],
              max_sequences: int = DEFAULTS["max_sequences"], seed: int = 0,
              out: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Train the paper's LSTM and a plain RNN on ``experiment``; print and return the results."""
+    """Train the paper's LSTM and a plain RNN on ``experiment``; print and return the results.
+
+    ``T`` (the task's sequence length; None: the experiment's own) is at most
+    :data:`MAX_T`; the task itself checks the lower end.
+    """
+    if T is not None:
+        # Up front: a huge T would otherwise surface as out of memory inside the workers.
+        check_int("T", T, 1, MAX_T, "the paper's time lags are at most 1,000 steps")
     task_params = {"T": T} if T is not None else None
     print(f"{experiment}: the paper's LSTM (lstm1997, on-line SGD) against a plain RNN with "
           f"about as many weights,\nsame learning rule and budget of {max_sequences:,} training "
@@ -70,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"experiment of `lstmkit reproduce --list` (default "
                    f"{DEFAULTS['experiment']})")
     p.add_argument("--T", type=int, default=DEFAULTS["T"],
-                   help=f"sequence length T of the task (default {DEFAULTS['T']})")
+                   help=f"sequence length T of the task, at most {MAX_T:,} (default "
+                   f"{DEFAULTS['T']})")
     p.add_argument("--max-sequences", type=int, default=DEFAULTS["max_sequences"],
                    help=f"training sequences per net (default {DEFAULTS['max_sequences']:,})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
