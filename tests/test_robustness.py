@@ -228,7 +228,7 @@ def test_resume_from_a_corrupt_checkpoint_names_the_file_before_any_trial_starts
     assert code == 2
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
-    assert f"checkpoint {bad}: not a readable lstmkit checkpoint" in err
+    assert f"{bad}: not a readable lstmkit checkpoint" in err
     assert "weights_only` set to `False`" not in err  # torch's advice to unpickle anyway
     assert not (tmp_path / "checkpoints" / "trial-1.pt").exists()
     assert not (tmp_path / "results.json").exists()
