@@ -65,7 +65,7 @@ LIMITS: dict[str, tuple[int, int, str]] = {
 _FLAGS = {"length": "--length", "hidden": "--hidden", "batch_size": "--batch",
           "seeds": "--seeds", "train_steps": "--train-steps", "train_length": "--train-length"}
 #: Numbers kept per step, sequence and hidden unit by the measurement's graph, with a margin
-#: (measured: RNN about 12, GRU 18, LSTM 23).
+#: (measured at T=2000, B=32, H=64: RNN about 12, GRU 18, LSTM 23, lstm1997 26, peephole 30).
 _GRAPH_WIDTH = 48
 
 
