@@ -79,7 +79,7 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-#: How ``lstmkit variants`` names the three paths of ``backend="auto"``.
+#: How ``lstmkit variants`` names the paths of ``backend="auto"`` (``"none"``: refused).
 PATH_NAMES = {"native": "torch kernel", "engine": "fused engine", "reference": "reference",
               "none": "none (refused)"}
 
@@ -134,7 +134,8 @@ def _variants(_: argparse.Namespace) -> int:
     if forced not in ("auto", "native", "engine", "reference"):
         raise ValueError(f"LSTMKIT_BACKEND: expected one of auto, native, engine, reference, "
                          f"got {forced!r}")
-    engine_ok, status = _engine_status()
+    # Forced to torch's kernels or the reference, no layer uses the engine: no need to build it.
+    engine_ok, status = (False, "") if forced in ("native", "reference") else _engine_status()
     rows = [(name, spec.family, PATH_NAMES[auto_path(spec, engine_ok)], spec.doc)
             for name, spec in PRESETS.items()]
     header = ("variant", "family", "path", "equations")
@@ -143,7 +144,7 @@ def _variants(_: argparse.Namespace) -> int:
         print("  ".join(f"{v:<{w}}" for v, w in zip(row[:3], widths)) + "  " + row[3])
     print('\npath: what the default backend="auto" runs for CPU float32 tensors here: torch '
           "kernel (torch's own),\nfused engine (lstmkit's C++) or reference (the Python step "
-          f"functions).\n{status}")
+          "functions)." + (f"\n{status}" if status else ""))
     if forced != "auto":
         print(f"LSTMKIT_BACKEND={forced} is set and decides the path of every layer.")
     return 0
