@@ -80,7 +80,8 @@ def cache_dir() -> Path:
 def module_name() -> str:
     """The extension's name, unique per source, flags, torch, Python and CPU."""
     digest = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), " ".join(cflags()).encode(), torch.__version__.encode(),
+    sources = b"".join(f.name.encode() + b"\0" + f.read_bytes() for f in sorted(_SOURCE.parent.iterdir()) if f.suffix in (".cpp", ".h"))
+    for part in (sources, " ".join(cflags()).encode(), torch.__version__.encode(),
                  sys.version.encode(), sysconfig.get_platform().encode(), _cpu_key().encode()):
         digest.update(part)
         digest.update(b"\0")
