@@ -365,10 +365,12 @@ def test_engine_propagates_nan_like_the_reference(name):
 def test_engine_entry_points_reject_wrong_operands():
     """A direct call with a missing or mis-sized operand stops with a message, not a crash."""
     _engine_or_skip()
+    from lstmkit.engine import _function as F
+
     ext = engine._build.load()
     spec = PRESETS["lstm1997"]  # carries gate activations: a0 is required
     lay = spec.layout(4)
-    cfg = ext.LstmConfig(**lay.engine_config(False))
+    cfg = F.engine_config(ext, spec, lay, False)
     xg, none = torch.randn(3, 2, lay.rows), torch.empty(0)
     wcat = torch.randn(lay.rows, 4 + 8)
     h0, c0, a0 = torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 8)
@@ -386,13 +388,13 @@ def test_engine_entry_points_reject_wrong_operands():
     for name, change in bad.items():
         with pytest.raises(RuntimeError, match=name):
             call(**change)
-    gru_cfg = ext.GruConfig(**PRESETS["gru_cho"].layout(4).engine_config(False))
+    gru_cfg = F.engine_config(ext, PRESETS["gru_cho"], PRESETS["gru_cho"].layout(4), False)
     with pytest.raises(RuntimeError, match="weight_hh"):
         ext.gru_forward(cfg=gru_cfg, xg=torch.randn(3, 2, 12), w_hh=torch.randn(11, 4),
                         b_hn=none, h0=h0, lengths=lengths, save=False)
     # an output width other than H without a projection, a zero block size, a block that does
     # not fit the row
-    fields = lay.engine_config(False)
+    fields = {n: getattr(cfg, n) for n in ext.LstmConfig.fields}
     for change in ({"out": 3}, {"block_size": 0}, {"off_o": lay.rows}):
         with pytest.raises(RuntimeError, match="LstmConfig"):
             call(cfg=ext.LstmConfig(**{**fields, **change}))
@@ -403,20 +405,23 @@ def test_engine_entry_points_reject_wrong_operands():
 def test_engine_config_is_named_and_complete():
     """Every field by name: a missing, unknown or misspelt one is refused at the seam."""
     _engine_or_skip()
+    from lstmkit.engine import _function as F
+
     ext = engine._build.load()
-    fields = PRESETS["peephole"].layout(4).engine_config(True)
-    cfg = ext.LstmConfig(**fields)
-    assert set(ext.LstmConfig.fields) == set(fields)
-    assert cfg.off_f == 4 and cfg.reverse and cfg.gate_act == "sigmoid"
+    spec = PRESETS["peephole"]
+    cfg = F.engine_config(ext, spec, spec.layout(4), True)
+    fields = {n: getattr(cfg, n) for n in ext.LstmConfig.fields}
+    assert cfg.off_f == 4 and cfg.reverse and cfg.gate_activation == "sigmoid" and cfg.peephole
     with pytest.raises(TypeError, match="missing field 'off_o'"):
         ext.LstmConfig(**{k: v for k, v in fields.items() if k != "off_o"})
     with pytest.raises(TypeError, match="unknown field 'of_o'"):
         ext.LstmConfig(**fields, of_o=3)
     with pytest.raises(ValueError, match="unknown activation 'tanhh'"):
-        ext.LstmConfig(**{**fields, "gate_act": "tanhh"})
-    for family, cls in (("gru", ext.GruConfig), ("rnn", ext.RnnConfig)):
-        spec = next(s for s in PRESETS.values() if s.family == family)
-        assert set(cls.fields) == set(spec.layout(4).engine_config(False))
+        ext.LstmConfig(**{**fields, "gate_activation": "tanhh"})
+    for name in ("gru_cho", "rnn_relu"):
+        spec = PRESETS[name]
+        cfg = F.engine_config(ext, spec, spec.layout(4), False)
+        assert cfg.input_activation == spec.input_activation
 
 
 def test_scan_refuses_what_it_cannot_run_and_auto_takes_the_reference():

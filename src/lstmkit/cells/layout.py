@@ -125,23 +125,14 @@ class Layout:
                           for n in self.widths if n in names], dim)
 
     def engine_config(self, reverse: bool) -> dict[str, object]:
-        """The engine's named configuration for this layer-direction (see ``csrc/config.h``)."""
-        spec = self.spec
-        if spec.family == "gru":
-            return {"hidden": self.hidden_size, "reset_after": spec.reset_after,
-                    "reverse": reverse, "gate_act": spec.gate_activation,
-                    "input_act": spec.input_activation}
-        if spec.family == "rnn":
-            return {"hidden": self.hidden_size, "reverse": reverse,
-                    "act": spec.input_activation}
-        cfg: dict[str, object] = {
-            "hidden": self.hidden_size, "block_size": spec.block_size, "out": self.out_size,
-            "rows": self.rows, "carried": self.carried_size, "coupled": spec.coupled,
-            "peephole": spec.peephole, "proj": self.out_size != self.hidden_size,
-            "hidden_recurrence": spec.hidden_recurrence, "reverse": reverse,
-            "truncated": spec.truncated_gradient, "gate_act": spec.gate_activation,
-            "input_act": spec.input_activation, "output_act": spec.output_activation,
-        }
+        """The layout's part of the engine's named configuration (see ``csrc/config.h``): sizes
+        and offsets. The engine fills the fields named like a :class:`CellSpec` attribute
+        (``peephole``, ``gate_activation``, ...) from the spec itself."""
+        cfg: dict[str, object] = {"hidden": self.hidden_size, "reverse": reverse}
+        if self.spec.family != "lstm":
+            return cfg
+        cfg.update(out=self.out_size, rows=self.rows, carried=self.carried_size,
+                   proj=self.out_size != self.hidden_size)
         for name, field in _OFFSET_FIELDS.items():
             cfg[field] = self.blocks[name].start if name in self.blocks else -1
         for name, field in _CARRIED_FIELDS.items():

@@ -71,10 +71,23 @@ class Call:
     return_cells: bool = False
 
     def config(self) -> Any:
-        """The extension's named configuration for this layer-direction."""
-        cls = {"lstm": self.ext.LstmConfig, "gru": self.ext.GruConfig,
-               "rnn": self.ext.RnnConfig}[self.spec.family]
-        return cls(**self.layout.engine_config(self.reverse))
+        """The extension's named configuration for this layer-direction: sizes and offsets
+        from the layout, and every field named like a spec attribute from the spec."""
+        return engine_config(self.ext, self.spec, self.layout, self.reverse)
+
+
+def engine_config(ext: Any, spec: CellSpec, lay: Layout, reverse: bool) -> Any:
+    """``ext.LstmConfig``/``GruConfig``/``RnnConfig`` for a layer-direction (see
+    ``csrc/config.h``); a field neither the layout nor the spec provides is an error."""
+    cls = {"lstm": ext.LstmConfig, "gru": ext.GruConfig, "rnn": ext.RnnConfig}[spec.family]
+    fields = lay.engine_config(reverse)
+    for name in cls.fields:
+        if name not in fields:
+            if not hasattr(spec, name):
+                raise TypeError(f"{cls.__name__}.{name}: neither the layout nor CellSpec "
+                                "provides this field")
+            fields[name] = getattr(spec, name)
+    return cls(**fields)
 
 
 class _Inputs:

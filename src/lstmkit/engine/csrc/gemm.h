@@ -1,4 +1,9 @@
-// PLACEHOLDER
+// The GEMMs of the time loops: C[M,N] (+)= A[M,K] op(W), row-major.
+//
+// gemm() calls the BLAS torch was built with (sgemm_/dgemm_ exported by libtorch_cpu, MKL on
+// x86) directly, or ATen's addmm where the symbol is absent; StepGemm is the per-step product
+// of a few batch rows with a weight that stays the same for the whole sequence, packed once
+// into panels for a register-blocked AVX-512 kernel where the build has AVX-512.
 #pragma once
 
 #include "settings.h"

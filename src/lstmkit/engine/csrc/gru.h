@@ -11,6 +11,15 @@
 
 namespace lstmkit {
 
+#define LSTMKIT_GRU_CONFIG(X)                                                                   \
+  X(int64_t, hidden, "units per direction (H)")                                                 \
+  X(bool, reset_after, "torch's placement: r multiplies (R h + b); else Cho's R (r h)")          \
+  X(bool, reverse, "run from the last step to the first")                                       \
+  X(Act, gate_activation, "activation of r and z")                                                     \
+  X(Act, input_activation, "activation of the candidate n")
+
+LSTMKIT_CONFIG_STRUCT(GruConfig, LSTMKIT_GRU_CONFIG)
+
 // xg [T,B,3H]: x W_ih^T + b_ih (+ b_hh where it adds outside the reset gate); becomes r, z, n.
 // Returns {y, h_T, hs [T+1,B,H], aux [T,B,H]} with aux = R_n h + b_hn (reset_after) or r * h
 // (Cho), the last two only when saving for backward.
@@ -52,7 +61,7 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
       at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           T* zr = z + b * R;
-          act_fwd(c.gate_act, zr, 2 * H);
+          act_fwd(c.gate_activation, zr, 2 * H);
           const T* h = hp + b * H;
           T* rh = auxt + b * H;
 #pragma omp simd
@@ -73,7 +82,7 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
             T* rn = auxt + b * H;
 #pragma omp simd
             for (int64_t j = 0; j < 2 * H; ++j) zr[j] += rr[j];
-            act_fwd(c.gate_act, zr, 2 * H);
+            act_fwd(c.gate_activation, zr, 2 * H);
             if (bn) {
 #pragma omp simd
               for (int64_t j = 0; j < H; ++j) rn[j] = rr[2 * H + j] + bn[j];
@@ -83,7 +92,7 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
 #pragma omp simd
             for (int64_t j = 0; j < H; ++j) zn[j] += zr[j] * rn[j];
           }
-          act_fwd(c.input_act, zn, H);
+          act_fwd(c.input_activation, zn, H);
           T* ho = hn + b * H;
 #pragma omp simd
           for (int64_t j = 0; j < H; ++j) ho[j] = zn[j] + zz[j] * (h[j] - zn[j]);
@@ -152,13 +161,13 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
             dzz[j] = dht * (h[j] - gn[j]);
             dhb[j] = dht * gz[j];
           }
-          act_bwd(c.input_act, gn, dn, H);
-          act_bwd(c.gate_act, gz, dzz, H);
+          act_bwd(c.input_activation, gn, dn, H);
+          act_bwd(c.gate_activation, gz, dzz, H);
           if (c.reset_after) {
             const T* rn = auxt + b * H;
 #pragma omp simd
             for (int64_t j = 0; j < H; ++j) dr[j] = dn[j] * rn[j];
-            act_bwd(c.gate_act, gr, dr, H);
+            act_bwd(c.gate_activation, gr, dr, H);
             T* dq = drt + b * R;
             copy_row(dq, static_cast<const T*>(d), 2 * H);
 #pragma omp simd
@@ -186,7 +195,7 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
               dr[j] = drhb[j] * h[j];
               dhb[j] += drhb[j] * gr[j];
             }
-            act_bwd(c.gate_act, gr, dr, H);
+            act_bwd(c.gate_activation, gr, dr, H);
           },
           [](int64_t) {});
       w_back(M, dzt + r0 * R, R, true, dh_p + r0 * H, H);

@@ -1,4 +1,5 @@
-// PLACEHOLDER
+// The LSTM family's time loops: forward over a sequence (recurrent GEMM, then the elementwise
+// rows of lstm_rows.h, then the projection) and the hand-written backward.
 #pragma once
 
 #include "gemm.h"

@@ -7,6 +7,13 @@
 
 namespace lstmkit {
 
+#define LSTMKIT_RNN_CONFIG(X)                                                                   \
+  X(int64_t, hidden, "units per direction (H)")                                                 \
+  X(bool, reverse, "run from the last step to the first")                                       \
+  X(Act, input_activation, "the activation")
+
+LSTMKIT_CONFIG_STRUCT(RnnConfig, LSTMKIT_RNN_CONFIG)
+
 // xg [T,B,H]: x W_ih^T + b, overwritten with h(t). Returns {y, h_T, hs [T+1,B,H]} (hs only when
 // saving for backward).
 template <typename T>
@@ -32,7 +39,7 @@ std::vector<Tensor> rnn_forward_impl(const RnnConfig& c, Tensor xg, const Tensor
     for_rows<T>(
         r0, r1, grain, 0, valid, s.t,
         [&](int64_t b, T*) {
-          act_fwd(c.act, z + b * H, H);
+          act_fwd(c.input_activation, z + b * H, H);
           copy_row(hn + b * H, static_cast<const T*>(z + b * H), H);
           copy_row(yt + b * H, static_cast<const T*>(z + b * H), H);
         },
@@ -69,7 +76,7 @@ std::vector<Tensor> rnn_backward_impl(const RnnConfig& c, const Tensor& hact, co
           T* dhb = dh_p + b * H;
 #pragma omp simd
           for (int64_t j = 0; j < H; ++j) d[j] = dyb[j] + dhb[j];
-          act_bwd(c.act, g_p + (s.t * B + b) * H, d, H);
+          act_bwd(c.input_activation, g_p + (s.t * B + b) * H, d, H);
           zero_row(dhb, H);
         },
         [&](int64_t b) { zero_row(dzt + b * H, H); });
