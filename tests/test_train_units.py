@@ -2,11 +2,19 @@
 
 import os
 import pickle
+import re
 
 import pytest
 import torch
 
-from lstmkit.train import RecentSequences, TestSet, load_checkpoint, save_checkpoint, st3
+from lstmkit.train import (
+    CheckpointError,
+    RecentSequences,
+    TestSet,
+    load_checkpoint,
+    save_checkpoint,
+    st3,
+)
 
 
 def test_st3_needs_a_full_window_all_correct_and_low_mean_error():
@@ -70,7 +78,7 @@ def test_truncated_corrupt_foreign_and_missing_files(tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"state": torch.zeros(2)}, foreign)
     for path in (truncated, garbage, foreign, tmp_path / "missing.pt"):
-        with pytest.raises(ValueError, match=f"checkpoint {path}"):
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: "):
             load_checkpoint(path)
 
 

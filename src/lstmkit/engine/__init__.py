@@ -57,7 +57,8 @@ _DTYPES = (torch.float32, torch.float64)
 def available() -> bool:
     """Whether the compiled engine can run (builds it on the first call).
 
-    A missing compiler or ninja, or a failed build, gives one ``RuntimeWarning`` and False.
+    A missing compiler or ninja, a failed build, or another process's build that does not
+    finish within ``$LSTMKIT_BUILD_WAIT_S`` seconds gives one ``RuntimeWarning`` and False.
     """
     return _build.load() is not None
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from .experiments import EXPERIMENTS, get
 from .report import load_results, markdown, table
-from .runner import compare, default_budget
+from .runner import Terminated, compare, default_budget
 
 
 def _list() -> int:
@@ -15,7 +17,7 @@ def _list() -> int:
     for name, exp in EXPERIMENTS.items():
         ref = exp.reference()
         paper = f"paper: {ref.sequences:,} sequences" if ref and ref.sequences else "paper: -"
-        print(f"{name:<{width}}  {exp.title:<52} {paper}  "
+        print(f"{name:<{width}}  {exp.title_for():<52} {paper}  "
               f"(default budget {default_budget(name):,})")
     return 0
 
@@ -55,12 +57,18 @@ def _command(args: argparse.Namespace) -> int:
         outs = [Path(args.out) if len(cells) == 1 else
                 Path(args.out) / f"{args.experiment}-{args.setting}-{cell or 'default'}"
                 for cell in cells]
-    results = compare(
-        args.experiment, cells, setting=args.setting, trials=args.trials, seed=args.seed,
-        max_sequences=args.max_sequences, outs=outs, workers=args.workers,
-        resume=args.resume, progress=not args.quiet, task_params=task_params or None,
-        checkpoint_every=args.checkpoint_every,
-    )
+    try:
+        results = compare(
+            args.experiment, cells, setting=args.setting, trials=args.trials, seed=args.seed,
+            max_sequences=args.max_sequences, outs=outs, workers=args.workers,
+            resume=args.resume, progress=not args.quiet, task_params=task_params or None,
+            checkpoint_every=args.checkpoint_every,
+        )
+    except Terminated:
+        # Like Ctrl-C, but the shell's status for a SIGTERM: 128 + 15.
+        hint = "; rerun with --resume to continue from the checkpoints" if args.out else ""
+        print(f"lstmkit reproduce: terminated{hint}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     print()
     print(table(results))
     if args.out is not None:

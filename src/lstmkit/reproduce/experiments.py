@@ -9,6 +9,7 @@ restated here. The stopping rules of the paper become :mod:`lstmkit.train.criter
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,11 @@ from ..train.criteria import RecentSequences, TestSet
 
 @dataclass(frozen=True)
 class Experiment:
-    """One row of the paper: ``task`` with ``params``; ``pick`` chooses its LSTM reference."""
+    """One row of the paper: ``task`` with ``params``; ``pick`` chooses its LSTM reference.
+
+    ``title`` may name task parameters in braces (``"adding problem T={T}"``): :meth:`title_for`
+    fills them with the parameters a run actually used.
+    """
 
     id: str
     task: str
@@ -31,6 +36,16 @@ class Experiment:
     def make_task(self, overrides: dict[str, Any] | None = None) -> tasks.Task:
         """The row's task; ``overrides`` change its parameters (a smaller T, say)."""
         return tasks.make(self.task, **{**self.params, **(overrides or {})})
+
+    def title_for(self, overrides: dict[str, Any] | None = None) -> str:
+        """The row's title for a run with ``overrides``; a changed parameter the title does not
+        name is appended, so the title never states a value the run did not use."""
+        params = {**self.params, **(overrides or {})}
+        named = {m.group(1) for m in re.finditer(r"\{(\w+)\}", self.title)}
+        text = self.title.format_map({k: params.get(k, f"{{{k}}}") for k in named})
+        extra = [f"{k}={v}" for k, v in (overrides or {}).items()
+                 if k not in named and v != self.params.get(k, object())]
+        return text + (" [" + ", ".join(extra) + "]" if extra else "")
 
     def reference(self, task: tasks.Task | None = None) -> PaperReference | None:
         """The paper's LSTM row this experiment is compared with."""
@@ -59,29 +74,29 @@ def _build() -> dict[str, Experiment]:
     rows = [
         Experiment("exp1", "reber", {}, "Exp. 1, embedded Reber grammar (3 blocks of 2, lr 0.5)",
                    lambda r: r.sequences == 8_440),
-        Experiment("exp2a", "noiseless_lag", {"p": 100}, "Exp. 2a, noise-free lag p=100"),
+        Experiment("exp2a", "noiseless_lag", {"p": 100}, "Exp. 2a, noise-free lag p={p}"),
         Experiment("exp2b", "noiseless_lag_random", {"p": 100},
-                   "Exp. 2b, no local regularities, p=100"),
+                   "Exp. 2b, no local regularities, p={p}"),
     ]
     for q, p in [(50, 50), (100, 100), (200, 200), (500, 500), (1000, 1000), (1000, 500),
                  (1000, 200), (1000, 100), (1000, 50)]:
         rows.append(Experiment(f"exp2c-q{q}-p{p}", "very_long_lag", {"p": p, "q": q},
-                               f"Exp. 2c, very long lag q={q}, p={p}"))
+                               "Exp. 2c, very long lag q={q}, p={p}"))
     for variant, crit in (("a", "ST2"), ("b", "ST2"), ("c", "ST3c")):
         rows.append(Experiment(
             f"exp3{variant}", "two_sequence", {"variant": variant, "T": 100, "N": 3},
-            f"Exp. 3{variant}, two-sequence problem T=100 N=3",
+            f"Exp. 3{variant}, two-sequence problem T={{T}} N={{N}}",
             lambda r, crit=crit: r.criterion == crit))
     for T in (100, 500, 1000):
         rows.append(Experiment(f"exp4-T{T}", "adding1997", {"T": T},
-                               f"Exp. 4, adding problem T={T}"))
+                               "Exp. 4, adding problem T={T}"))
     rows.append(Experiment("exp5-T100", "multiplication1997", {"T": 100},
-                           "Exp. 5, multiplication problem T=100, n_seq=140",
+                           "Exp. 5, multiplication problem T={T}, n_seq=140",
                            lambda r: r.metrics.get("n_seq") == 140))
     rows.append(Experiment("exp6a", "temporal_order", {"positions": 2},
-                           "Exp. 6a, temporal order, 2 relevant symbols"))
+                           "Exp. 6a, temporal order, {positions} relevant symbols"))
     rows.append(Experiment("exp6b", "temporal_order", {"positions": 3},
-                           "Exp. 6b, temporal order, 3 relevant symbols"))
+                           "Exp. 6b, temporal order, {positions} relevant symbols"))
     return {e.id: e for e in rows}
 
 
@@ -136,3 +151,44 @@ def budget_for(setting: PaperSetting) -> int | None:
         if rule.name == "MAX_SEQUENCES":
             return int(rule.params["limit"])
     return None
+
+
+def _correct_text(setting: PaperSetting) -> str:
+    """What makes one sequence count as correct under ``setting``'s success rule."""
+    success = setting.success
+    prm = dict(success.params)
+    if success.name in ("ABS", "ABS_CLEAN") and "beta" in prm:
+        where = {"every_step": "at every step", "end": "at the end"}.get(
+            str(prm.get("where", "end")), f"at {prm.get('where')}")
+        target = "the noise-free target" if success.name == "ABS_CLEAN" else "the target"
+        return f"absolute error to {target} < {prm['beta']:g} {where}"
+    return success.text or success.name
+
+
+def describe_criteria(setting: PaperSetting) -> dict[str, str]:
+    """Each rule of :func:`criteria_for` in words, e.g. for a table saying which one a failed
+    trial did not meet."""
+    correct = _correct_text(setting)
+    out: dict[str, str] = {}
+    for name, rule in criteria_for(setting).items():
+        if isinstance(rule, RecentSequences):
+            if rule.max_wrong == 0:
+                text = f"all of the {rule.window:,} most recent training sequences correct"
+            else:
+                text = (f"at most {rule.max_wrong:,} of the {rule.window:,} most recent "
+                        "training sequences wrong")
+            text += f" ({correct})"
+            if rule.max_mean_error is not None:
+                text += f", their mean squared error < {rule.max_mean_error:g}"
+        elif name == "ALL_CORRECT":
+            text = "every training and test sequence predicted correctly"
+        else:
+            if rule.max_wrong == 0:
+                text = f"all of {rule.size:,} fresh test sequences correct ({correct})"
+            else:
+                text = (f"at most {rule.max_wrong:,} of {rule.size:,} fresh test sequences "
+                        f"incorrect ({correct})")
+            if rule.max_mean_abs_error is not None:
+                text += f", mean absolute error < {rule.max_mean_abs_error:g}"
+        out[name] = text
+    return out

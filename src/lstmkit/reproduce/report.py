@@ -61,24 +61,145 @@ def table(results: list[dict[str, Any]]) -> str:
         return "".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, w in zip(cells, _WIDTHS))
 
     header = line(SUMMARY_COLUMNS)
+    notes = [note for res in results for note in criteria_notes(res)]
     return "\n".join([header, "-" * len(header)]
-                     + [line(cells) for _, cells in summary_rows(results)])
+                     + [line(cells) for _, cells in summary_rows(results)]
+                     + ([""] + notes if notes else []))
+
+
+def criteria_notes(res: dict[str, Any]) -> list[str]:
+    """Why the failed trials of ``res`` count as failed: which stopping criterion they did not
+    meet within the budget (in words where the results say them), and how many diverged.
+
+    The success column counts trials that met every criterion during training; the test
+    column is a separate test after training, so "0% success" can sit beside a perfect test.
+    """
+    trials = [t for t in res.get("trials") or [] if isinstance(t, dict)]
+    failed = [t for t in trials if not t.get("success")]
+    if not failed:
+        return []
+    settings = res.get("settings") or {}
+    rules = settings.get("criteria_rules") or {}
+    names = list(settings.get("criteria") or rules)
+    budget = settings.get("max_sequences")
+    within = f" within {format_number(budget)} sequences" if budget is not None else ""
+    who = f"{res.get('experiment', '?')} {res.get('setting', '?')} {res.get('cell', '?')}"
+    notes = []
+    diverged = sum(1 for t in failed if t.get("diverged"))
+    if diverged:
+        notes.append(f"{who}: {diverged} of {len(trials)} trials diverged")
+    for name in names:
+        missed = [t for t in failed if not t.get("diverged")
+                  and name not in (t.get("milestones") or {})]
+        if not missed:
+            continue
+        rule = rules.get(name)
+        text = (f"{who}: {len(missed)} of {len(trials)} trials did not meet {name}{within}"
+                + (f": {rule}" if rule else ""))
+        tests = [t.get("test") or {} for t in missed]
+        if all(test.get("wrong") == 0 for test in tests):
+            text += "; the test after training, with 0 wrong, is not this criterion"
+        notes.append(text)
+    return notes
 
 
 def load_results(folder: str | Path) -> list[dict[str, Any]]:
-    """Every ``results.json`` under ``folder`` (recursively), in path order."""
+    """Every ``results.json`` under ``folder`` (recursively), in path order.
+
+    Each file is checked for what the tables read from it; a file that lacks a key or holds the
+    wrong kind of value is refused with one ``ValueError`` naming the file and the key.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"folder: expected a directory of reproduce results, got {folder}")
     found = []
     for path in sorted(folder.rglob("results.json")):
         try:
-            found.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"results file {path}: not readable JSON ({err})") from None
+        problem = check_record(record)
+        if problem:
+            raise ValueError(f"results file {path}: {problem}")
+        found.append(record)
     if not found:
         raise ValueError(f"folder: no results.json under {folder}")
     return found
+
+
+_NUMBER = (int, float)
+_OPTIONAL_NUMBER = (int, float, type(None))
+# Key paths the tables read, with the JSON kinds they accept.
+_REQUIRED: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    ("experiment", (str,), "a string"),
+    ("setting", (str,), "a string"),
+    ("cell", (str,), "a string"),
+    ("summary", (dict,), "an object"),
+    ("summary.trials", (int,), "an integer"),
+    ("summary.successes", (int,), "an integer"),
+    ("summary.mean_sequences", _OPTIONAL_NUMBER, "a number or null"),
+    ("settings", (dict,), "an object"),
+    ("settings.max_sequences", (int,), "an integer"),
+    ("trials", (list,), "a list"),
+)
+_OPTIONAL: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    ("paper", (dict, type(None)), "an object or null"),
+    ("paper.sequences", _OPTIONAL_NUMBER, "a number or null"),
+    ("paper.success_rate", _OPTIONAL_NUMBER, "a number or null"),
+    ("paper.test", (str, type(None)), "a string or null"),
+    ("changed_params", (dict,), "an object"),
+    ("summary.diverged", (int,), "an integer"),
+    ("summary.mean_test_wrong", _OPTIONAL_NUMBER, "a number or null"),
+    ("summary.test_size", _OPTIONAL_NUMBER, "a number or null"),
+    ("summary.wall_s", _OPTIONAL_NUMBER, "a number or null"),
+    ("summary.median_sequences", _OPTIONAL_NUMBER, "a number or null"),
+    ("summary.success_rate", _OPTIONAL_NUMBER, "a number or null"),
+)
+_MISSING = object()
+
+
+def _lookup(record: Any, dotted: str) -> Any:
+    value = record
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return _MISSING
+        value = value.get(part, _MISSING)
+    return value
+
+
+def _kind_ok(value: Any, kinds: tuple[type, ...]) -> bool:
+    # JSON true/false load as bool, which Python counts as an int.
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def check_record(record: Any) -> str | None:
+    """What is wrong with a ``results.json`` record for the tables (``"missing key
+    'summary.trials'"``), or None when nothing is."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    for key, kinds, what in _REQUIRED:
+        value = _lookup(record, key)
+        if value is _MISSING:
+            return f"missing key {key!r}"
+        if not _kind_ok(value, kinds):
+            return f"{key}: expected {what}, got {json.dumps(value)[:40]}"
+    for key, kinds, what in _OPTIONAL:
+        value = _lookup(record, key)
+        if value is not _MISSING and not _kind_ok(value, kinds):
+            return f"{key}: expected {what}, got {json.dumps(value)[:40]}"
+    summary = record["summary"]
+    if summary.get("mean_test_wrong") is not None and summary.get("test_size") is None:
+        return "missing key 'summary.test_size' (needed with summary.mean_test_wrong)"
+    if not record["trials"]:
+        return "trials: expected at least one trial, got none"
+    for k, trial in enumerate(record["trials"]):
+        if not isinstance(trial, dict):
+            return f"trials[{k}]: expected an object, got {json.dumps(trial)[:40]}"
+        if "seed" not in trial:
+            return f"missing key 'trials[{k}].seed'"
+        if not _kind_ok(trial["seed"], (int,)):
+            return f"trials[{k}].seed: expected an integer, got {json.dumps(trial['seed'])[:40]}"
+    return None
 
 
 def _cell(summary: dict[str, Any], settings: dict[str, Any], changed: dict[str, Any]) -> str:
@@ -119,6 +240,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
     for exp, cells in rows.items():
         lines.append(f"| {exp} | {papers.get(exp, '-')} | "
                      + " | ".join(cells.get(c, "not run") for c in columns) + " |")
+    notes = [note for res in results for note in criteria_notes(res)]
+    if notes:
+        lines += ["", "Failed trials:", ""] + [f"- {note}" for note in notes]
     lines += ["", "Commands (each reruns its cell of the table):", "", "```"]
     lines += [command(res) for res in results]
     lines.append("```")

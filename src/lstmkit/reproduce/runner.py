@@ -5,16 +5,27 @@ training data (the trainer's generator), so a trial reruns to the same numbers o
 machine and thread count. Trials run in separate processes, one thread each, as many at once as
 there are cores (``workers``); with ``out`` every trial checkpoints into ``out/checkpoints`` and
 ``resume=True`` continues killed trials where their last checkpoint left them.
+
+A run holds a lock on each output folder for as long as it runs (on POSIX systems, where the
+kernel drops it when the process dies), so a second run on the same folder is refused instead
+of racing the first. SIGTERM stops a run the way Ctrl-C does (:class:`Terminated`, a
+``KeyboardInterrupt``): the worker processes are stopped before the call returns, and a worker
+whose parent died stops by itself within about a second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
+import pickle
+import signal
 import statistics
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +34,20 @@ import torch
 from ..train.checkpoint import load_checkpoint
 from ..train.construction import SequentialConstruction
 from ..train.trainer import Trainer, TrainingDiverged, TrainResult
-from .experiments import budget_for, criteria_for, get
+from .experiments import budget_for, criteria_for, describe_criteria, get
 from .nets import build, recipe_for, train_config
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs go unlocked
+    fcntl = None  # type: ignore[assignment]
+
+#: The lock file a run holds in each of its output folders.
+LOCK_NAME = ".lstmkit-reproduce.lock"
+
+
+class Terminated(KeyboardInterrupt):
+    """The run received SIGTERM; it stopped like an interrupted one (workers included)."""
 
 
 def default_budget(experiment: str, setting: str = "paper") -> int:
@@ -39,12 +62,11 @@ def default_budget(experiment: str, setting: str = "paper") -> int:
     return min(budget, cap) if cap else budget
 
 
-def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_sequences: int,
-              *, task_params: dict[str, Any] | None = None, checkpoint_dir: str | None = None,
-              checkpoint_every: int = 20_000, resume: bool = False, progress: bool = False,
-              position: int = 0, threads: int = 1) -> dict[str, Any]:
-    """Train and test one network; returns the trial record of ``results.json``."""
-    torch.set_num_threads(threads)
+def _make_trainer(experiment: str, setting: str, cell: str | None, seed: int,
+                  max_sequences: int, *, task_params: dict[str, Any] | None,
+                  checkpoint_dir: str | None, checkpoint_every: int, progress: bool,
+                  position: int) -> tuple[Trainer, list[Any]]:
+    """The trial's trainer with freshly seeded weights, and its callbacks."""
     exp = get(experiment)
     task = exp.make_task(task_params)
     paper = exp.setting(task)
@@ -65,6 +87,20 @@ def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_se
                       progress=progress, callbacks=callbacks)
     trainer.progress_desc = f"{experiment} {recipe.cell} seed {seed}"
     trainer.progress_position = position
+    return trainer, callbacks
+
+
+def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_sequences: int,
+              *, task_params: dict[str, Any] | None = None, checkpoint_dir: str | None = None,
+              checkpoint_every: int = 20_000, resume: bool = False, progress: bool = False,
+              position: int = 0, threads: int = 1) -> dict[str, Any]:
+    """Train and test one network; returns the trial record of ``results.json``."""
+    torch.set_num_threads(threads)
+    trainer, callbacks = _make_trainer(
+        experiment, setting, cell, seed, max_sequences, task_params=task_params,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, progress=progress,
+        position=position)
+    config, model = trainer.config, trainer.model
     start = time.perf_counter()
     diverged = None
     try:
@@ -94,6 +130,33 @@ def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_se
             "metric_name": "fraction of training sequences correct",
         },
     }
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_resumable(job: dict[str, Any]) -> None:
+    """Restore ``job``'s checkpoint (if any) into a throwaway trainer, so that a checkpoint the
+    trial cannot continue from is refused before any worker starts, as one ``ValueError``
+    naming the file."""
+    if job["checkpoint_dir"] is None:
+        return
+    path = _checkpoint_path(job["checkpoint_dir"], job["seed"])
+    if not path.exists():
+        return
+    setup = {**{k: v for k, v in job.items() if k != "resume"}, "progress": False}
+    with torch.random.fork_rng(devices=[]):  # the restore sets torch's global generator
+        try:
+            trainer, _ = _make_trainer(**setup)
+            trainer.load_state_dict(load_checkpoint(path, trainer.meta))
+        except ValueError as err:
+            if "\n" in str(err):
+                raise ValueError(_one_line(err)) from None
+            raise
+        except Exception as err:  # a checkpoint of the right format holding the wrong things
+            raise ValueError(f"checkpoint {path}: cannot be resumed by this trial "
+                             f"({type(err).__name__}: {_one_line(err)})") from None
 
 
 def _checkpoint_path(checkpoint_dir: str | Path, seed: int) -> Path:
@@ -184,81 +247,205 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
                 checkpoint_dir=str(out_dir / "checkpoints") if out_dir is not None else None,
                 checkpoint_every=checkpoint_every, resume=resume, progress=progress,
                 position=len(jobs) % workers))
-    if resume:
-        # In a worker process a bad checkpoint would surface only after every other trial has
-        # finished (the pool waits for them), so refuse it here, before anything is spawned.
-        for job, recipe in zip(jobs, [r for r in recipes for _ in range(trials)]):
-            if job["checkpoint_dir"] is None:
-                continue
-            path = _checkpoint_path(job["checkpoint_dir"], job["seed"])
-            if path.exists():
-                load_checkpoint(path, _trial_meta(experiment, setting, recipe.cell, job["seed"],
-                                                  budget, task.params))
-    start = time.perf_counter()
-    if workers == 1:
-        # One thread: these nets are far too small for a second one to pay for its wake-ups.
-        records = [run_trial(**job, threads=1) for job in jobs]
-    else:
-        # spawn, not fork: the parent may already hold OpenMP threads.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(run_trial, **job) for job in jobs]
-            try:
-                records = [f.result() for f in futures]
-            except BaseException:
-                # Report a failed trial (or Ctrl-C) now rather than after the queued ones ran.
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    wall = time.perf_counter() - start
-    # A smaller run than the paper's (changed task parameters) is still shown beside the
-    # paper's row for the experiment, which the table labels with the changed parameters.
-    ref = exp.reference(task) or exp.reference()
-    everything = []
-    for k, (recipe, out_dir) in enumerate(zip(recipes, out_dirs)):
-        mine = records[k * trials:(k + 1) * trials]
-        results = {
-            "experiment": experiment,
-            "title": exp.title,
-            "setting": setting,
-            "cell": recipe.cell,
-            "task": exp.task,
-            "task_params": dict(task.params),
-            "changed_params": dict(task_params or {}),
-            "paper": None if ref is None else {
-                "label": f"{ref.source}, {ref.method}",
-                "success_rate": ref.success_rate,
-                "sequences": ref.sequences,
-                "trials": ref.trials,
-                "test": (f"{ref.wrong} wrong of {ref.test_size}" if ref.wrong is not None
-                         else None),
-                "criterion": ref.criterion,
-            },
-            "settings": {
-                "optimizer": recipe.optimizer, "lr": recipe.lr,
-                "batch_size": recipe.batch_size, "clip_norm": recipe.clip_norm,
-                "init_range": recipe.init_range, "max_sequences": budget,
-                "criteria": list(criteria_for(paper)), "paper_row": paper.row,
-                "weights": mine[0]["weights"], "workers": workers,
-                "threads_per_worker": 1 if workers > 1 else None,
-            },
-            "summary": _summary(mine, wall),
-            "trials": mine,
-        }
-        if out_dir is not None:
-            write_results(results, out_dir)
-        everything.append(results)
-    return everything
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_as_interrupt())
+        for out_dir in dict.fromkeys(d.resolve() for d in out_dirs if d is not None):
+            stack.enter_context(_folder_lock(out_dir))
+        if resume:
+            # In a worker process a bad checkpoint would surface only once the pool got to it,
+            # so refuse it here, before anything is spawned.
+            for job in jobs:
+                _check_resumable(job)
+        start = time.perf_counter()
+        if workers == 1:
+            # One thread: these nets are far too small for a second one to pay for its wake-ups.
+            records = [run_trial(**job, threads=1) for job in jobs]
+        else:
+            records = run_jobs(run_trial, jobs, workers)
+        wall = time.perf_counter() - start
+        # A smaller run than the paper's (changed task parameters) is still shown beside the
+        # paper's row for the experiment, which the table labels with the changed parameters.
+        ref = exp.reference(task) or exp.reference()
+        everything = []
+        for k, (recipe, out_dir) in enumerate(zip(recipes, out_dirs)):
+            mine = records[k * trials:(k + 1) * trials]
+            results = {
+                "experiment": experiment,
+                "title": exp.title_for(task_params),
+                "setting": setting,
+                "cell": recipe.cell,
+                "task": exp.task,
+                "task_params": dict(task.params),
+                "changed_params": dict(task_params or {}),
+                "paper": None if ref is None else {
+                    "label": f"{ref.source}, {ref.method}",
+                    "success_rate": ref.success_rate,
+                    "sequences": ref.sequences,
+                    "trials": ref.trials,
+                    "test": (f"{ref.wrong} wrong of {ref.test_size}" if ref.wrong is not None
+                             else None),
+                    "criterion": ref.criterion,
+                },
+                "settings": {
+                    "optimizer": recipe.optimizer, "lr": recipe.lr,
+                    "batch_size": recipe.batch_size, "clip_norm": recipe.clip_norm,
+                    "init_range": recipe.init_range, "max_sequences": budget,
+                    "criteria": list(criteria_for(paper)),
+                    "criteria_rules": describe_criteria(paper), "paper_row": paper.row,
+                    "weights": mine[0]["weights"], "workers": workers,
+                    "threads_per_worker": 1 if workers > 1 else None,
+                },
+                "summary": _summary(mine, wall),
+                "trials": mine,
+            }
+            if out_dir is not None:
+                write_results(results, out_dir)
+            everything.append(results)
+        return everything
 
 
 def write_results(results: dict[str, Any], out_dir: Path) -> Path:
     """``results.json`` (atomically) plus the training-curve figure when matplotlib is there."""
     path = out_dir / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, path)
+    # The folder is locked by this run, so a name with our pid is ours alone.
+    tmp = out_dir / f".results.json.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     try:
         from ..analysis.plots import training_curves
     except ImportError:  # the plot is an extra (matplotlib); the numbers are what matter
         return path
-    training_curves(results, out_dir / "curves.png")
+    training_curves(_plotted(results), out_dir / "curves.png")
     return path
+
+
+def _plotted(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` as the figure should show them: the paper's mean is marked only where it lies
+    within the sequences this run trained for (a mark beyond them would stretch the x-axis far
+    past the curves); otherwise the title says where it lies."""
+    paper = results.get("paper") or {}
+    mean = paper.get("sequences")
+    budget = (results.get("settings") or {}).get("max_sequences")
+    if not mean or not budget or mean <= budget:
+        return results
+    return {**results, "paper": {**paper, "sequences": None},
+            "title": f"{results.get('title', '')}; paper's mean {mean:,} sequences, beyond "
+                     f"this run's {budget:,}"}
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread, so a terminated
+    run cleans up (workers stopped, temporaries removed) like an interrupted one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        # A second SIGTERM must not cut the clean-up of the first short (it is bounded).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s lock file for the block, or refuse with one line naming the owner.
+
+    ``flock`` is released by the kernel when its holder dies, so a killed run leaves no stale
+    lock behind; the file itself stays (removing it would let two runs lock different files).
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(f"{folder} is in use by another lstmkit reproduce run "
+                             f"(pid {owner})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_jobs(fn: Callable[..., Any], jobs: list[dict[str, Any]], workers: int) -> list[Any]:
+    """``[fn(**job) for job in jobs]`` in ``workers`` spawned processes.
+
+    The first failure is raised as soon as it happens (not after the trials queued before it),
+    as the exception the worker raised, or a ``ValueError``/``RuntimeError`` with its message
+    where that one cannot cross the process boundary. On any exception, Ctrl-C and SIGTERM
+    (inside :func:`compare`) included, the workers are stopped before this returns.
+    """
+    # spawn, not fork: the parent may already hold OpenMP threads.
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(_call_in_worker, fn, job): k for k, job in enumerate(jobs)}
+        records: list[Any] = [None] * len(jobs)
+        for future in as_completed(futures):
+            records[futures[future]] = future.result()
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+    return records
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel what is queued and end the workers now: left alone, a running trial would keep
+    the process (and multiprocessing's resource tracker) alive until it finished."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + 5.0
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
+
+
+def _worker_init(parent: int) -> None:
+    """Runs first in every worker: Ctrl-C is the parent's to handle (it stops the workers), and
+    a worker whose parent died (SIGKILL) exits instead of training on as an orphan."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
+                     name="lstmkit-parent-watch").start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _call_in_worker(fn: Callable[..., Any], job: dict[str, Any]) -> Any:
+    """``fn(**job)``, with an exception the parent could not unpickle replaced by one it can
+    (an unpicklable one would break the whole pool instead of reporting the trial's error)."""
+    try:
+        return fn(**job)
+    except Exception as err:
+        try:
+            pickle.loads(pickle.dumps(err))
+        except Exception:
+            if isinstance(err, ValueError):
+                raise ValueError(_one_line(err)) from None
+            raise RuntimeError(f"{type(err).__name__}: {_one_line(err)}") from None
+        raise

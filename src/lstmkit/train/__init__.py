@@ -1,11 +1,12 @@
 """Training: the trainer, the paper's stopping criteria, and atomic checkpoints."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .construction import SequentialConstruction
 from .criteria import RecentSequences, TestSet, st3
 from .trainer import TrainConfig, Trainer, TrainingDiverged, TrainResult, sequence_errors
 
 __all__ = [
+    "CheckpointError",
     "RecentSequences",
     "SequentialConstruction",
     "TestSet",

@@ -5,21 +5,41 @@ A checkpoint is a ``dict`` of tensors, numbers, strings, lists and dicts saved w
 arbitrary objects. Writing goes to a temporary file in the same directory, is flushed to disk,
 then renamed over the old file, so a process killed mid-write leaves the last good checkpoint in
 place. Every checkpoint carries ``format`` and a ``meta`` dict (cell spec, sizes, task) that
-:func:`load_checkpoint` can compare against what the caller expects.
+:func:`load_checkpoint` can compare against what the caller expects. Everything wrong with a
+checkpoint is reported as a :class:`CheckpointError` whose one-line message starts with the
+file's path.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 FORMAT = "lstmkit-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, unreadable, not an lstmkit checkpoint, holding
+    a field of the wrong type, shape or range, or written by another run.
+
+    The message is one line that starts with the file's path and names the field, e.g.
+    ``runs/exp4/trial-0.pt: model.readout.weight: expected shape (1, 8), got (1, 4)``;
+    :attr:`path` and :attr:`problem` hold its two parts.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = Path(path)
+        self.problem = " ".join(str(problem).split())  # always one line
+        super().__init__(f"{self.path}: {self.problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from both parts when it crosses a process boundary (trials in worker pools).
+        return (type(self), (self.path, self.problem))
 
 # Paragraphs of torch's weights-only error that carry no reason. The first one also advises
 # retrying with weights_only=False, which is exactly wrong for a file nobody vouches for.
@@ -58,35 +78,95 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read a checkpoint without executing code from it, checking it is one of ours.
 
-    Raises ``ValueError`` naming the file when it is missing, truncated, corrupted, not an
-    lstmkit checkpoint, or (with ``expect_meta``) made for another cell spec or shape.
+    Raises :class:`CheckpointError` naming the file when it is missing, truncated, corrupted,
+    not an lstmkit checkpoint, has a ``meta`` that is not a dict, or (with ``expect_meta``) was
+    made for another cell spec or shape: every key of ``expect_meta`` must have the same value
+    in the checkpoint's ``meta``.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {path}: no such file")
+        raise CheckpointError(path, "no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
-            ValueError, KeyError, AttributeError, TypeError) as err:
-        raise ValueError(
-            f"checkpoint {path}: not a readable lstmkit checkpoint (truncated, corrupted or "
-            f"containing code-bearing objects): {_reason(err)}"
+    except Exception as err:  # noqa: BLE001 - whatever the file does to torch.load, it is bad
+        raise CheckpointError(
+            path, "not a readable lstmkit checkpoint (truncated, corrupted or containing "
+            f"code-bearing objects): {_reason(err)}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(
-            f"checkpoint {path}: not an lstmkit checkpoint (expected format {FORMAT!r}, "
-            f"got {state.get('format') if isinstance(state, dict) else type(state).__name__!r})"
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            path, f"not an lstmkit checkpoint (expected format {FORMAT!r}, got {describe(found)})"
         )
+    meta = state.get("meta", {} if expect_meta is None else None)
+    if not isinstance(meta, dict):
+        raise CheckpointError(path, f"meta: expected a dict, got {describe(meta)}")
     if expect_meta is not None:
-        meta = state.get("meta", {})
-        diffs = [
-            f"{key}: checkpoint has {meta.get(key)!r}, expected {value!r}"
-            for key, value in expect_meta.items()
-            if meta.get(key) != value
-        ]
-        if diffs:
-            raise ValueError(f"checkpoint {path}: made for another model; " + "; ".join(diffs))
+        for key, value in expect_meta.items():
+            if key not in meta:
+                raise CheckpointError(path, f"made for another run: meta.{key}: missing from "
+                                            f"the checkpoint, expected {describe(value)}")
+            if not same_value(meta[key], value):
+                raise CheckpointError(path, f"made for another run: meta.{key}: checkpoint has "
+                                            f"{describe(meta[key])}, expected {describe(value)}")
     return state
+
+
+def describe(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters (a checkpoint can hold anything,
+    and a message must stay one readable line)."""
+    if isinstance(value, torch.Tensor):
+        text = f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    else:
+        try:
+            text = repr(value)
+        except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real problem
+            text = f"a {type(value).__name__}"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality of plain records, where NaN equals NaN and a bool is not the int 1 or 0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return (type(a) is type(b) and len(a) == len(b)
+                and all(same_value(x, y) for x, y in zip(a, b)))
+    try:
+        return bool(type(a) is type(b) and a == b) or (
+            _is_number(a) and _is_number(b) and a == b)
+    except Exception:  # noqa: BLE001 - tensors and odd objects: not a plain equal value
+        return False
+
+
+def first_difference(expected: Any, found: Any, field: str) -> str | None:
+    """Where the plain record ``found`` (a checkpoint's) first differs from ``expected`` (this
+    run's), as ``"field.sub: checkpoint has X, expected Y"``; None when they are the same."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        for key, value in expected.items():
+            sub = f"{field}.{key}"
+            if key not in found:
+                return f"{sub}: missing from the checkpoint, expected {describe(value)}"
+            diff = first_difference(value, found[key], sub)
+            if diff is not None:
+                return diff
+        for key in found:
+            if key not in expected:
+                return (f"{field}.{key}: the checkpoint has {describe(found[key])}, this run "
+                        "has no such entry")
+        return None
+    if same_value(found, expected):
+        return None
+    return f"{field}: checkpoint has {describe(found)}, expected {describe(expected)}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _reason(err: BaseException) -> str:

@@ -20,6 +20,7 @@ window; the paper does not say over which window it averages.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -59,8 +60,28 @@ class RecentSequences:
         return {"correct": list(self._correct), "errors": list(self._errors)}
 
     def load_state_dict(self, state: dict) -> None:
-        self._correct = deque(bool(v) for v in state["correct"])
-        self._errors = deque(float(v) for v in state["errors"])
+        """Restore :meth:`state_dict`'s output; a malformed ``state`` raises ``ValueError`` naming
+        the entry (``correct``: bools, ``errors``: finite non-negative numbers, as many of each
+        and at most ``window``) and leaves this rule unchanged."""
+        if not isinstance(state, dict) or set(state) != {"correct", "errors"}:
+            raise ValueError(f"expected a dict with 'correct' and 'errors', got {_short(state)}")
+        correct, errors = state["correct"], state["errors"]
+        for name, values, ok, what in (
+                ("correct", correct, lambda v: isinstance(v, bool), "a bool"),
+                ("errors", errors, lambda v: _is_real(v) and math.isfinite(v) and v >= 0,
+                 "a finite number >= 0")):
+            if not isinstance(values, list):
+                raise ValueError(f"{name}: expected a list, got {_short(values)}")
+            bad = next((i for i, v in enumerate(values) if not ok(v)), None)
+            if bad is not None:
+                raise ValueError(f"{name}[{bad}]: expected {what}, got {_short(values[bad])}")
+        if len(errors) != len(correct) or len(correct) > self.window:
+            raise ValueError(
+                f"correct, errors: expected two lists of the same length <= window {self.window}, "
+                f"got {len(correct)} and {len(errors)}"
+            )
+        self._correct = deque(correct)
+        self._errors = deque(float(v) for v in errors)
 
 
 @dataclass
@@ -86,10 +107,23 @@ class TestSet:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        del state
+        """A test-set rule has no state; anything but ``{}`` raises ``ValueError``."""
+        if not isinstance(state, dict) or state:
+            raise ValueError(f"expected an empty dict (a test-set rule has no state), "
+                             f"got {_short(state)}")
 
 
 Criterion = RecentSequences | TestSet
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """A one-line, bounded description of a stored value for error messages."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def st3(beta: float) -> RecentSequences:
