@@ -62,7 +62,9 @@ class _NoFallback:
 
 def _pair(spec: CellSpec, n_in: int, hidden: int, dtype: torch.dtype, **kwargs):
     cls = CLASSES[spec.family]
-    eng = cls(n_in, hidden, dtype=dtype, variant=spec, backend="engine", **kwargs)
+    # What the engine does not cover goes through auto, which routes it to the reference.
+    backend = "engine" if engine.supports(spec) else "auto"
+    eng = cls(n_in, hidden, dtype=dtype, variant=spec, backend=backend, **kwargs)
     ref = cls(n_in, hidden, dtype=dtype, variant=spec, backend="reference", **kwargs)
     with torch.no_grad():  # away from torch's init so that saturated gates do not hide errors
         for p in eng.parameters():
@@ -104,7 +106,7 @@ def _compare(spec: CellSpec, *, steps, batch, n_in, hidden, layers, bidirectiona
     hx = None
     if with_hx:
         rows = layers * (2 if bidirectional else 1)
-        hx = tuple(torch.randn(rows, batch, n) * 0.5 for n in eng._state_sizes())
+        hx = tuple(torch.randn(rows, batch, n) * 0.5 for n in eng.state_sizes)
     with pytest.MonkeyPatch.context() as mp:
         if engine.supports(spec):
             mp.setattr(engine, "reference", _NoFallback)
@@ -252,7 +254,7 @@ def test_engine_gradcheck_float64(name):
     params = [p.detach().clone().requires_grad_() for _, p in layer.named_parameters()]
     x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
     states = [torch.randn(2, 3, n, dtype=torch.float64, requires_grad=True)
-              for n in layer._state_sizes()]
+              for n in layer.state_sizes]
     lengths = torch.tensor([4, 2, 3])
 
     def fn(x, *rest):
@@ -367,33 +369,62 @@ def test_engine_entry_points_reject_wrong_operands():
 
     ext = engine._build.load()
     spec = PRESETS["lstm1997"]  # carries gate activations: a0 is required
-    cfg = F.lstm_cfg(spec, 4, 4, False, False)
-    rows = sum(spec.block_widths(4).values())
-    xg, none = torch.randn(3, 2, rows), torch.empty(0)
-    wcat = torch.randn(rows, 4 + 8)
+    lay = spec.layout(4)
+    cfg = F.engine_config(ext, spec, lay, False)
+    xg, none = torch.randn(3, 2, lay.rows), torch.empty(0)
+    wcat = torch.randn(lay.rows, 4 + 8)
     h0, c0, a0 = torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 8)
     lengths = torch.empty(0, dtype=torch.int64)
-    ext.lstm_forward(xg.clone(), wcat, none, none, h0, c0, a0, lengths, cfg, False, False)
-    bad = {"the initial gate activations": (wcat, h0, a0.new_empty(0), lengths),
-           "h0": (wcat, torch.zeros(2, 3), a0, lengths),
-           "the recurrent weight": (wcat[:, :5].contiguous(), h0, a0, lengths),
-           "lengths": (wcat, h0, a0, torch.tensor([3]))}
-    for name, (w, h, a, ln) in bad.items():
+
+    def call(cfg=cfg, wcat=wcat, h0=h0, a0=a0, lengths=lengths):
+        return ext.lstm_forward(cfg=cfg, xg=xg.clone(), wcat=wcat, peep=none, w_hr=none, h0=h0,
+                                c0=c0, a0=a0, lengths=lengths, save=False, return_cells=False)
+
+    assert set(call()) >= {"y", "h", "c", "a"}
+    bad = {"the initial gate activations": {"a0": a0.new_empty(0)},
+           "h0": {"h0": torch.zeros(2, 3)},
+           "the recurrent weight": {"wcat": wcat[:, :5].contiguous()},
+           "lengths": {"lengths": torch.tensor([3])}}
+    for name, change in bad.items():
         with pytest.raises(RuntimeError, match=name):
-            ext.lstm_forward(xg.clone(), w, none, none, h, c0, a, ln, cfg, False, False)
+            call(**change)
+    gru_cfg = F.engine_config(ext, PRESETS["gru_cho"], PRESETS["gru_cho"].layout(4), False)
     with pytest.raises(RuntimeError, match="weight_hh"):
-        ext.gru_forward(torch.randn(3, 2, 12), torch.randn(11, 4), none, h0, lengths,
-                        F.gru_cfg(PRESETS["gru_cho"], 4, False), False)
-    # an output width other than H without a projection, and a zero block size
-    for bad_cfg in (F.lstm_cfg(spec, 4, 3, False, False), [4, 0] + cfg[2:]):
-        with pytest.raises(RuntimeError, match="bad LSTM config"):
-            ext.lstm_forward(xg.clone(), wcat, none, none, h0, c0, a0, lengths, bad_cfg, False,
-                             False)
+        ext.gru_forward(cfg=gru_cfg, xg=torch.randn(3, 2, 12), w_hh=torch.randn(11, 4),
+                        b_hn=none, h0=h0, lengths=lengths, save=False)
+    # an output width other than H without a projection, a zero block size, a block that does
+    # not fit the row
+    fields = {n: getattr(cfg, n) for n in ext.LstmConfig.fields}
+    for change in ({"out": 3}, {"block_size": 0}, {"off_o": lay.rows}):
+        with pytest.raises(RuntimeError, match="LstmConfig"):
+            call(cfg=ext.LstmConfig(**{**fields, **change}))
     with pytest.raises(RuntimeError, match="gemm_loop operands do not agree"):
         ext.gemm_loop(torch.randn(8, 64), torch.randn(32, 16), torch.zeros(8, 32), 1, True, True)
 
 
-def test_scan_falls_back_for_layer_norm_and_other_dtypes():
+def test_engine_config_is_named_and_complete():
+    """Every field by name: a missing, unknown or misspelt one is refused at the seam."""
+    _engine_or_skip()
+    from lstmkit.engine import _function as F
+
+    ext = engine._build.load()
+    spec = PRESETS["peephole"]
+    cfg = F.engine_config(ext, spec, spec.layout(4), True)
+    fields = {n: getattr(cfg, n) for n in ext.LstmConfig.fields}
+    assert cfg.off_f == 4 and cfg.reverse and cfg.gate_activation == "sigmoid" and cfg.peephole
+    with pytest.raises(TypeError, match="missing field 'off_o'"):
+        ext.LstmConfig(**{k: v for k, v in fields.items() if k != "off_o"})
+    with pytest.raises(TypeError, match="unknown field 'of_o'"):
+        ext.LstmConfig(**fields, of_o=3)
+    with pytest.raises(ValueError, match="unknown activation 'tanhh'"):
+        ext.LstmConfig(**{**fields, "gate_activation": "tanhh"})
+    for name in ("gru_cho", "rnn_relu"):
+        spec = PRESETS[name]
+        cfg = F.engine_config(ext, spec, spec.layout(4), False)
+        assert cfg.input_activation == spec.input_activation
+
+
+def test_scan_refuses_what_it_cannot_run_and_auto_takes_the_reference():
     spec = PRESETS["layernorm"]
     assert not engine.supports(spec)
     assert all(engine.supports(s) for s in PRESETS.values() if not s.layer_norm)
@@ -401,12 +432,28 @@ def test_scan_falls_back_for_layer_norm_and_other_dtypes():
     p = {k: v.detach() for k, v in layer.cell_params(0).items()}
     x = torch.randn(3, 2, 2, dtype=torch.float16)
     carry = (torch.zeros(2, 3, dtype=torch.float16),) * 2
-    with pytest.MonkeyPatch.context() as mp:
-        calls = []
-        mp.setattr(engine, "reference", SimpleNamespace(
-            scan=lambda *a, **k: calls.append(1) or ("fallback", None, None)))
-        assert engine.scan(PRESETS["peephole"], p, x, carry, hidden_size=3)[0] == "fallback"
-        assert calls == [1]
+    with pytest.raises(ValueError, match="float32 or float64"):
+        engine.scan(PRESETS["peephole"], p, x, carry, hidden_size=3)
+    for variant, dtype, reason in (("layernorm", torch.float32, "layer normalisation"),
+                                   ("peephole", torch.float16, "float32 or float64")):
+        forced = lstmkit.LSTM(2, 3, variant=variant, dtype=dtype, backend="engine")
+        with pytest.raises(ValueError, match=f"'engine' cannot run this call: .*{reason}"):
+            forced(torch.randn(3, 2, 2, dtype=dtype))
+        auto = lstmkit.LSTM(2, 3, variant=variant, dtype=dtype)
+        route = auto.route(torch.randn(3, 2, 2, dtype=dtype))
+        assert route.path == "reference" and reason in route.reason
+        assert auto(torch.randn(3, 2, 2, dtype=dtype))[0].shape == (3, 2, 3)
+
+
+def test_route_names_the_path_and_why():
+    _engine_or_skip()
+    assert lstmkit.LSTM(2, 3).route().path == "native"
+    route = lstmkit.LSTM(2, 3, variant="cifg").route()
+    assert route.path == "engine" and "no kernel for variant 'cifg'" in route.reason
+    assert lstmkit.LSTM(2, 3).route(return_cell_states=True).path == "engine"
+    assert lstmkit.GRU(2, 3, backend="reference").route().path == "reference"
+    with pytest.raises(ValueError, match="'native' cannot run this call"):
+        lstmkit.LSTM(2, 3, variant="cifg", backend="native")
 
 
 def test_no_grad_forward_matches_training_forward():

@@ -88,7 +88,7 @@ def test_gradgradcheck_through_the_engine(name, options, no_fallback):
     x = torch.randn(T, B, I, dtype=F64, requires_grad=True)
     rows = 2 if options.get("bidirectional") else 1
     states = [torch.randn(rows, B, n, dtype=F64, requires_grad=True)
-              for n in layer._state_sizes()]
+              for n in layer.state_sizes]
     call = {"lengths": torch.tensor([3, 2])} if options.get("lengths") else {}
     if options.get("cells"):
         call["return_cell_states"] = True
@@ -139,17 +139,22 @@ def test_first_order_backward_keeps_the_compiled_kernels(monkeypatch, no_fallbac
         assert x.grad is not None and layer.weight_hh_l0.grad is not None
 
 
-def _pair(name: str):
-    eng = _layer(PRESETS[name], "engine")
+def _pair(name: str, backend: str = "engine"):
+    eng = _layer(PRESETS[name], backend)
     ref = _layer(PRESETS[name], "reference")
     params = {n: p.detach() for n, p in eng.named_parameters()}
     return eng, ref, params
 
 
-@pytest.mark.parametrize("name", ["peephole", "gru"])
+@pytest.mark.parametrize("name", ["peephole", "gru_cho"])
 def test_torch_func_transforms_give_the_reference_numbers(name):
+    """Under ``auto`` a transform takes the reference; a forced engine says it cannot run."""
     _engine_or_skip()
-    eng, ref, params = _pair(name)
+    forced, _, params = _pair(name)
+    with pytest.raises(ValueError, match="'engine' cannot run this call: torch.func"):
+        torch.func.grad(lambda p: torch.func.functional_call(forced, p, (torch.randn(
+            T, B, I, dtype=F64),))[0].sum())(params)
+    eng, ref, params = _pair(name, "auto")
     torch.manual_seed(2)
     x = torch.randn(T, B, I, dtype=F64)
 
@@ -176,7 +181,7 @@ def test_torch_func_transforms_give_the_reference_numbers(name):
 
 def test_forward_mode_ad_gives_the_reference_tangent():
     _engine_or_skip()
-    eng, ref, _ = _pair("peephole")
+    eng, ref, _ = _pair("peephole", "auto")
     x, tangent = torch.randn(T, B, I, dtype=F64), torch.randn(T, B, I, dtype=F64)
     with fwad.dual_level():
         got = fwad.unpack_dual(eng(fwad.make_dual(x, tangent))[0]).tangent

@@ -6,37 +6,37 @@ so ``load_state_dict(torch_module.state_dict())`` works and outputs match torch.
 for right-padded batches, ``return_cell_states=True`` for every step's cell state, and a
 ``forget_bias`` initialisation.
 
-Dispatch (``backend="auto"``): where torch has a kernel for exactly the requested computation
-(plain ``lstm``, ``gru``, ``rnn`` without lstmkit-only options) the layer calls it; everything else
-runs the fused C++ engine of :mod:`lstmkit.engine`, which itself falls back to the readable
-reference in :mod:`lstmkit.cells.reference` for what it does not cover (layer norm, CUDA, a failed
-build). ``backend="native"``, ``"engine"`` or ``"reference"`` (or the environment variable
-``LSTMKIT_BACKEND``) forces one path.
+This module owns the parameters and torch compatibility; the rest of a call is delegated:
+:mod:`lstmkit._layer_io` reads the input and initial state and shapes the output,
+:mod:`lstmkit.dispatch` picks the path (torch's kernel, the fused engine of
+:mod:`lstmkit.engine` or the reference of :mod:`lstmkit.cells.reference`) and says why, and
+:mod:`lstmkit.stack` runs the layers and directions. ``backend="native"``, ``"engine"`` or
+``"reference"`` (or the environment variable ``LSTMKIT_BACKEND``) forces one path, and raises
+where that path cannot run the call.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import _VF, Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
-from . import _checks, engine
+from . import _checks, _layer_io, dispatch, engine, stack
 from .cells import reference
 from .cells.spec import CellSpec, get_spec
+from .dispatch import BACKENDS, Route
 
-BACKENDS = ("auto", "native", "engine", "reference")
-_NATIVE_FN = {"lstm": _VF.lstm, "gru": _VF.gru}
+__all__ = ["BACKENDS", "GRU", "LSTM", "RNN", "Route"]
 
 
 class _Recurrent(nn.Module):
     """Shared machinery of :class:`LSTM`, :class:`GRU` and :class:`RNN` (stack, directions)."""
 
     family: str = "lstm"
+    default_variant: str = "lstm"
 
     def __init__(
         self,
@@ -51,12 +51,12 @@ class _Recurrent(nn.Module):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
-        variant: str | CellSpec,
+        variant: str | CellSpec | None = None,
         forget_bias: float | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.spec = get_spec(variant, self.family)
+        self.spec = get_spec(self.default_variant if variant is None else variant, self.family)
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.num_layers = _checks.positive_int("num_layers", num_layers)
@@ -83,8 +83,8 @@ class _Recurrent(nn.Module):
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
         self.backend = backend
         if backend == "native":
-            self._backend(return_cells=False)  # fail at construction, not on the first call
-        self.spec.block_widths(hidden_size)  # hidden_size must fit the block size
+            dispatch.route(self.spec, backend, None)  # fail at construction, not on first call
+        self.layout = self.spec.layout(hidden_size, self.proj_size)
         factory = {"device": device, "dtype": dtype}
         directions = 2 if bidirectional else 1
         out_size = self.proj_size or hidden_size
@@ -145,13 +145,7 @@ class _Recurrent(nn.Module):
                 f"forget_bias: the layer has no bias for the {target!r} gate (bias={self.bias},"
                 f" bias_units={spec.bias_units!r}), got forget_bias={value}"
             )
-        widths = spec.block_widths(self.hidden_size)
-        start = 0
-        for name in spec.biased_blocks():
-            if name == target:
-                break
-            start += widths[name]
-        rows = slice(start, start + widths[target])
+        rows = self.layout.bias_slice(target)
         for per_dir in self._param_names:
             for names in per_dir:
                 getattr(self, names["bias_ih"])[rows] = sign * value
@@ -194,34 +188,23 @@ class _Recurrent(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
 
-    def _state_sizes(self) -> list[int]:
-        """Feature size of each carried state tensor (h, then c, then gate activations)."""
-        if self.spec.family != "lstm":
-            return [self.hidden_size]
-        sizes = [self.proj_size or self.hidden_size, self.hidden_size]
-        if self.spec.carries_gates:
-            widths = self.spec.block_widths(self.hidden_size)
-            sizes.append(sum(widths[g] for g in self.spec.gate_names))
-        return sizes
+    @property
+    def state_sizes(self) -> tuple[int, ...]:
+        """Feature size of each carried state tensor: h, then c and the carried gate
+        activations as far as the cell has them."""
+        return self.layout.state_sizes
 
-    def _backend(self, return_cells: bool) -> str:
-        """The path this call takes: ``"native"``, ``"engine"`` or ``"reference"``."""
-        backend = self.backend
-        if backend == "auto":
-            backend = os.environ.get("LSTMKIT_BACKEND", "auto")
-            if backend not in BACKENDS:
-                raise ValueError(
-                    f"LSTMKIT_BACKEND: expected one of {BACKENDS}, got {backend!r}"
-                )
-        native_ok = self.spec.torch_native and not return_cells
-        if backend == "native" and not native_ok:
-            raise ValueError(
-                f"backend: 'native' runs torch's own kernels, which do not cover variant "
-                f"{self.spec.name!r}" + (" with return_cell_states" if return_cells else "")
-            )
-        if backend == "auto":
-            return "native" if native_ok else "engine"
-        return backend
+    def route(self, input: Tensor | None = None, *, return_cell_states: bool = False) -> Route:
+        """Which path a call with ``input`` would take (torch's kernel, the engine or the
+        reference) and why; without ``input``, for CPU float32 input. Runs nothing."""
+        x = None
+        if input is not None:
+            x, _, _ = _layer_io.read_input(input, None, self.batch_first, self.input_size,
+                                           self._ref_param())
+        return dispatch.route(self.spec, self.backend, x, return_cells=return_cell_states)
+
+    def _ref_param(self) -> Tensor:
+        return next(iter(self.parameters()))
 
     def forward(
         self,
@@ -246,31 +229,9 @@ class _Recurrent(nn.Module):
             check_finite: raise ``ValueError`` if the input (its valid steps, with ``lengths``)
                 or ``hx`` holds NaN or Inf. Off by default: it synchronises with the device.
         """
-        packed = isinstance(input, PackedSequence)
-        if packed:
-            if lengths is not None:
-                raise ValueError("lengths: a PackedSequence carries its own lengths; got both")
-            sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
-            batch_sizes = input.batch_sizes
-            x, lengths = pad_packed_sequence(input)
-            batched = True
-        else:
-            _checks.tensor("input", input)
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"input: expected a 3-D (batched) or 2-D (unbatched) tensor, "
-                    f"got {input.dim()}-D with shape {tuple(input.shape)}"
-                )
-            batched = input.dim() == 3
-            x = input if batched else input.unsqueeze(1)
-            if batched and self.batch_first:
-                x = x.transpose(0, 1)
-        ref = next(iter(self.parameters()))
-        _checks.same_float("input", x, ref.dtype, ref.device)
-        if x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"input: expected {self.input_size} features (input_size), got {x.shape[-1]}"
-            )
+        ref = self._ref_param()
+        x, lengths, form = _layer_io.read_input(input, lengths, self.batch_first,
+                                                self.input_size, ref)
         _checks.flag("return_cell_states", return_cell_states)
         _checks.flag("check_finite", check_finite)
         if return_cell_states and self.spec.family != "lstm":
@@ -278,154 +239,39 @@ class _Recurrent(nn.Module):
                 f"return_cell_states: only LSTM-family cells have a cell state, got "
                 f"{self.spec.name!r}"
             )
-        steps, batch = x.shape[0], x.shape[1]
-        if lengths is not None and not packed:
-            lengths = _checks.lengths(lengths, batch, steps)
-        states = self._initial_state(hx, batch, batched, x)
-        backend = self._backend(return_cell_states)
-        if backend == "native" and steps == 0:
-            # torch's kernels refuse empty sequences; the scan returns the empty output and the
-            # initial state, so both paths agree.
-            backend = "reference"
+        states = _layer_io.initial_state(hx, self.state_sizes, self.num_layers * self._directions,
+                                         x, form, self.spec.family == "lstm", ref)
+        path = dispatch.route(self.spec, self.backend, x, return_cells=return_cell_states).path
+        steps = x.shape[0]
         # Valid steps of right-padded input (a PackedSequence's padding is zeros already).
         valid = None
-        if lengths is not None and not packed and (check_finite or backend != "native"):
+        if lengths is not None and form.packed is None and (check_finite or path != "native"):
             valid = (torch.arange(steps).unsqueeze(1) < lengths).unsqueeze(-1).to(x.device)
         if check_finite:
             _checks.finite("input", x if valid is None else x.masked_select(valid))
             for name, state in zip(("h_0", "c_0", "a_0"), states):
                 _checks.finite(f"hx ({name})", state)
-        if backend == "native":
-            out, final = self._run_native(x, states, lengths)
-            cells = None
+        shape = stack.Stack(self.spec, self.hidden_size, self.num_layers, self.bidirectional,
+                            self.dropout, self.training)
+        cells = None
+        if path == "native":
+            out, final = stack.run_native(shape, self._flat_weights, self.bias, x, states,
+                                          lengths)
         else:
-            scan = engine.scan if backend == "engine" else reference.scan
             if valid is not None:
                 # Padding may hold anything (NaN included); zeroing it keeps it out of padded
                 # outputs (0 * NaN is NaN) and out of the weight gradients the scans form as
                 # sums over all steps.
                 x = torch.where(valid, x, x.new_zeros(()))
-            out, final, cells = self._run_scan(scan, x, states, lengths, return_cell_states)
-
-        if packed:
-            output: Any = _repack(out, lengths, batch_sizes, sorted_indices, unsorted_indices)
-        else:
-            output = out if batched else out.squeeze(1)
-            if batched and self.batch_first:
-                output = output.transpose(0, 1)
-        if cells is not None and packed:
-            cells = _repack(cells, lengths, batch_sizes, sorted_indices, unsorted_indices)
-        elif cells is not None:
-            cells = cells if batched else cells.squeeze(1)
-            if batched and self.batch_first:
-                cells = cells.transpose(0, 1)
-        if not batched:
-            final = tuple(s.squeeze(1) for s in final)
+            scan = engine.scan if path == "engine" else reference.scan
+            out, final, cells = stack.run_scans(shape, scan, self.cell_params, x, states,
+                                                lengths, return_cell_states)
+        output = form.restore(out, lengths)
+        final = form.restore_state(final)
         hidden: Any = final if self.spec.family == "lstm" else final[0]
         if return_cell_states:
-            return output, hidden, cells
+            return output, hidden, form.restore(cells, lengths)
         return output, hidden
-
-    def _initial_state(
-        self, hx: Any, batch: int, batched: bool, x: Tensor
-    ) -> tuple[Tensor, ...]:
-        sizes = self._state_sizes()
-        rows = self.num_layers * self._directions
-        if hx is None:
-            return tuple(x.new_zeros(rows, batch, n) for n in sizes)
-        if not isinstance(hx, (Tensor, tuple, list)):
-            raise TypeError(
-                f"hx: expected a tensor or a tuple of tensors, got {type(hx).__name__}"
-            )
-        given = (hx,) if isinstance(hx, Tensor) else tuple(hx)
-        names = ["h_0", "c_0", "a_0"][: len(sizes)]
-        need = 2 if self.spec.family == "lstm" else 1
-        if self.spec.family == "lstm" and isinstance(hx, Tensor):
-            raise TypeError("hx: expected a tuple (h_0, c_0) for an LSTM, got a single tensor")
-        if not need <= len(given) <= len(sizes):
-            raise ValueError(
-                f"hx: expected {' or '.join(str(n) for n in sorted({need, len(sizes)}))} "
-                f"tensors ({', '.join(names)}), got {len(given)}"
-            )
-        states = []
-        ref = next(iter(self.parameters()))
-        for name, state, size in zip(names, given, sizes):
-            _checks.tensor(f"hx ({name})", state)
-            _checks.same_float(f"hx ({name})", state, ref.dtype, ref.device)
-            expected = (rows, batch, size) if batched else (rows, size)
-            _checks.shape(f"hx ({name})", state, expected)
-            states.append(state if batched else state.unsqueeze(1))
-        for size in sizes[len(given):]:
-            states.append(x.new_zeros(rows, batch, size))
-        return tuple(states)
-
-    def _run_scan(
-        self, scan: Any, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None,
-        return_cells: bool,
-    ) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
-        finals: list[list[Tensor]] = [[] for _ in states]
-        layer_input, cells = x, None
-        for layer in range(self.num_layers):
-            outs, layer_cells = [], []
-            for d in range(self._directions):
-                idx = layer * self._directions + d
-                out, carry, cell_seq = scan(
-                    self.spec, self.cell_params(layer, d), layer_input,
-                    tuple(s[idx] for s in states), hidden_size=self.hidden_size,
-                    lengths=lengths, reverse=bool(d), return_cells=return_cells,
-                )
-                outs.append(out)
-                layer_cells.append(cell_seq)
-                for acc, state in zip(finals, carry):
-                    acc.append(state)
-            layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
-            if return_cells and layer == self.num_layers - 1:
-                cells = layer_cells[0] if len(outs) == 1 else torch.cat(layer_cells, -1)
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
-        return layer_input, tuple(torch.stack(acc) for acc in finals), cells
-
-    def _run_native(
-        self, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        spec = self.spec
-        if spec.family == "rnn":
-            fn = _VF.rnn_tanh if spec.input_activation == "tanh" else _VF.rnn_relu
-        else:
-            fn = _NATIVE_FN[spec.family]
-        hx: Any = states if spec.family == "lstm" else states[0]
-        args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
-                self.bidirectional)
-        if lengths is None:
-            result = fn(x, hx, *args, False)
-            return result[0], tuple(result[1:])
-        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-        perm, unperm = packed.sorted_indices, packed.unsorted_indices
-        if spec.family == "lstm":
-            hx = tuple(h.index_select(1, perm) for h in hx)
-        else:
-            hx = hx.index_select(1, perm)
-        result = fn(packed.data, packed.batch_sizes, hx, *args)
-        out, _ = pad_packed_sequence(
-            PackedSequence(result[0], packed.batch_sizes, perm, unperm), total_length=x.shape[0]
-        )
-        return out, tuple(h.index_select(1, unperm) for h in result[1:])
-
-
-def _repack(
-    out: Tensor,
-    lengths: Tensor,
-    batch_sizes: Tensor,
-    sorted_indices: Tensor | None,
-    unsorted_indices: Tensor | None,
-) -> PackedSequence:
-    """Pack padded outputs with exactly the input ``PackedSequence``'s layout."""
-    order = sorted_indices if sorted_indices is not None else torch.arange(out.shape[1])
-    order = order.to(out.device)
-    data = pack_padded_sequence(
-        out.index_select(1, order), lengths.index_select(0, order.cpu()), enforce_sorted=True
-    ).data
-    return PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
 
 
 class LSTM(_Recurrent):
@@ -440,79 +286,33 @@ class LSTM(_Recurrent):
     """
 
     family = "lstm"
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        variant: str | CellSpec = "lstm",
-        forget_bias: float | None = None,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, variant=variant,
-                         forget_bias=forget_bias, backend=backend)
+    default_variant = "lstm"
 
 
 class GRU(_Recurrent):
     """``torch.nn.GRU`` (``variant="gru"``) or Cho et al.'s ordering (``variant="gru_cho"``).
 
+    Takes ``torch.nn.GRU``'s arguments (``proj_size`` is refused, as torch does).
     ``forget_bias`` initialises the update gate z, whose value near 1 keeps the old state.
     """
 
     family = "gru"
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        variant: str | CellSpec = "gru",
-        forget_bias: float | None = None,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, variant=variant,
-                         forget_bias=forget_bias, backend=backend)
+    default_variant = "gru"
 
 
 class RNN(_Recurrent):
-    """``torch.nn.RNN``: the plain Elman net (``nonlinearity`` ``"tanh"`` or ``"relu"``)."""
+    """``torch.nn.RNN``: the plain Elman net (``nonlinearity`` ``"tanh"`` or ``"relu"``).
+
+    Takes ``torch.nn.RNN``'s arguments: ``nonlinearity`` comes fourth, as in torch; the rest
+    are :class:`LSTM`'s.
+    """
 
     family = "rnn"
+    default_variant = "rnn"
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        nonlinearity: str = "tanh",
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        variant: str | CellSpec | None = None,
-        backend: str = "auto",
-    ) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", *args: Any, variant: str | CellSpec | None = None,
+                 **kwargs: Any) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         if variant is None:
@@ -525,5 +325,4 @@ class RNN(_Recurrent):
                 "got nonlinearity='relu'"
             )
         self.nonlinearity = spec.input_activation
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, variant=variant, backend=backend)
+        super().__init__(input_size, hidden_size, num_layers, *args, variant=variant, **kwargs)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .layout import layout
 from .spec import CellSpec
 
 Carry = tuple[Tensor, ...]
@@ -45,13 +46,12 @@ def param_shapes(
     spec: CellSpec, input_size: int, hidden_size: int, proj_size: int = 0, bias: bool = True
 ) -> dict[str, tuple[int, ...]]:
     """Shapes of one layer-direction's parameters, in registration order (torch's first)."""
-    widths = spec.block_widths(hidden_size)
-    rows = sum(widths.values())
-    out_size = proj_size if proj_size > 0 else hidden_size
+    lay = layout(spec, hidden_size, proj_size)
+    rows, out_size = lay.rows, lay.out_size
     shapes: dict[str, tuple[int, ...]] = {"weight_ih": (rows, input_size)}
     if spec.hidden_recurrence:
         shapes["weight_hh"] = (rows, out_size)
-    biased = sum(widths[n] for n in spec.biased_blocks())
+    biased = lay.width_of(spec.biased_blocks())
     if bias and biased:
         shapes["bias_ih"] = (biased,)
         if spec.double_bias and spec.hidden_recurrence:
@@ -59,9 +59,7 @@ def param_shapes(
     if proj_size > 0:
         shapes["weight_hr"] = (proj_size, hidden_size)
     if spec.gate_recurrence != "none":
-        n_gate_units = sum(widths[g] for g in spec.gate_names)
-        gate_rows = sum(widths[n] for n in spec.gate_recurrent_blocks())
-        shapes["weight_gh"] = (gate_rows, n_gate_units)
+        shapes["weight_gh"] = (lay.width_of(spec.gate_recurrent_blocks()), lay.gate_units)
     if spec.peephole:
         for gate in spec.gate_names:
             shapes[f"weight_c{gate}"] = (hidden_size,)
@@ -74,24 +72,9 @@ def param_shapes(
     return shapes
 
 
-def _full_rows(spec: CellSpec, hidden_size: int, part: Tensor, blocks: tuple[str, ...]) -> Tensor:
-    """Place a vector/matrix that covers only ``blocks`` into all pre-activation rows (zeros)."""
-    widths = spec.block_widths(hidden_size)
-    if blocks == spec.block_names:
-        return part
-    pieces, start = [], 0
-    for name, width in widths.items():
-        if name in blocks:
-            pieces.append(part[..., start : start + width])
-            start += width
-        else:
-            pieces.append(part.new_zeros(part.shape[:-1] + (width,)))
-    return torch.cat(pieces, dim=-1)
-
-
 def full_bias(spec: CellSpec, hidden_size: int, bias: Tensor) -> Tensor:
     """A bias over the biased blocks only, spread over every pre-activation row."""
-    return _full_rows(spec, hidden_size, bias, spec.biased_blocks())
+    return layout(spec, hidden_size).expand(bias, spec.biased_blocks())
 
 
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -163,6 +146,7 @@ def lstm_step_parts(
     """
     h, c = carry[0], carry[1]
     hidden_size = c.shape[-1]
+    lay = layout(spec, hidden_size)
     s = spec.block_size
     gate_act = _ACT[spec.gate_activation]
     if spec.truncated_gradient:
@@ -172,10 +156,8 @@ def lstm_step_parts(
         z = z + _recurrent(spec, p, h, hidden_size)
     if spec.carries_gates:
         prev_gates = carry[2].detach() if spec.truncated_gradient else carry[2]
-        z = z + _full_rows(
-            spec, hidden_size, prev_gates @ p["weight_gh"].t(), spec.gate_recurrent_blocks()
-        )
-    blocks = dict(zip(spec.block_names, z.split(list(spec.block_widths(hidden_size).values()), -1)))
+        z = z + lay.expand(prev_gates @ p["weight_gh"].t(), spec.gate_recurrent_blocks())
+    blocks = {name: z[..., rows] for name, rows in lay.blocks.items()}
 
     def gate(name: str, cell: Tensor) -> Tensor:
         pre = blocks[name]

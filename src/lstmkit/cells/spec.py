@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .layout import Layout
 
 Family = Literal["lstm", "gru", "rnn"]
 
@@ -169,16 +172,13 @@ class CellSpec:
 
     def block_widths(self, hidden_size: int) -> dict[str, int]:
         """Rows of each pre-activation block for a layer of ``hidden_size`` cells."""
-        if hidden_size % self.block_size:
-            raise ValueError(
-                f"hidden_size: expected a multiple of the spec's block_size "
-                f"{self.block_size}, got {hidden_size}"
-            )
-        n_blocks = hidden_size // self.block_size
-        return {
-            name: (hidden_size if name in ("g", "r", "z", "n", "h") else n_blocks)
-            for name in self.block_names
-        }
+        return dict(self.layout(hidden_size).widths)
+
+    def layout(self, hidden_size: int, proj_size: int = 0) -> Layout:
+        """Every offset of a layer-direction of this cell (:func:`lstmkit.cells.layout.layout`)."""
+        from .layout import layout
+
+        return layout(self, hidden_size, proj_size)
 
     def biased_blocks(self) -> tuple[str, ...]:
         """Pre-activation blocks that carry a bias (when the layer has ``bias=True``)."""
@@ -195,10 +195,6 @@ class CellSpec:
         if self.gate_recurrence == "gates":
             return self.gate_names
         return self.block_names
-
-    @property
-    def has_cell_state(self) -> bool:
-        return self.family == "lstm"
 
     @property
     def carries_gates(self) -> bool:

@@ -11,10 +11,10 @@ GEMMs over all steps.
 Covered: the LSTM family with every flag (missing or coupled gates, peepholes, any activations,
 gate recurrence ``"gates"``/``"all"``, memory blocks, the 1997 truncated gradient, no hidden
 recurrence, projections), GRU in both reset placements, the Elman RNN; lengths and both
-directions; float32 and float64. Not covered: ``layer_norm`` (:func:`supports` is False).
-Tensors that are not on the CPU, other dtypes, empty sequences, calls inside ``torch.func``
-transforms (``grad``, ``vmap``, ``jacrev``, ...) and forward-mode AD (dual tensors) run the
-reference (``scan`` falls back by itself, so the result is always correct).
+directions; float32 and float64. Not covered: ``layer_norm`` (:func:`supports` is False),
+tensors that are not on the CPU, other dtypes, and calls inside ``torch.func`` transforms or
+forward-mode AD: :func:`unsupported` names the reason, :func:`scan` refuses such calls, and the
+layers' dispatch (:mod:`lstmkit.dispatch`) sends them to the reference.
 
 Higher-order gradients: a backward that builds a graph (``create_graph=True``, as a gradient
 penalty does) recomputes the layer-direction with the reference and differentiates that, so
@@ -27,6 +27,8 @@ The C++ extension is built on first use with ``torch.utils.cpp_extension`` (see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
@@ -37,6 +39,7 @@ from . import _build
 from ._function import (
     GRU_PARAMS,
     LSTM_PARAMS,
+    Call,
     GRUFunction,
     LSTMFunction,
     RNNFunction,
@@ -45,7 +48,7 @@ from ._function import (
     rnn_run,
 )
 
-__all__ = ["available", "supports", "scan", "build_error"]
+__all__ = ["available", "build_error", "scan", "supports", "unsupported"]
 
 Carry = tuple[Tensor, ...]
 _DTYPES = (torch.float32, torch.float64)
@@ -85,22 +88,28 @@ def _transformed(tensors: list[Tensor]) -> bool:
     return False
 
 
-def _eligible(spec: CellSpec, p: dict[str, Tensor], x: Tensor, carry: Carry,
-              return_cells: bool) -> bool:
-    if not supports(spec) or x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
-        return False
+def unsupported(spec: CellSpec, x: Tensor | None, return_cells: bool = False,
+                tensors: Sequence[Tensor] = ()) -> str | None:
+    """Why the engine cannot run ``spec`` on ``x`` (None when it can, build aside).
+
+    ``x`` None asks about CPU float32 input in general; ``tensors`` are the call's carry and
+    parameters, which must match ``x``'s device and dtype.
+    """
+    if not supports(spec):
+        return f"the engine does not cover layer normalisation (variant {spec.name!r})"
     if return_cells and spec.family != "lstm":
-        return False
-    if x.device.type != "cpu" or x.dtype not in _DTYPES:
-        return False
-    tensors = [*carry, *p.values()]
+        return "only LSTM-family cells have cell states"
+    if x is None:
+        return None
+    if x.device.type != "cpu":
+        return f"the engine runs on the CPU, the input is on {x.device}"
+    if x.dtype not in _DTYPES:
+        return f"the engine computes in float32 or float64, the input is {x.dtype}"
     if any(t.device != x.device or t.dtype != x.dtype for t in tensors):
-        return False
-    if any(name.startswith("ln_") for name in p):
-        return False
+        return "the carry and parameters must have the input's device and dtype"
     if _transformed([x, *tensors]):
-        return False
-    return available()
+        return "torch.func transforms and forward-mode AD need the reference equations"
+    return None
 
 
 def scan(
@@ -115,40 +124,42 @@ def scan(
     return_cells: bool = False,
 ) -> tuple[Tensor, Carry, Tensor | None]:
     """Run one layer-direction over ``x`` (``[T, B, in]``) from ``carry``; see
-    :func:`lstmkit.cells.reference.scan` for the meaning of every argument and result."""
-    if not _eligible(spec, p, x, carry, return_cells):
+    :func:`lstmkit.cells.reference.scan` for the meaning of every argument and result.
+
+    Raises ``ValueError`` where the engine cannot run the call (:func:`unsupported`) and
+    ``RuntimeError`` where it is not built; the layers' dispatch (:mod:`lstmkit.dispatch`)
+    sends such calls to the reference instead.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x: expected [T, B, in], got shape {tuple(x.shape)}")
+    reason = unsupported(spec, x, return_cells, [*carry, *p.values()])
+    if reason is not None:
+        raise ValueError(f"engine.scan: {reason}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        # Nothing to compute: the reference returns the empty output and the initial carry.
         return reference.scan(spec, p, x, carry, hidden_size=hidden_size, lengths=lengths,
                               reverse=reverse, return_cells=return_cells)
     ext = _build.load()
+    if ext is None:
+        raise RuntimeError(f"engine.scan: the engine could not be built ({build_error()})")
     tensors = [x, *carry, *p.values()]
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    reverse = bool(reverse)
+    proj = p["weight_hr"].shape[0] if p.get("weight_hr") is not None else 0
+    call = Call(ext, spec, spec.layout(hidden_size, proj), bool(reverse), bool(return_cells))
     if spec.family == "lstm":
-        h0, c0 = carry[0], carry[1]
-        a0 = carry[2] if spec.carries_gates else None
+        state = (carry[0], carry[1], carry[2] if spec.carries_gates else None)
         flat = [p.get(n) for n in LSTM_PARAMS]
         if grad:
-            meta = (ext, spec, hidden_size, reverse, return_cells)
-            outs = LSTMFunction.apply(meta, lengths, x, h0, c0, a0, *flat)
+            outs = LSTMFunction.apply(call, lengths, x, *state, *flat)
         else:
-            outs = lstm_run(ext, spec, hidden_size, x, h0, c0, a0, lengths, reverse,
-                            return_cells, dict(zip(LSTM_PARAMS, flat)))
-        n_state = 3 if spec.carries_gates else 2
+            outs = lstm_run(call, x, state, lengths, dict(zip(LSTM_PARAMS, flat)))
+        n_state = len(spec.layout(hidden_size, proj).state_sizes)
         cells = outs[1 + n_state] if return_cells else None
         return outs[0], tuple(outs[1 : 1 + n_state]), cells
     flat = [p.get(n) for n in GRU_PARAMS]
-    if spec.family == "gru":
-        if grad:
-            y, h_t = GRUFunction.apply((ext, spec, hidden_size, reverse), lengths, x, carry[0],
-                                       *flat)
-        else:
-            y, h_t = gru_run(ext, spec, hidden_size, x, carry[0], lengths, reverse,
-                             dict(zip(GRU_PARAMS, flat)))
+    function, run = (GRUFunction, gru_run) if spec.family == "gru" else (RNNFunction, rnn_run)
+    if grad:
+        y, h_t = function.apply(call, lengths, x, carry[0], *flat)
     else:
-        if grad:
-            y, h_t = RNNFunction.apply((ext, spec, hidden_size, reverse), lengths, x, carry[0],
-                                       *flat)
-        else:
-            y, h_t = rnn_run(ext, spec, hidden_size, x, carry[0], lengths, reverse,
-                             dict(zip(GRU_PARAMS, flat)))
+        y, h_t = run(call, x, carry[0], lengths, dict(zip(GRU_PARAMS, flat)))
     return y, (h_t,), None

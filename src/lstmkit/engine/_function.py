@@ -3,9 +3,14 @@
 Per call, in Python (a handful of large torch operations, independent of the sequence length):
 the input projection of all steps as one GEMM with every foldable bias folded in, the recurrent
 weight ``[W_hh | G]`` assembled once, and in backward the weight, bias, peephole and input
-gradients as GEMMs/reductions over all steps at once. Per time step, in C++
-(``csrc/engine.cpp``): the recurrent GEMM, the fused elementwise pass, and in backward the fused
-elementwise pass and the state-gradient GEMM.
+gradients as GEMMs/reductions over all steps at once. Per time step, in C++ (``csrc/``): the
+recurrent GEMM, the fused elementwise pass, and in backward the fused elementwise pass and the
+state-gradient GEMM.
+
+The seam is named on both sides: the configuration is built from the cell's layout
+(:meth:`lstmkit.cells.layout.Layout.engine_config`) and passed as ``ext.LstmConfig(**fields)``,
+operands go by keyword, results come back as dicts, and each Function's inputs and gradients
+are matched by name (:class:`_Inputs`), never by position.
 
 Higher-order gradients: a backward asked to build a graph (``create_graph=True``, e.g. a
 gradient penalty) cannot use the hand-written kernels, whose results have no graph. It recomputes
@@ -16,18 +21,21 @@ equations (the 1997 truncated gradient included). The ordinary backward is unaff
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..cells import reference
-from ..cells.reference import full_bias
+from ..cells.layout import Layout
 from ..cells.spec import CellSpec
 
-#: Activation codes shared with the C++ ``Act`` enum.
-ACT_CODES = {"tanh": 0, "sigmoid": 1, "identity": 2, "relu": 3, "sigmoid_pm1": 4,
-             "sigmoid_pm2": 5}
+LSTM_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_gh", "weight_ci",
+               "weight_cf", "weight_co", "weight_hr")
+GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+LSTM_CARRY = ("h0", "c0", "a0")
+GRU_CARRY = ("h0",)
 
 _EMPTY: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 _NO_LENGTHS = torch.empty(0, dtype=torch.int64)
@@ -52,41 +60,49 @@ def _lengths(lengths: Tensor | None) -> Tensor:
     return lengths.to(device="cpu", dtype=torch.int64).contiguous()
 
 
-def _rows(spec: CellSpec, hidden_size: int, full: Tensor, blocks: tuple[str, ...]) -> Tensor:
-    """Inverse of ``reference._full_rows`` along dim 0: keep only ``blocks``' rows."""
-    if blocks == spec.block_names:
-        return full
-    pieces, start = [], 0
-    for name, width in spec.block_widths(hidden_size).items():
-        if name in blocks:
-            pieces.append(full[start : start + width])
-        start += width
-    return torch.cat(pieces, 0)
+@dataclass(frozen=True)
+class Call:
+    """What a Function needs besides tensors: the extension, the cell and its layout."""
+
+    ext: Any
+    spec: CellSpec
+    layout: Layout
+    reverse: bool
+    return_cells: bool = False
+
+    def config(self) -> Any:
+        """The extension's named configuration for this layer-direction: sizes and offsets
+        from the layout, and every field named like a spec attribute from the spec."""
+        return engine_config(self.ext, self.spec, self.layout, self.reverse)
 
 
-def _full_cols(spec: CellSpec, hidden_size: int, part: Tensor, blocks: tuple[str, ...]) -> Tensor:
-    """``part`` (rows of ``blocks`` only) placed into all pre-activation rows, zeros elsewhere."""
-    if blocks == spec.block_names:
-        return part
-    pieces, start = [], 0
-    for name, width in spec.block_widths(hidden_size).items():
-        if name in blocks:
-            pieces.append(part[start : start + width])
-            start += width
-        else:
-            pieces.append(part.new_zeros((width,) + part.shape[1:]))
-    return torch.cat(pieces, 0)
+def engine_config(ext: Any, spec: CellSpec, lay: Layout, reverse: bool) -> Any:
+    """``ext.LstmConfig``/``GruConfig``/``RnnConfig`` for a layer-direction (see
+    ``csrc/config.h``); a field neither the layout nor the spec provides is an error."""
+    cls = {"lstm": ext.LstmConfig, "gru": ext.GruConfig, "rnn": ext.RnnConfig}[spec.family]
+    fields = lay.engine_config(reverse)
+    for name in cls.fields:
+        if name not in fields:
+            if not hasattr(spec, name):
+                raise TypeError(f"{cls.__name__}.{name}: neither the layout nor CellSpec "
+                                "provides this field")
+            fields[name] = getattr(spec, name)
+    return cls(**fields)
 
 
-def _folded_bias(spec: CellSpec, hidden_size: int, b_ih: Tensor | None,
-                 b_hh: Tensor | None) -> Tensor | None:
-    """``b_ih + b_hh`` over all pre-activation rows (either may be absent)."""
-    total = None
-    for b in (b_ih, b_hh):
-        if b is not None:
-            fb = full_bias(spec, hidden_size, b)
-            total = fb if total is None else total + fb
-    return total
+class _Inputs:
+    """A Function's tensor inputs by name (``x``, the carry, then the parameters), with which of
+    them need a gradient; ``grads(found)`` lays named gradients out in the Function's order."""
+
+    def __init__(self, names: tuple[str, ...], values: tuple[Tensor | None, ...],
+                 needs: tuple[bool, ...]) -> None:
+        self.names = names
+        self.values = dict(zip(names, values))
+        self.need = {n: bool(k) and self.values[n] is not None for n, k in zip(names, needs)}
+
+    def grads(self, found: dict[str, Tensor | None]) -> tuple[Tensor | None, ...]:
+        # The two leading Nones are the Function's non-tensor arguments (call, lengths).
+        return (None, None, *(found.get(n) if self.need[n] else None for n in self.names))
 
 
 def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
@@ -100,77 +116,74 @@ def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     return out.view(steps, batch, -1)
 
 
-def _grad_bias(spec: CellSpec, hidden_size: int, full_grad: Tensor) -> Tensor:
-    return _rows(spec, hidden_size, full_grad, spec.biased_blocks())
+def _folded_bias(lay: Layout, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
+    """``b_ih + b_hh`` over all pre-activation rows (either may be absent)."""
+    total = None
+    for b in (b_ih, b_hh):
+        if b is not None:
+            fb = lay.expand(b, lay.spec.biased_blocks())
+            total = fb if total is None else total + fb
+    return total
 
 
-def _input_grads(ctx: Any, dz: Tensor, x: Tensor, w_ih: Tensor) -> tuple[Tensor | None, ...]:
-    """dx, dW_ih and the summed pre-activation gradient (for biases), each only when needed."""
+def _input_grads(inp: _Inputs, dz: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor]:
+    """dx, dW_ih and the pre-activation gradient as ``[T*B, rows]``, each only when needed."""
+    x, w_ih = inp.values["x"], inp.values["weight_ih"]
     steps, batch, n_in = x.shape
     dz2 = dz.view(steps * batch, -1)
-    dx = torch.mm(dz2, w_ih).view(steps, batch, n_in) if ctx.needs_input_grad[ctx.ix] else None
-    dw = torch.mm(dz2.t(), x.reshape(steps * batch, n_in)) if ctx.needs_input_grad[ctx.iw] else None
+    dx = torch.mm(dz2, w_ih).view(steps, batch, n_in) if inp.need["x"] else None
+    dw = torch.mm(dz2.t(), x.reshape(steps * batch, n_in)) if inp.need["weight_ih"] else None
     return dx, dw, dz2
 
 
-def _reference_backward(ctx: Any, spec: CellSpec, hidden_size: int, reverse: bool,
-                        return_cells: bool, names: tuple[str, ...],
-                        originals: tuple[Tensor | None, ...],
-                        grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
+def _bias_grads(inp: _Inputs, lay: Layout, dz_sum: Tensor, found: dict[str, Tensor | None],
+                names: tuple[str, ...] = ("bias_ih", "bias_hh")) -> None:
+    """The gradient of each bias in ``names`` from the summed pre-activation gradient."""
+    if any(inp.need[n] for n in names):
+        grad = lay.select(dz_sum, lay.spec.biased_blocks())
+        for n in names:
+            found[n] = grad
+
+
+def _reference_backward(call: Call, inp: _Inputs, lengths: Tensor | None,
+                        outputs: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
     """The backward as a differentiable graph: recompute with the reference and differentiate.
 
-    ``originals`` are the Function's tensor inputs as saved in forward (``x``, the carry, then
-    the parameters of ``names``), so the graph built here reaches the caller's tensors. Each
-    differentiated input enters through its own alias: an input passed twice (``h0 is c0``)
-    then gets the gradient of each use, as autograd sums them itself.
+    ``inp`` holds the Function's own inputs as saved in forward, so the graph built here reaches
+    the caller's tensors. Each differentiated input enters through its own alias: an input
+    passed twice (``h0 is c0``) then gets the gradient of each use, as autograd sums them.
     """
-    n_carry = len(originals) - 1 - len(names)
-    need = ctx.needs_input_grad[2:]
+    carry_names = LSTM_CARRY if call.spec.family == "lstm" else GRU_CARRY
     with torch.enable_grad():
-        inputs = [t.view_as(t) if t is not None and need[i] else t
-                  for i, t in enumerate(originals)]
-        x, carry = inputs[0], tuple(t for t in inputs[1 : 1 + n_carry] if t is not None)
-        params = {n: t for n, t in zip(names, inputs[1 + n_carry :]) if t is not None}
-        y, final, cells = reference.scan(spec, params, x, carry, hidden_size=hidden_size,
-                                         lengths=ctx.lengths, reverse=reverse,
-                                         return_cells=return_cells)
-        outs = [y, *final] + ([cells] if return_cells else [])
-        pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
-        wrt = [t for i, t in enumerate(inputs) if t is not None and need[i]]
-        found = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
-                                    create_graph=True, allow_unused=True) if pairs else \
-            [None] * len(wrt)
-    it = iter(found)
-    return (None, None, *(next(it) if t is not None and need[i] else None
-                          for i, t in enumerate(inputs)))
+        alias = {n: (t.view_as(t) if inp.need[n] else t) for n, t in inp.values.items()}
+        carry = tuple(alias[n] for n in carry_names if alias.get(n) is not None)
+        params = {n: t for n, t in alias.items()
+                  if n not in carry_names and n != "x" and t is not None}
+        y, final, cells = reference.scan(call.spec, params, alias["x"], carry,
+                                         hidden_size=call.layout.hidden_size, lengths=lengths,
+                                         reverse=call.reverse, return_cells=call.return_cells)
+        outs = [y, *final] + ([cells] if call.return_cells else [])
+        pairs = [(o, g) for o, g in zip(outs, outputs) if o.requires_grad]
+        wrt = [n for n in inp.names if inp.need[n]]
+        found = torch.autograd.grad([o for o, _ in pairs], [alias[n] for n in wrt],
+                                    [g for _, g in pairs], create_graph=True,
+                                    allow_unused=True) if pairs else [None] * len(wrt)
+    return inp.grads(dict(zip(wrt, found)))
 
 
 # -------------------------------------------------------------------------------------------
 # LSTM family
 
-LSTM_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_gh", "weight_ci",
-               "weight_cf", "weight_co", "weight_hr")
-
-
-def lstm_cfg(spec: CellSpec, hidden_size: int, out_size: int, proj: bool,
-             reverse: bool) -> list[int]:
-    return [hidden_size, spec.block_size, out_size, int(spec.input_gate), int(spec.forget_gate),
-            int(spec.output_gate), int(spec.coupled), int(spec.peephole), int(proj),
-            int(spec.hidden_recurrence), int(spec.carries_gates), int(reverse),
-            int(spec.truncated_gradient), ACT_CODES[spec.gate_activation],
-            ACT_CODES[spec.input_activation], ACT_CODES[spec.output_activation]]
-
-
-def _lstm_prepare(spec: CellSpec, hidden_size: int, x: Tensor, params: dict[str, Tensor | None]):
+def _lstm_prepare(call: Call, x: Tensor, params: dict[str, Tensor | None]):
     """Input projection, the recurrent weight ``[W_hh | G_full]`` and the peephole matrix."""
-    bias = _folded_bias(spec, hidden_size, params["bias_ih"], params["bias_hh"])
+    spec, lay = call.spec, call.layout
+    bias = _folded_bias(lay, params["bias_ih"], params["bias_hh"])
     xg = _project(x, params["weight_ih"], bias)
     parts = []
     if spec.hidden_recurrence:
         parts.append(params["weight_hh"])
     if spec.carries_gates:
-        parts.append(_full_cols(spec, hidden_size, params["weight_gh"],
-                                spec.gate_recurrent_blocks()))
+        parts.append(lay.expand(params["weight_gh"], spec.gate_recurrent_blocks(), dim=0))
     if not parts:
         wcat = None
     elif len(parts) == 1:
@@ -179,257 +192,223 @@ def _lstm_prepare(spec: CellSpec, hidden_size: int, x: Tensor, params: dict[str,
         wcat = torch.cat(parts, 1)
     peep = None
     if spec.peephole:
-        zeros = x.new_zeros(hidden_size)
+        zeros = x.new_zeros(lay.hidden_size)
         peep = torch.stack([params[f"weight_c{g}"] if params[f"weight_c{g}"] is not None
                             else zeros for g in "ifo"])
     return xg, wcat, peep
 
 
-def lstm_run(ext: Any, spec: CellSpec, hidden_size: int, x: Tensor, h0: Tensor, c0: Tensor,
-             a0: Tensor | None, lengths: Tensor | None, reverse: bool, return_cells: bool,
+def _lstm_forward(call: Call, x: Tensor, carry: dict[str, Tensor | None],
+                  params: dict[str, Tensor | None], lengths: Tensor | None,
+                  save: bool) -> tuple[dict[str, Tensor | None], Tensor, Tensor | None,
+                                       Tensor | None]:
+    xg, wcat, peep = _lstm_prepare(call, x, params)
+    res = call.ext.lstm_forward(
+        cfg=call.config(), xg=xg, wcat=_c(wcat, x), peep=_c(peep, x),
+        w_hr=_c(params["weight_hr"], x), h0=carry["h0"].contiguous(),
+        c0=carry["c0"].contiguous(), a0=_c(carry["a0"], x), lengths=_lengths(lengths),
+        save=save, return_cells=call.return_cells)
+    return res, xg, wcat, peep
+
+
+def _lstm_outputs(call: Call, res: dict[str, Tensor | None]) -> tuple[Tensor, ...]:
+    """``(y, h_T, c_T[, a_T][, cells])``: the carry as the cell has it, then the cells."""
+    names = ["y", "h", "c"] + (["a"] if call.spec.carries_gates else [])
+    names += ["cells"] if call.return_cells else []
+    return tuple(res[n] for n in names)
+
+
+def lstm_run(call: Call, x: Tensor, carry: tuple[Tensor | None, ...], lengths: Tensor | None,
              params: dict[str, Tensor | None]) -> tuple[Tensor, ...]:
     """Forward only (no graph): ``(y, h_T, c_T[, a_T][, cells])``."""
-    proj = params["weight_hr"] is not None
-    out_size = h0.shape[-1]
-    xg, wcat, peep = _lstm_prepare(spec, hidden_size, x, params)
-    cfg = lstm_cfg(spec, hidden_size, out_size, proj, reverse)
-    res = ext.lstm_forward(xg, _c(wcat, x), _c(peep, x), _c(params["weight_hr"], x),
-                           h0.contiguous(), c0.contiguous(), _c(a0, x), _lengths(lengths),
-                           cfg, False, return_cells)
-    y, h_t, c_t, a_t, cells = res[:5]
-    outs = [y, h_t, c_t]
-    if spec.carries_gates:
-        outs.append(a_t)
-    if return_cells:
-        outs.append(cells)
-    return tuple(outs)
+    res, _, _, _ = _lstm_forward(call, x, dict(zip(LSTM_CARRY, carry)), params, lengths, False)
+    return _lstm_outputs(call, res)
 
 
 class LSTMFunction(torch.autograd.Function):
-    """Whole-sequence LSTM-family layer-direction with the hand-written backward."""
+    """Whole-sequence LSTM-family layer-direction with the hand-written backward.
+
+    Inputs: ``(call, lengths, x, h0, c0, a0, *params)`` with the parameters in
+    :data:`LSTM_PARAMS` order (None where the cell has none).
+    """
 
     @staticmethod
-    def forward(ctx: Any, meta: tuple, lengths: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor,
+    def forward(ctx: Any, call: Call, lengths: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor,
                 a0: Tensor | None, *flat: Tensor | None) -> tuple[Tensor, ...]:
-        ext, spec, hidden_size, reverse, return_cells = meta
         params = dict(zip(LSTM_PARAMS, flat))
-        proj = params["weight_hr"] is not None
-        out_size = h0.shape[-1]
-        xg, wcat, peep = _lstm_prepare(spec, hidden_size, x, params)
-        cfg = lstm_cfg(spec, hidden_size, out_size, proj, reverse)
-        y, h_t, c_t, a_t, cells, rin, call, mall = ext.lstm_forward(
-            xg, _c(wcat, x), _c(peep, x), _c(params["weight_hr"], x), h0.contiguous(),
-            c0.contiguous(), _c(a0, x), _lengths(lengths), cfg, True, return_cells)
-        ctx.meta = meta
-        ctx.cfg = cfg
-        ctx.has_lengths = lengths is not None
-        ctx.ix, ctx.iw = 2, 6
-        saved = [x, xg, rin, call, _c(wcat, x), _c(peep, x), _c(params["weight_hr"], x),
-                 _c(mall if proj else None, x), _lengths(lengths), params["weight_ih"]]
-        # The inputs themselves go last: a backward that builds a graph recomputes from them.
-        ctx.save_for_backward(*saved, x, h0, c0, a0, *flat)
-        ctx.lengths = lengths
-        ctx.present = tuple(p is not None for p in flat)
-        ctx.out_size = out_size
-        outs = [y, h_t, c_t]
-        if spec.carries_gates:
-            outs.append(a_t)
-        if return_cells:
-            outs.append(cells)
-        return tuple(outs)
+        carry = {"h0": h0, "c0": c0, "a0": a0}
+        res, xg, wcat, peep = _lstm_forward(call, x, carry, params, lengths, True)
+        ctx.call, ctx.lengths = call, lengths
+        ctx.names = ("x", *LSTM_CARRY, *LSTM_PARAMS)
+        # The kernels' saved state first, then the inputs themselves: the backward reads the
+        # parameters from them, and a backward that builds a graph recomputes from them.
+        ctx.save_for_backward(xg, res["rec_in"], res["c_all"], _c(wcat, x), _c(peep, x),
+                              _c(res["m_all"], x), _lengths(lengths), x, h0, c0, a0, *flat)
+        return _lstm_outputs(call, res)
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        ext, spec, hidden_size, reverse, return_cells = ctx.meta
+        call: Call = ctx.call
+        spec, lay = call.spec, call.layout
+        saved = ctx.saved_tensors
+        inp = _Inputs(ctx.names, saved[7:], ctx.needs_input_grad[2:])
         if torch.is_grad_enabled():
-            return _reference_backward(ctx, spec, hidden_size, reverse, return_cells,
-                                       LSTM_PARAMS, tuple(ctx.saved_tensors[10:]), grads)
-        x, gates, rin, call, wcat, peep, w_hr, mall, lengths, w_ih = ctx.saved_tensors[:10]
+            return _reference_backward(call, inp, ctx.lengths, grads)
+        gates, rin, c_all, wcat, peep, m_all, lengths = saved[:7]
+        x = inp.values["x"]
+        outs = dict(zip(["y", "h", "c"] + (["a"] if spec.carries_gates else [])
+                        + (["cells"] if call.return_cells else []), grads))
+        res = call.ext.lstm_backward(
+            cfg=call.config(), gates=gates, wcat=wcat, peep=peep,
+            w_hr=_c(inp.values["weight_hr"], x), c_all=c_all, lengths=lengths,
+            dy=outs["y"].contiguous(), dh=outs["h"].contiguous(), dc=outs["c"].contiguous(),
+            da=_c(outs.get("a"), x), dcells=_c(outs.get("cells"), x))
         steps, batch, _ = x.shape
-        dy, dh_t, dc_t = grads[0], grads[1], grads[2]
-        k = 3
-        da_t = None
-        if spec.carries_gates:
-            da_t = grads[k]
-            k += 1
-        dcells = grads[k] if return_cells else None
-        dz, dh0, dc0, da0, dhall, dpeep = ext.lstm_backward(
-            gates, wcat, peep, w_hr, rin, call, lengths, dy.contiguous(), dh_t.contiguous(),
-            dc_t.contiguous(), _c(da_t, x), _c(dcells, x), ctx.cfg)
-        need = ctx.needs_input_grad
-        dx, dw_ih, dz2 = _input_grads(ctx, dz, x, w_ih)
-        names = LSTM_PARAMS
-        g: dict[str, Tensor | None] = dict.fromkeys(names)
-        g["weight_ih"] = dw_ih
-        off = 6
-        need_p = {n: need[off + i] for i, n in enumerate(names)}
-        if need_p["bias_ih"] or need_p["bias_hh"]:
-            dbias = _grad_bias(spec, hidden_size, dz2.sum(0))
-            g["bias_ih"] = dbias if need_p["bias_ih"] else None
-            g["bias_hh"] = dbias if need_p["bias_hh"] else None
-        out_size = ctx.out_size
-        koff = 0 if spec.hidden_recurrence else out_size
-        if need_p["weight_hh"] or need_p["weight_gh"]:
-            prev = rin[1:] if reverse else rin[:-1]
-            prev2 = prev.reshape(steps * batch, -1)[:, koff:]
-            dwcat = torch.mm(dz2.t(), prev2)
+        found: dict[str, Tensor | None] = {"h0": res["dh0"], "c0": res["dc0"], "a0": res["da0"]}
+        found["x"], found["weight_ih"], dz2 = _input_grads(inp, res["dz"])
+        _bias_grads(inp, lay, dz2.sum(0), found)
+        if inp.need["weight_hh"] or inp.need["weight_gh"]:
+            # The recurrent input of each step, [h(t-1) | a(t-1)], as the GEMM saw it.
+            prev = rin[1:] if call.reverse else rin[:-1]
+            koff = 0 if spec.hidden_recurrence else lay.out_size
+            dwcat = torch.mm(dz2.t(), prev.reshape(steps * batch, -1)[:, koff:])
             if spec.hidden_recurrence:
-                g["weight_hh"] = dwcat[:, :out_size]
+                found["weight_hh"] = dwcat[:, : lay.out_size]
             if spec.carries_gates:
-                col = out_size if spec.hidden_recurrence else 0
-                g["weight_gh"] = _rows(spec, hidden_size, dwcat[:, col:],
-                                       spec.gate_recurrent_blocks())
+                col = lay.out_size if spec.hidden_recurrence else 0
+                found["weight_gh"] = lay.select(dwcat[:, col:], spec.gate_recurrent_blocks(),
+                                                dim=0)
         if spec.peephole:
-            for row, name in enumerate("ifo"):
-                if name in spec.gate_names and need_p[f"weight_c{name}"]:
-                    g[f"weight_c{name}"] = dpeep[row]
-        if need_p["weight_hr"]:
-            g["weight_hr"] = torch.mm(dhall.view(steps * batch, -1).t(),
-                                      mall.view(steps * batch, -1))
-        return (None, None, dx, dh0 if need[3] else None, dc0 if need[4] else None,
-                da0 if (need[5] and spec.carries_gates) else None,
-                *(g[n] if ctx.present[i] else None for i, n in enumerate(names)))
+            for row, gate in enumerate("ifo"):
+                found[f"weight_c{gate}"] = res["dpeep"][row]
+        if inp.need["weight_hr"]:
+            found["weight_hr"] = torch.mm(res["dh_all"].view(steps * batch, -1).t(),
+                                          m_all.view(steps * batch, -1))
+        return inp.grads(found)
 
 
 # -------------------------------------------------------------------------------------------
 # GRU and RNN
 
-GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
-def gru_cfg(spec: CellSpec, hidden_size: int, reverse: bool) -> list[int]:
-    return [hidden_size, int(spec.reset_after), int(reverse), ACT_CODES[spec.gate_activation],
-            ACT_CODES[spec.input_activation]]
-
-
-def _gru_prepare(spec: CellSpec, hidden_size: int, x: Tensor, params: dict[str, Tensor | None]):
-    fb_ih = full_bias(spec, hidden_size, params["bias_ih"]) if params["bias_ih"] is not None \
-        else None
-    fb_hh = full_bias(spec, hidden_size, params["bias_hh"]) if params["bias_hh"] is not None \
-        else None
+def _gru_prepare(call: Call, x: Tensor, params: dict[str, Tensor | None]):
+    """The input projection and, in torch's placement, the candidate's recurrent bias b_hn
+    (which the reset gate multiplies, so it cannot be folded into the projection)."""
+    lay, hidden = call.layout, call.layout.hidden_size
+    biased = call.spec.biased_blocks()
+    fb_ih = lay.expand(params["bias_ih"], biased) if params["bias_ih"] is not None else None
+    fb_hh = lay.expand(params["bias_hh"], biased) if params["bias_hh"] is not None else None
     b_hn = None
-    if spec.reset_after and fb_hh is not None:
-        b_hn = fb_hh[2 * hidden_size :]
-        fb_hh = torch.cat([fb_hh[: 2 * hidden_size], fb_hh.new_zeros(hidden_size)])
+    if call.spec.reset_after and fb_hh is not None:
+        b_hn = fb_hh[lay.blocks["n"]]
+        fb_hh = torch.cat([fb_hh[: 2 * hidden], fb_hh.new_zeros(hidden)])
     bias = fb_ih if fb_hh is None else (fb_hh if fb_ih is None else fb_ih + fb_hh)
     return _project(x, params["weight_ih"], bias), b_hn
 
 
-def gru_run(ext: Any, spec: CellSpec, hidden_size: int, x: Tensor, h0: Tensor,
-            lengths: Tensor | None, reverse: bool, params: dict[str, Tensor | None]):
-    xg, b_hn = _gru_prepare(spec, hidden_size, x, params)
-    y, h_t, _, _ = ext.gru_forward(xg, params["weight_hh"].contiguous(), _c(b_hn, x),
-                                   h0.contiguous(), _lengths(lengths),
-                                   gru_cfg(spec, hidden_size, reverse), False)
-    return y, h_t
+def gru_run(call: Call, x: Tensor, h0: Tensor, lengths: Tensor | None,
+            params: dict[str, Tensor | None]) -> tuple[Tensor, Tensor]:
+    """Forward only (no graph): ``(y, h_T)``."""
+    xg, b_hn = _gru_prepare(call, x, params)
+    res = call.ext.gru_forward(cfg=call.config(), xg=xg, w_hh=params["weight_hh"].contiguous(),
+                               b_hn=_c(b_hn, x), h0=h0.contiguous(), lengths=_lengths(lengths),
+                               save=False)
+    return res["y"], res["h"]
 
 
 class GRUFunction(torch.autograd.Function):
+    """Whole-sequence GRU layer-direction: inputs ``(call, lengths, x, h0, *params)``."""
+
     @staticmethod
-    def forward(ctx: Any, meta: tuple, lengths: Tensor | None, x: Tensor, h0: Tensor,
+    def forward(ctx: Any, call: Call, lengths: Tensor | None, x: Tensor, h0: Tensor,
                 *flat: Tensor | None) -> tuple[Tensor, ...]:
-        ext, spec, hidden_size, reverse = meta
         params = dict(zip(GRU_PARAMS, flat))
-        xg, b_hn = _gru_prepare(spec, hidden_size, x, params)
-        cfg = gru_cfg(spec, hidden_size, reverse)
+        xg, b_hn = _gru_prepare(call, x, params)
         w_hh = params["weight_hh"].contiguous()
         len_c = _lengths(lengths)
-        y, h_t, hs, aux = ext.gru_forward(xg, w_hh, _c(b_hn, x), h0.contiguous(), len_c, cfg,
-                                          True)
-        ctx.meta, ctx.cfg, ctx.ix, ctx.iw = meta, cfg, 2, 4
-        ctx.present = tuple(p is not None for p in flat)
-        ctx.save_for_backward(x, xg, hs, aux, w_hh, len_c, params["weight_ih"], x, h0, *flat)
-        ctx.lengths = lengths
-        return y, h_t
+        res = call.ext.gru_forward(cfg=call.config(), xg=xg, w_hh=w_hh, b_hn=_c(b_hn, x),
+                                   h0=h0.contiguous(), lengths=len_c, save=True)
+        ctx.call, ctx.lengths, ctx.names = call, lengths, ("x", *GRU_CARRY, *GRU_PARAMS)
+        ctx.save_for_backward(xg, res["h_all"], res["aux"], w_hh, len_c, x, h0, *flat)
+        return res["y"], res["h"]
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, dh_t: Tensor) -> tuple[Tensor | None, ...]:
-        ext, spec, hidden_size, reverse = ctx.meta
+        call: Call = ctx.call
+        lay, hidden = call.layout, call.layout.hidden_size
+        saved = ctx.saved_tensors
+        inp = _Inputs(ctx.names, saved[5:], ctx.needs_input_grad[2:])
         if torch.is_grad_enabled():
-            return _reference_backward(ctx, spec, hidden_size, reverse, False, GRU_PARAMS,
-                                       tuple(ctx.saved_tensors[7:]), (dy, dh_t))
-        x, gates, hs, aux, w_hh, lengths, w_ih = ctx.saved_tensors[:7]
-        steps, batch, _ = x.shape
-        dz, drec, dh0 = ext.gru_backward(gates, w_hh, hs, aux, lengths, dy.contiguous(),
-                                         dh_t.contiguous(), ctx.cfg)
-        need = ctx.needs_input_grad
-        dx, dw_ih, dz2 = _input_grads(ctx, dz, x, w_ih)
-        n = steps * batch
-        h_prev = (hs[1:] if reverse else hs[:-1]).reshape(n, hidden_size)
-        dw_hh = db_ih = db_hh = None
-        if spec.reset_after:
-            drec2 = drec.view(n, -1)
-            if need[5]:
-                dw_hh = torch.mm(drec2.t(), h_prev)
-            if need[7]:
-                db_hh = _grad_bias(spec, hidden_size, drec2.sum(0))
-            if need[6]:
-                db_ih = _grad_bias(spec, hidden_size, dz2.sum(0))
+            return _reference_backward(call, inp, ctx.lengths, (dy, dh_t))
+        gates, hs, aux, w_hh, lengths = saved[:5]
+        res = call.ext.gru_backward(cfg=call.config(), gates=gates, w_hh=w_hh, h_all=hs, aux=aux,
+                                    lengths=lengths, dy=dy.contiguous(), dh=dh_t.contiguous())
+        found: dict[str, Tensor | None] = {"h0": res["dh0"]}
+        found["x"], found["weight_ih"], dz2 = _input_grads(inp, res["dz"])
+        n = dz2.shape[0]
+        h_prev = (hs[1:] if call.reverse else hs[:-1]).reshape(n, hidden)
+        if call.spec.reset_after:
+            # The recurrent pre-activations R h + b_hh have their own gradient (drec).
+            drec2 = res["drec"].view(n, -1)
+            if inp.need["weight_hh"]:
+                found["weight_hh"] = torch.mm(drec2.t(), h_prev)
+            _bias_grads(inp, lay, drec2.sum(0), found, ("bias_hh",))
+            _bias_grads(inp, lay, dz2.sum(0), found, ("bias_ih",))
         else:
-            if need[5]:
-                two = 2 * hidden_size
-                dw_hh = torch.cat([torch.mm(dz2[:, :two].t(), h_prev),
-                                   torch.mm(dz2[:, two:].t(), aux.view(n, hidden_size))])
-            if need[6] or need[7]:
-                db = _grad_bias(spec, hidden_size, dz2.sum(0))
-                db_ih = db if need[6] else None
-                db_hh = db if need[7] else None
-        grads = (dw_ih, dw_hh, db_ih, db_hh)
-        return (None, None, dx, dh0 if need[3] else None,
-                *(g if ctx.present[i] else None for i, g in enumerate(grads)))
+            if inp.need["weight_hh"]:
+                two = 2 * hidden
+                found["weight_hh"] = torch.cat([torch.mm(dz2[:, :two].t(), h_prev),
+                                                torch.mm(dz2[:, two:].t(), aux.view(n, hidden))])
+            _bias_grads(inp, lay, dz2.sum(0), found)
+        return inp.grads(found)
 
 
-def rnn_cfg(spec: CellSpec, hidden_size: int, reverse: bool) -> list[int]:
-    return [hidden_size, int(reverse), ACT_CODES[spec.input_activation]]
-
-
-def _rnn_prepare(spec: CellSpec, hidden_size: int, x: Tensor, params: dict[str, Tensor | None]):
-    bias = _folded_bias(spec, hidden_size, params["bias_ih"], params["bias_hh"])
+def _rnn_prepare(call: Call, x: Tensor, params: dict[str, Tensor | None]) -> Tensor:
+    bias = _folded_bias(call.layout, params["bias_ih"], params["bias_hh"])
     return _project(x, params["weight_ih"], bias)
 
 
-def rnn_run(ext: Any, spec: CellSpec, hidden_size: int, x: Tensor, h0: Tensor,
-            lengths: Tensor | None, reverse: bool, params: dict[str, Tensor | None]):
-    xg = _rnn_prepare(spec, hidden_size, x, params)
-    y, h_t, _ = ext.rnn_forward(xg, params["weight_hh"].contiguous(), h0.contiguous(),
-                                _lengths(lengths), rnn_cfg(spec, hidden_size, reverse),
-                                False)
-    return y, h_t
+def rnn_run(call: Call, x: Tensor, h0: Tensor, lengths: Tensor | None,
+            params: dict[str, Tensor | None]) -> tuple[Tensor, Tensor]:
+    """Forward only (no graph): ``(y, h_T)``."""
+    res = call.ext.rnn_forward(cfg=call.config(), xg=_rnn_prepare(call, x, params),
+                               w_hh=params["weight_hh"].contiguous(), h0=h0.contiguous(),
+                               lengths=_lengths(lengths), save=False)
+    return res["y"], res["h"]
 
 
 class RNNFunction(torch.autograd.Function):
+    """Whole-sequence Elman RNN layer-direction: inputs ``(call, lengths, x, h0, *params)``."""
+
     @staticmethod
-    def forward(ctx: Any, meta: tuple, lengths: Tensor | None, x: Tensor, h0: Tensor,
+    def forward(ctx: Any, call: Call, lengths: Tensor | None, x: Tensor, h0: Tensor,
                 *flat: Tensor | None) -> tuple[Tensor, ...]:
-        ext, spec, hidden_size, reverse = meta
         params = dict(zip(GRU_PARAMS, flat))
-        xg = _rnn_prepare(spec, hidden_size, x, params)
-        cfg = rnn_cfg(spec, hidden_size, reverse)
         w_hh = params["weight_hh"].contiguous()
         len_c = _lengths(lengths)
-        y, h_t, hs = ext.rnn_forward(xg, w_hh, h0.contiguous(), len_c, cfg, True)
-        ctx.meta, ctx.cfg, ctx.ix, ctx.iw = meta, cfg, 2, 4
-        ctx.present = tuple(p is not None for p in flat)
-        ctx.save_for_backward(x, xg, hs, w_hh, len_c, params["weight_ih"], x, h0, *flat)
-        ctx.lengths = lengths
-        return y, h_t
+        xg = _rnn_prepare(call, x, params)
+        res = call.ext.rnn_forward(cfg=call.config(), xg=xg, w_hh=w_hh, h0=h0.contiguous(),
+                                   lengths=len_c, save=True)
+        ctx.call, ctx.lengths, ctx.names = call, lengths, ("x", *GRU_CARRY, *GRU_PARAMS)
+        # The kernel overwrote the projection xg with h(t) of every step: backward's hact.
+        ctx.save_for_backward(xg, res["h_all"], w_hh, len_c, x, h0, *flat)
+        return res["y"], res["h"]
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, dh_t: Tensor) -> tuple[Tensor | None, ...]:
-        ext, spec, hidden_size, reverse = ctx.meta
+        call: Call = ctx.call
+        saved = ctx.saved_tensors
+        inp = _Inputs(ctx.names, saved[4:], ctx.needs_input_grad[2:])
         if torch.is_grad_enabled():
-            return _reference_backward(ctx, spec, hidden_size, reverse, False, GRU_PARAMS,
-                                       tuple(ctx.saved_tensors[6:]), (dy, dh_t))
-        x, hact, hs, w_hh, lengths, w_ih = ctx.saved_tensors[:6]
-        steps, batch, _ = x.shape
-        dz, dh0 = ext.rnn_backward(hact, w_hh, lengths, dy.contiguous(), dh_t.contiguous(),
-                                   ctx.cfg)
-        need = ctx.needs_input_grad
-        dx, dw_ih, dz2 = _input_grads(ctx, dz, x, w_ih)
-        n = steps * batch
-        h_prev = (hs[1:] if reverse else hs[:-1]).reshape(n, hidden_size)
-        dw_hh = torch.mm(dz2.t(), h_prev) if need[5] else None
-        db = _grad_bias(spec, hidden_size, dz2.sum(0)) if (need[6] or need[7]) else None
-        grads = (dw_ih, dw_hh, db if need[6] else None, db if need[7] else None)
-        return (None, None, dx, dh0 if need[3] else None,
-                *(g if ctx.present[i] else None for i, g in enumerate(grads)))
+            return _reference_backward(call, inp, ctx.lengths, (dy, dh_t))
+        hact, hs, w_hh, lengths = saved[:4]
+        hidden = call.layout.hidden_size
+        res = call.ext.rnn_backward(cfg=call.config(), hact=hact, w_hh=w_hh, lengths=lengths,
+                                    dy=dy.contiguous(), dh=dh_t.contiguous())
+        found: dict[str, Tensor | None] = {"h0": res["dh0"]}
+        found["x"], found["weight_ih"], dz2 = _input_grads(inp, res["dz"])
+        n = dz2.shape[0]
+        if inp.need["weight_hh"]:
+            h_prev = (hs[1:] if call.reverse else hs[:-1]).reshape(n, hidden)
+            found["weight_hh"] = torch.mm(dz2.t(), h_prev)
+        _bias_grads(inp, lay=call.layout, dz_sum=dz2.sum(0), found=found)
+        return inp.grads(found)

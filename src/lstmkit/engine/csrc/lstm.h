@@ -1,0 +1,243 @@
+// The LSTM family's time loops: forward over a sequence (recurrent GEMM, then the elementwise
+// rows of lstm_rows.h, then the projection) and the hand-written backward.
+#pragma once
+
+#include "gemm.h"
+#include "lstm_rows.h"
+#include "time_loop.h"
+
+namespace lstmkit {
+
+using at::Tensor;
+
+// Forward over the sequence. xg [T,B,R]: x W_ih^T + b, overwritten with the activated gates.
+// Returns {y [T,B,out], h_T, c_T, a_T, cells [T,B,H] or empty, rin [T+1,B,KS], c_all [T+1,B,H],
+// m_all [T,B,H] or empty} (the last three full only when saving for backward).
+template <typename T>
+std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor& wcat,
+                                      const Tensor& peep, const Tensor& w_hr, const Tensor& h0,
+                                      const Tensor& c0, const Tensor& a0, const Tensor& lengths,
+                                      bool full, bool return_cells) {
+  const int64_t T_ = c.T, B = c.B, H = c.H, R = c.R, KS = c.KS;
+  auto opts = xg.options();
+  const int64_t n_states = full ? T_ + 1 : 2;
+  Tensor rin = at::empty({n_states, B, KS}, opts);
+  Tensor call = at::empty({n_states, B, H}, opts);
+  Tensor mall = c.proj ? at::empty({full ? T_ : 1, B, H}, opts) : Tensor();
+  Tensor y = at::empty({T_, B, c.out}, opts);
+  Tensor cells = return_cells ? at::empty({T_, B, H}, opts) : Tensor();
+  T* rin_p = rin.data_ptr<T>();
+  T* c_p = call.data_ptr<T>();
+  T* xg_p = xg.data_ptr<T>();
+  T* y_p = y.data_ptr<T>();
+  T* cells_p = return_cells ? cells.data_ptr<T>() : nullptr;
+  T* m_p = c.proj ? mall.data_ptr<T>() : nullptr;
+  const T* w_p = ptr_or_null<T>(wcat);
+  const T* hr_p = ptr_or_null<T>(w_hr);
+  const T* pe = ptr_or_null<T>(peep);
+  const T* pi = pe ? pe : nullptr;
+  const T* pf = pe ? pe + H : nullptr;
+  const T* po = pe ? pe + 2 * H : nullptr;
+  const Valid valid = make_valid(lengths);
+  {
+    const int64_t i0 = slot(c.rev ? T_ : 0, full);
+    T* r0 = rin_p + i0 * B * KS;
+    const T* h0p = h0.data_ptr<T>();
+    const T* a0p = c.G ? a0.data_ptr<T>() : nullptr;
+    for (int64_t b = 0; b < B; ++b) {
+      copy_row(r0 + b * KS, h0p + b * c.out, c.out);
+      if (c.G) copy_row(r0 + b * KS + c.out, a0p + b * c.G, c.G);
+    }
+    copy_row(c_p + i0 * B * H, c0.data_ptr<T>(), B * H);
+  }
+  const int64_t grain = grain_rows(R);
+  const StepGemm<T> rec(true, R, c.KG, c.KG > 0 ? w_p : nullptr, c.KG);
+  const StepGemm<T> project(true, c.out, H, c.proj ? hr_p : nullptr, H);
+  const StdRow fast = settings().use_kernel ? std_row(c) : nullptr;
+  // Inference with every row valid, no projection and no carried gates: h(t) is y[t] itself, so
+  // each step writes it into y and the next step reads it there (no copy through the ring).
+  const bool h_in_y = !full && !c.proj && c.G == 0 && valid.len == nullptr && T_ > 0;
+  time_loop(T_, B, c.rev, false, [&](const Step& st, int64_t r0, int64_t r1) {
+    const int64_t M = r1 - r0, t = st.t;
+    T* rp = rin_p + slot(st.prev, full) * B * KS;
+    T* rn = rin_p + slot(st.next, full) * B * KS;
+    T* cp = c_p + slot(st.prev, full) * B * H;
+    T* cn = c_p + slot(st.next, full) * B * H;
+    T* z = xg_p + t * B * R;
+    T* yt = y_p + t * B * c.out;
+    T* mt = c.proj ? m_p + (full ? t : 0) * B * H : nullptr;
+    const T* hp = h_in_y && st.k > 0 ? y_p + (c.rev ? t + 1 : t - 1) * B * c.out : rp;
+    if (c.KG > 0) rec(M, hp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
+    for_rows<T>(
+        r0, r1, grain, 4 * H, valid, t,
+        [&](int64_t b, T* tmp) {
+          T* m = c.proj ? mt + b * H : (h_in_y ? yt + b * c.out : rn + b * KS);
+          T* a = c.G ? rn + b * KS + c.out : nullptr;
+          bool done = false;
+          if constexpr (std::is_same_v<T, float>) {
+            if (fast) {
+              fast(c, z + b * R, cp + b * H, cn + b * H, m, pi, pf, po);
+              if (a) store_carried(c, static_cast<const T*>(z + b * R), a);
+              done = true;
+            }
+          }
+          if (!done) lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m, a, pi, pf, po, tmp);
+          if (!c.proj) copy_row(yt + b * c.out, static_cast<const T*>(m), c.out);
+          if (cells_p) copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
+        },
+        [&](int64_t b) {
+          copy_row(rn + b * KS, static_cast<const T*>(rp + b * KS), KS);
+          copy_row(cn + b * H, static_cast<const T*>(cp + b * H), H);
+          if (c.proj) {
+            // Backward multiplies these rows by a zero gradient; uninitialised memory could
+            // hold NaN or Inf, and 0 * NaN would poison dW_hr.
+            zero_row(mt + b * H, H);
+          } else {
+            zero_row(yt + b * c.out, c.out);
+          }
+          if (cells_p) zero_row(cells_p + (t * B + b) * H, H);
+        });
+    if (c.proj) {
+      project(M, mt + r0 * H, H, false, rn + r0 * KS, KS);
+      for (int64_t b = r0; b < r1; ++b) {
+        if (valid(b, t)) {
+          copy_row(yt + b * c.out, static_cast<const T*>(rn + b * KS), c.out);
+        } else {
+          copy_row(rn + b * KS, static_cast<const T*>(rp + b * KS), c.out);
+          zero_row(yt + b * c.out, c.out);
+        }
+      }
+    }
+  });
+  const int64_t iT = slot(c.rev ? 0 : T_, full);
+  Tensor last = rin.select(0, iT);
+  Tensor hT = h_in_y ? y.select(0, c.rev ? 0 : T_ - 1).clone() : last.narrow(1, 0, c.out).clone();
+  Tensor aT = c.G ? last.narrow(1, c.out, c.G).clone() : Tensor();
+  Tensor cT = call.select(0, iT).clone();
+  return {y, hT, cT, aT, cells, full ? rin : Tensor(), full ? call : Tensor(),
+          full ? mall : Tensor()};
+}
+
+// Backward over the sequence. Returns {dz [T,B,R], dh0, dc0, da0, dh_all [T,B,out] (proj only),
+// dpeep [3,H] (peepholes only: the gradients of the i, f, o peephole weights)}.
+template <typename T>
+std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, const Tensor& wcat,
+                                       const Tensor& peep, const Tensor& w_hr,
+                                       const Tensor& call, const Tensor& lengths, const Tensor& dy,
+                                       const Tensor& dhT, const Tensor& dcT, const Tensor& daT,
+                                       const Tensor& dcells) {
+  const int64_t T_ = c.T, B = c.B, H = c.H, R = c.R, KS = c.KS, out = c.out;
+  auto opts = gates.options();
+  Tensor dz = at::empty({T_, B, R}, opts);
+  Tensor drin = at::empty({B, KS}, opts);
+  Tensor dc = dcT.clone();
+  Tensor dhall = c.proj ? at::empty({T_, B, out}, opts) : Tensor();
+  Tensor dm_buf = c.proj ? at::empty({B, H}, opts) : Tensor();
+  Tensor dprow = c.peep ? at::zeros({B, 3, H}, opts) : Tensor();
+  T* dpr_p = c.peep ? dprow.data_ptr<T>() : nullptr;
+  T* drin_p = drin.data_ptr<T>();
+  {
+    const T* dh_src = dhT.data_ptr<T>();
+    const T* da_src = c.G ? daT.data_ptr<T>() : nullptr;
+    for (int64_t b = 0; b < B; ++b) {
+      copy_row(drin_p + b * KS, dh_src + b * out, out);
+      if (c.G) copy_row(drin_p + b * KS + out, da_src + b * c.G, c.G);
+    }
+  }
+  T* dc_p = dc.data_ptr<T>();
+  T* dz_p = dz.data_ptr<T>();
+  const T* g_p = gates.data_ptr<T>();
+  const T* c_p = call.data_ptr<T>();
+  const T* dy_p = dy.data_ptr<T>();
+  const T* dcells_p = ptr_or_null<T>(dcells);
+  const T* w_p = ptr_or_null<T>(wcat);
+  const T* hr_p = ptr_or_null<T>(w_hr);
+  T* dhall_p = c.proj ? dhall.data_ptr<T>() : nullptr;
+  T* dm_p = c.proj ? dm_buf.data_ptr<T>() : nullptr;
+  const T* pe = ptr_or_null<T>(peep);
+  const T* pi = pe ? pe : nullptr;
+  const T* pf = pe ? pe + H : nullptr;
+  const T* po = pe ? pe + 2 * H : nullptr;
+  const Valid valid = make_valid(lengths);
+  const int64_t grain = grain_rows(R);
+  const bool state_grad = c.KG > 0 && !c.trunc;
+  const StepGemm<T> drec(false, c.KG, R, state_grad ? w_p : nullptr, c.KG);
+  const StepGemm<T> dproject(false, H, out, c.proj ? hr_p : nullptr, H);
+  const StdBwdRow fast = settings().use_kernel ? std_bwd_row(c) : nullptr;
+  time_loop(T_, B, c.rev, true, [&](const Step& st, int64_t r0, int64_t r1) {
+    const int64_t M = r1 - r0, t = st.t;
+    const T* cp = c_p + st.prev * B * H;
+    const T* cn = c_p + st.next * B * H;
+    const T* gt = g_p + t * B * R;
+    T* dzt = dz_p + t * B * R;
+    const T* dyt = dy_p + t * B * out;
+    if (c.proj) {
+      T* dht = dhall_p + t * B * out;
+      for (int64_t b = r0; b < r1; ++b) {
+        T* dh = drin_p + b * KS;
+        if (valid(b, t)) {
+          for (int64_t j = 0; j < out; ++j) dht[b * out + j] = dyt[b * out + j] + dh[j];
+          zero_row(dh, out);
+        } else {
+          zero_row(dht + b * out, out);
+        }
+      }
+      dproject(M, dht + r0 * out, out, false, dm_p + r0 * H, H);
+    }
+    for_rows<T>(
+        r0, r1, grain, 6 * H, valid, t,
+        [&](int64_t b, T* tmp) {
+          T* dr = drin_p + b * KS;
+          T* dcb = dc_p + b * H;
+          if (dcells_p) {
+            const T* dcl = dcells_p + (t * B + b) * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) dcb[j] += dcl[j];
+          }
+          if constexpr (std::is_same_v<T, float>) {
+            if (fast) {
+              fast(c, gt + b * R, cp + b * H, cn + b * H, dyt + b * out, dr, dcb, dzt + b * R, pi,
+                   pf, po, dpr_p ? dpr_p + b * 3 * H : nullptr);
+              return;
+            }
+          }
+          const T* dm;
+          if (c.proj) {
+            dm = dm_p + b * H;
+          } else {
+            T* t_m = tmp + 5 * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) t_m[j] = dyt[b * out + j] + dr[j];
+            dm = t_m;
+          }
+          lstm_bwd_row<T>(c, gt + b * R, cp + b * H, cn + b * H, dm, c.G ? dr + out : nullptr,
+                          dcb, dzt + b * R, pi, pf, po, tmp);
+          if (dpr_p) {
+            // Peephole gradients accumulate per row while dz and the cells are in cache; each
+            // row belongs to one thread per step, and rows are summed in order at the end, so
+            // the result does not depend on the thread count.
+            T* acc = dpr_p + b * 3 * H;
+            const T* dzb = dzt + b * R;
+            const int64_t offs[3] = {c.off_i, c.off_f, c.off_o};
+            for (int q = 0; q < 3; ++q) {
+              if (offs[q] < 0) continue;
+              const T* cells = q == 2 ? cn + b * H : cp + b * H;
+              const T* dv = spread<T>(dzb + offs[q], tmp + H, c.nb, c.s);
+              T* a = acc + q * H;
+#pragma omp simd
+              for (int64_t j = 0; j < H; ++j) a[j] += dv[j] * cells[j];
+            }
+          }
+          // The state gradient of a row inside its sequence now comes only from this step.
+          zero_row(dr, KS);
+        },
+        [&](int64_t b) { zero_row(dzt + b * R, R); });
+    if (state_grad) drec(M, dzt + r0 * R, R, true, drin_p + r0 * KS + c.koff, KS);
+  });
+  Tensor dh0 = drin.narrow(1, 0, out).clone();
+  Tensor da0 = c.G ? drin.narrow(1, out, c.G).clone() : Tensor();
+  Tensor dpeep = c.peep ? dprow.sum(0) : Tensor();
+  return {dz, dh0, dc, da0, dhall, dpeep};
+}
+
+}  // namespace lstmkit

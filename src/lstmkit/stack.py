@@ -1,0 +1,97 @@
+"""Running a stack of layers and directions: over a scan (the engine or the reference), or through
+torch's own fused kernels.
+
+Both take ``x`` as ``[T, B, in]`` and the carried states as ``[layers * directions, B, size]``
+tensors, and return ``(output [T, B, directions * out], final states)`` like torch's kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import _VF, Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .cells.spec import CellSpec
+
+Scan = Callable[..., tuple[Tensor, tuple[Tensor, ...], Tensor | None]]
+_NATIVE_FN = {"lstm": _VF.lstm, "gru": _VF.gru}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The shape of a stack: what both runners need besides the data."""
+
+    spec: CellSpec
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    dropout: float
+    training: bool
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+
+def run_scans(
+    stack: Stack, scan: Scan, params: Callable[[int, int], dict[str, Tensor]], x: Tensor,
+    states: tuple[Tensor, ...], lengths: Tensor | None, return_cells: bool,
+) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
+    """Layer by layer, each direction through ``scan``; ``params(layer, direction)`` gives a
+    layer-direction's parameters. Also returns the last layer's per-step cell states when
+    ``return_cells`` (directions concatenated like the output), else None."""
+    finals: list[list[Tensor]] = [[] for _ in states]
+    layer_input, cells = x, None
+    for layer in range(stack.num_layers):
+        outs, layer_cells = [], []
+        for d in range(stack.directions):
+            idx = layer * stack.directions + d
+            out, carry, cell_seq = scan(
+                stack.spec, params(layer, d), layer_input, tuple(s[idx] for s in states),
+                hidden_size=stack.hidden_size, lengths=lengths, reverse=bool(d),
+                return_cells=return_cells,
+            )
+            outs.append(out)
+            layer_cells.append(cell_seq)
+            for acc, state in zip(finals, carry):
+                acc.append(state)
+        layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+        if return_cells and layer == stack.num_layers - 1:
+            cells = layer_cells[0] if len(outs) == 1 else torch.cat(layer_cells, -1)
+        if stack.dropout and stack.training and layer < stack.num_layers - 1:
+            layer_input = F.dropout(layer_input, stack.dropout, training=True)
+    return layer_input, tuple(torch.stack(acc) for acc in finals), cells
+
+
+def run_native(
+    stack: Stack, flat_weights: list[Tensor], bias: bool, x: Tensor, states: tuple[Tensor, ...],
+    lengths: Tensor | None,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """torch's own kernel over the whole stack (``lengths`` through a ``PackedSequence``)."""
+    spec = stack.spec
+    if spec.family == "rnn":
+        fn = _VF.rnn_tanh if spec.input_activation == "tanh" else _VF.rnn_relu
+    else:
+        fn = _NATIVE_FN[spec.family]
+    hx: Any = states if spec.family == "lstm" else states[0]
+    args = (flat_weights, bias, stack.num_layers, stack.dropout, stack.training,
+            stack.bidirectional)
+    if lengths is None:
+        result = fn(x, hx, *args, False)
+        return result[0], tuple(result[1:])
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    perm, unperm = packed.sorted_indices, packed.unsorted_indices
+    if spec.family == "lstm":
+        hx = tuple(h.index_select(1, perm) for h in hx)
+    else:
+        hx = hx.index_select(1, perm)
+    result = fn(packed.data, packed.batch_sizes, hx, *args)
+    out, _ = pad_packed_sequence(
+        PackedSequence(result[0], packed.batch_sizes, perm, unperm), total_length=x.shape[0]
+    )
+    return out, tuple(h.index_select(1, unperm) for h in result[1:])
