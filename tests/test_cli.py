@@ -191,12 +191,9 @@ def test_variants_paths_follow_the_layers_dispatch(monkeypatch) -> None:
     for name, spec in PRESETS.items():
         cls = {"lstm": layers.LSTM, "gru": layers.GRU, "rnn": layers.RNN}[spec.family]
         layer = cls(2, 2 * spec.block_size, variant=name)
-        decided = layer._backend(False)
-        path = cli.auto_path(spec, engine_ok=True)
-        if decided == "native":
-            assert path == "native", name
-        else:
-            assert path == ("engine" if engine.supports(spec) else "reference"), name
+        assert cli.auto_path(spec) == layer.route().path, name
+        if layer.route().path != "native":
+            assert layer.route().path == ("engine" if engine.supports(spec) else "reference")
 
 
 def test_variants_honours_lstmkit_backend(monkeypatch, capsys) -> None:

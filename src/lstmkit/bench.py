@@ -124,10 +124,6 @@ def _infer(module: nn.Module, x: Tensor) -> Callable[[], None]:
     return run
 
 
-def _rows(spec: CellSpec, hidden: int) -> int:
-    return sum(spec.block_widths(hidden).values())
-
-
 def gemm_plan(spec: CellSpec, shape: Shape, train: bool) -> list[tuple[str, int, int, int, int]]:
     """The engine's GEMMs for one layer-direction: ``(kind, M, N, K, count)``.
 
@@ -140,10 +136,8 @@ def gemm_plan(spec: CellSpec, shape: Shape, train: bool) -> list[tuple[str, int,
     tb = steps * batch
     plan: list[tuple[str, int, int, int, int]] = []
     if spec.family == "lstm":
-        rows = _rows(spec, hidden)
-        widths = spec.block_widths(hidden)
-        k_rec = (hidden if spec.hidden_recurrence else 0) + (
-            sum(widths[g] for g in spec.gate_names) if spec.carries_gates else 0)
+        lay = spec.layout(hidden)
+        rows, k_rec = lay.rows, lay.recurrent_input
         plan.append(("proj", tb, rows, n_in, 1))
         if k_rec:
             plan.append(("step_t", batch, rows, k_rec, steps))
@@ -287,7 +281,7 @@ def bench_shape(shape: Shape, variants: Sequence[str], *, repeats: int, warmup: 
     for v in variants:
         tr, inf = results["train"], results["infer"]
         peak = peak_memory(_train_step(cands[v], x, grad)) if memory else 0
-        gate_bytes = steps * batch * _rows(specs[v], hidden) * x.element_size()
+        gate_bytes = steps * batch * specs[v].layout(hidden).rows * x.element_size()
         rows.append(Row(
             shape=shape, variant=v,
             train_ms=1e3 * statistics.median(tr[v]),

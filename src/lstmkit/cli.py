@@ -84,24 +84,16 @@ PATH_NAMES = {"native": "torch kernel", "engine": "fused engine", "reference": "
               "none": "none (refused)"}
 
 
-def auto_path(spec: CellSpec, engine_ok: bool) -> str:
-    """The path (``"native"``, ``"engine"``, ``"reference"``) that ``backend="auto"`` takes for
-    ``spec`` on CPU float32 input, where ``engine_ok`` says whether the engine is built.
+def auto_path(spec: CellSpec) -> str:
+    """The path (``"native"``, ``"engine"``, ``"reference"``, or ``"none"`` where a forced
+    ``LSTMKIT_BACKEND`` refuses the cell) that a layer's default ``backend="auto"`` takes for
+    ``spec`` on CPU float32 input: the layers' own decision (:func:`lstmkit.dispatch.route`)."""
+    from . import dispatch
 
-    This follows the layers' dispatch: torch's kernel where the spec is exactly a torch cell,
-    else the engine for what it supports, else the reference. ``LSTMKIT_BACKEND`` overrides
-    it; under ``LSTMKIT_BACKEND=native`` a cell without a torch kernel is refused (``"none"``).
-    """
-    from . import engine
-
-    forced = os.environ.get("LSTMKIT_BACKEND", "auto")
-    if forced == "native":
-        return "native" if spec.torch_native else "none"
-    if forced == "reference":
-        return "reference"
-    if forced != "engine" and spec.torch_native:
-        return "native"
-    return "engine" if engine_ok and engine.supports(spec) else "reference"
+    try:
+        return dispatch.route(spec, "auto", None).path
+    except (ValueError, RuntimeError):
+        return "none"
 
 
 def _engine_status() -> tuple[bool, str]:
@@ -135,8 +127,8 @@ def _variants(_: argparse.Namespace) -> int:
         raise ValueError(f"LSTMKIT_BACKEND: expected one of auto, native, engine, reference, "
                          f"got {forced!r}")
     # Forced to torch's kernels or the reference, no layer uses the engine: no need to build it.
-    engine_ok, status = (False, "") if forced in ("native", "reference") else _engine_status()
-    rows = [(name, spec.family, PATH_NAMES[auto_path(spec, engine_ok)], spec.doc)
+    _, status = (False, "") if forced in ("native", "reference") else _engine_status()
+    rows = [(name, spec.family, PATH_NAMES[auto_path(spec)], spec.doc)
             for name, spec in PRESETS.items()]
     header = ("variant", "family", "path", "equations")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]

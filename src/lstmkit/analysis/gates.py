@@ -65,7 +65,7 @@ def trace(model: SequenceModel, inputs: Tensor) -> dict[str, Tensor]:
     params = layer.cell_params(0, 0)
     ref = next(layer.parameters())
     x = inputs.to(ref.dtype).unsqueeze(1)
-    carry = tuple(x.new_zeros(1, n) for n in layer._state_sizes())
+    carry = tuple(x.new_zeros(1, n) for n in layer.state_sizes)
     steps: dict[str, list[Tensor]] = {}
     with torch.no_grad():
         x_proj = reference.input_projection(layer.spec, params, x, layer.hidden_size)

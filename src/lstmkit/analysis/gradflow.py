@@ -165,7 +165,7 @@ def measure(layer: _Recurrent, x: Tensor, u: Tensor) -> dict[str, Tensor]:
     params = layer.cell_params(0, 0)
     x = x.detach().clone().requires_grad_(True)
     steps, batch = x.shape[0], x.shape[1]
-    carry: tuple[Tensor, ...] = tuple(x.new_zeros(batch, n) for n in layer._state_sizes())
+    carry: tuple[Tensor, ...] = tuple(x.new_zeros(batch, n) for n in layer.state_sizes)
     x_proj = reference.input_projection(spec, params, x, layer.hidden_size)
     hs, cs = [], []
     for t in range(steps):

@@ -96,18 +96,16 @@ def _init_paper(model: SequenceModel, setting: PaperSetting) -> None:
         bias = getattr(layer, "bias_ih_l0", None)
         if bias is None:
             return
-        spec = layer.spec
-        widths = spec.block_widths(layer.hidden_size)
-        start = 0
-        for name in spec.biased_blocks():
-            width = widths[name]
+        lay = layer.layout
+        for name in layer.spec.biased_blocks():
+            rows = lay.bias_slice(name)
+            width = rows.stop - rows.start
             given = {"i": setting.input_gate_bias, "o": setting.output_gate_bias}.get(name)
             if isinstance(given, tuple):
                 if len(given) != width:
                     raise ValueError(f"setting {setting.row}: {len(given)} biases for {width} "
                                      f"blocks of gate {name!r}")
-                bias[start:start + width] = torch.tensor(given, dtype=bias.dtype)
-            start += width
+                bias[rows] = torch.tensor(given, dtype=bias.dtype)
 
 
 def build(task: Task, setting: PaperSetting, recipe: Recipe) -> SequenceModel:
