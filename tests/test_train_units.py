@@ -3,6 +3,8 @@
 import os
 import pickle
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -99,3 +101,48 @@ def test_loading_never_executes_code(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="evil.pkl"):
         load_checkpoint(plain)
     assert not (tmp_path / "pwned").exists()
+
+
+def _temporary(folder, name, pid):
+    path = folder / f".{name}.{pid}.a1b2c3d4.tmp"
+    path.write_bytes(b"half a checkpoint")
+    return path
+
+
+def _gone_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_saving_removes_only_temporaries_whose_writer_is_gone(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = _temporary(tmp_path, "ckpt.pt", writer.pid)  # another trainer, mid-write
+        dead = _temporary(tmp_path, "ckpt.pt", _gone_pid())
+        mine = _temporary(tmp_path, "ckpt.pt", os.getpid())
+        unowned = tmp_path / ".ckpt.pt.a1b2c3d4.tmp"  # no pid: whose it is cannot be told
+        unowned.write_bytes(b"?")
+        other_file = _temporary(tmp_path, "ckpt.pt.bak", _gone_pid())
+        save_checkpoint(path, {"meta": {}})
+        assert live.exists() and unowned.exists() and other_file.exists()
+        assert not dead.exists() and not mine.exists()
+        assert torch.load(path, weights_only=True)["format"] == "lstmkit-checkpoint-v1"
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_the_temporary_is_named_after_the_writing_process(tmp_path, monkeypatch):
+    written = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        written.append(os.path.basename(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(tmp_path / "ckpt.pt", {"meta": {}})
+    assert re.fullmatch(rf"\.ckpt\.pt\.{os.getpid()}\.[^.]+\.tmp", written[0]), written

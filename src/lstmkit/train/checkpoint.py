@@ -12,8 +12,10 @@ file's path.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,11 +50,18 @@ _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue",
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename).
+
+    The temporary, ``.{name}.{pid}.{random}.tmp`` beside ``path``, names the writing process.
+    Afterwards the temporaries that writers killed mid-write left beside ``path`` are removed:
+    those of this process and of processes that no longer exist, never those of a process that
+    may still be writing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
@@ -62,15 +71,41 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    # Temporaries of writers that were killed mid-write: the rename above superseded them.
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    _remove_stale_temporaries(path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries of ``path`` whose writer is this process or is gone."""
+    # mkstemp's random part has no dots, so the pattern cannot match another file's temporary.
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp")
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.fullmatch(candidate.name)
+        # A name without a pid does not say whose it is: leave it.
+        if match is not None and not _may_be_running(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+
+
+def _may_be_running(pid: int) -> bool:
+    """Whether the process ``pid`` may still be writing a temporary: False for one known to be
+    gone, and for this process, whose own write has finished by now (a temporary with its pid
+    is left over from an earlier process that had the same pid)."""
+    if pid == os.getpid():
+        return False
+    if os.name != "posix" or pid <= 0:
+        return True  # os.kill(pid, 0) is no probe off POSIX: it would end the process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process, or a pid the system cannot look up: keep it
+    return True
 
 
 def load_checkpoint(
