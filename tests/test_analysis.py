@@ -8,6 +8,7 @@ import csv
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from lstmkit import cli
 from lstmkit.analysis import gates, gradflow, report
 from lstmkit.analysis.plots import training_curves
+from lstmkit.reproduce.records import RunResult
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +175,7 @@ def _results(tmp_path: Path) -> Path:
         folder = root / f"exp4-paper-{cell}"
         folder.mkdir(parents=True)
         (folder / "results.json").write_text(json.dumps(res))
-        training_curves(res, folder / "curves.png")
+        training_curves(RunResult.from_dict(res), folder / "curves.png")
     return root
 
 
@@ -325,3 +327,51 @@ def test_report_gradflow_section_counts_in_the_right_number(tmp_path: Path, flow
     (tmp_path / "gradflow.json").write_text(json.dumps(one))
     page = report.render(tmp_path)
     assert "1 seed of 8 sequences" in page and "1 seeds" not in page
+
+
+# -- figures leave matplotlib's backend alone; the report reads results through the records ----
+
+
+def test_analysis_leaves_the_users_matplotlib_backend_alone(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "import matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "from lstmkit.analysis import figures, gates, gradflow, plots, report\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+        "flow = gradflow.run_gradflow(('rnn',), length=3, hidden=2, batch_size=1, seeds=1)\n"
+        "gradflow.plot(flow, sys.argv[1])\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    png = tmp_path / "g.png"
+    result = subprocess.run([sys.executable, "-c", script, str(png)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_says_why_the_failed_trials_failed(tmp_path: Path) -> None:
+    root = _results(tmp_path)
+    path = root / "exp4-paper-rnn" / "results.json"
+    res = json.loads(path.read_text())
+    res["settings"].update(criteria=["ST3"], criteria_rules={
+        "ST3": "all of the 2,000 most recent training sequences correct"})
+    path.write_text(json.dumps(res))
+    page = report.render(root)
+    assert page.count("did not meet") == 1  # the rnn run failed, the lstm1997 run did not
+    assert ("exp4-T100 paper rnn: 1 of 1 trials did not meet ST3 within 1,000 sequences: all "
+            "of the 2,000 most recent training sequences correct") in page
+
+
+def test_report_refuses_a_damaged_results_file_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = _results(tmp_path)
+    path = root / "exp4-paper-rnn" / "results.json"
+    res = json.loads(path.read_text())
+    del res["summary"]["trials"]
+    path.write_text(json.dumps(res))
+    assert cli.main(["report", str(root)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "missing key 'summary.trials'" in err[0]

@@ -132,10 +132,10 @@ def test_short_paper_run_succeeds_and_writes_results(tmp_path):
     """The 1997 net, on-line SGD at the paper's rate, solves the 2-sequence problem at T=20."""
     results = run("exp3a", setting="paper", trials=1, seed=0, max_sequences=15_000,
                   out=tmp_path, workers=1, progress=False, task_params={"T": 20})
-    trial = results["trials"][0]
-    assert trial["success"], trial["test"]
-    assert trial["sequences"] <= 15_000 and trial["test"]["wrong"] == 0
-    assert results["settings"]["weights"] == 102  # Table 10's Exp. 3 net
+    trial = results.trials[0]
+    assert trial.success, trial.test
+    assert trial.sequences <= 15_000 and trial.test.wrong == 0
+    assert results.settings.weights == 102  # Table 10's Exp. 3 net
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["summary"]["successes"] == 1
     assert saved["changed_params"] == {"T": 20}
@@ -145,16 +145,16 @@ def test_short_paper_run_succeeds_and_writes_results(tmp_path):
 def test_short_modern_run_succeeds():
     results = run("exp3a", setting="modern", trials=1, seed=0, max_sequences=40_000,
                   workers=1, progress=False, task_params={"T": 20})
-    assert results["summary"]["successes"] == 1, results["trials"][0]["test"]
-    assert results["trials"][0]["milestones"]["ST2"] <= 40_000
+    assert results.summary.successes == 1, results.trials[0].test
+    assert results.trials[0].milestones["ST2"] <= 40_000
 
 
 def test_plain_rnn_baseline_runs_under_the_same_budget(tmp_path):
     results = run("exp4-T100", setting="modern", cell="rnn", trials=1, max_sequences=320,
                   workers=1, progress=False, task_params={"T": 20})
-    assert results["cell"] == "rnn"
-    assert results["settings"]["max_sequences"] == 320
-    assert abs(results["settings"]["weights"] - 93) <= 10  # a comparable parameter count
+    assert results.cell == "rnn"
+    assert results.settings.max_sequences == 320
+    assert abs(results.settings.weights - 93) <= 10  # a comparable parameter count
 
 
 def _cli(*args):
@@ -200,13 +200,14 @@ def test_demo_prints_the_table_and_a_verdict_per_net(capsys):
 
     results = run_demo(T=20, max_sequences=300, progress=False)
     out = capsys.readouterr().out
-    assert [r["cell"] for r in results] == ["lstm1997", "rnn"]
+    assert [r.cell for r in results] == ["lstm1997", "rnn"]
     assert "paper (H&S 1997)" in out and "paper lstm1997" in out and "paper rnn" in out
     assert out.count("fresh test sequences wrong") == 2
 
 
 def test_results_table_and_commands_from_records(tmp_path):
-    from lstmkit.reproduce.report import command, load_results, markdown
+    from lstmkit.reproduce.records import RunResult, load_results
+    from lstmkit.reproduce.report import command, markdown
 
     def record(setting, cell, successes, changed=None):
         trials = [{"seed": s, "success": s < successes, "sequences": 1000 * (s + 1),
@@ -221,10 +222,10 @@ def test_results_table_and_commands_from_records(tmp_path):
                             "mean_test_wrong": 4.5, "test_size": 256.0}}
 
     paper, rnn = record("paper", "lstm1997", 1), record("modern", "rnn", 0, {"T": 20})
-    assert command(paper) == ("lstmkit reproduce exp3a --setting paper --trials 2 --seed 0 "
-                              "--max-sequences 5000")
-    assert command(rnn).endswith("--cell rnn --trials 2 --seed 0 --max-sequences 5000 "
-                                 "--task-param T=20")
+    assert command(RunResult.from_dict(paper)) == (
+        "lstmkit reproduce exp3a --setting paper --trials 2 --seed 0 --max-sequences 5000")
+    assert command(RunResult.from_dict(rnn)).endswith(
+        "--cell rnn --trials 2 --seed 0 --max-sequences 5000 --task-param T=20")
     for name, res in (("a", paper), ("b", rnn)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(res))
@@ -282,3 +283,29 @@ def test_truncated_bptt_freezes_the_state_of_sequences_that_ended():
         _, (h_n, c_n) = model.layer(batch.inputs, lengths=batch.lengths)
     torch.testing.assert_close(trainer.last_state[0], h_n, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(trainer.last_state[1], c_n, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("experiment, task, label", [
+    ("exp1", "reber", ("1-5", None)),
+    ("exp3a", "two_sequence", (None, "ST2")),
+    ("exp5-T100", "multiplication1997", (None, "RECENT(n_seq=140)")),
+])
+def test_experiments_find_their_paper_row_by_its_label(monkeypatch, experiment, task, label):
+    """A corrected published number must not lose an experiment its row: rows are found by
+    their labels (Table 10 row, criterion), as the tasks' own settings are."""
+    import dataclasses
+
+    cls = tasks.TASKS[task]
+    corrected = tuple(dataclasses.replace(r, sequences=r.sequences + 1, metrics={})
+                      if r.sequences else r for r in cls.REFERENCES)
+    monkeypatch.setattr(cls, "REFERENCES", corrected)
+    exp = EXPERIMENTS[experiment]
+    ref = exp.reference()
+    assert ref is not None and ref in corrected and ref.method.startswith("LSTM")
+    row, criterion = label
+    assert (exp.row, exp.criterion) == (row, criterion)
+    if row is not None:
+        assert ref.setting.row == row
+    if criterion is not None:
+        assert ref.criterion == criterion
+    assert exp.setting() == ref.setting

@@ -15,7 +15,8 @@ import torch
 
 from lstmkit.cli import main
 from lstmkit.reproduce import EXPERIMENTS, runner
-from lstmkit.reproduce.report import criteria_notes, load_results, markdown, table
+from lstmkit.reproduce.records import RunResult, TrialRecord, load_results
+from lstmkit.reproduce.report import criteria_notes, markdown, table
 
 _RUN = ["reproduce", "exp4-T100", "--task-param", "T=20", "--max-sequences", "40",
         "--checkpoint-every", "20", "--quiet"]
@@ -300,8 +301,8 @@ def test_curves_span_the_sequences_run_not_the_papers_budget(finished_run, tmp_p
         return real_save(fig, path)
 
     monkeypatch.setattr(plots, "save", keep)
-    results = json.loads((finished_run / "results.json").read_text())
-    assert results["paper"]["sequences"] == 74_000 and results["settings"]["max_sequences"] == 40
+    results = RunResult.read(finished_run / "results.json")
+    assert results.paper.sequences == 74_000 and results.settings.max_sequences == 40
     runner.write_results(results, tmp_path)
     assert all(right <= 60 for _, right in drawn["xlim"]), drawn["xlim"]
     assert "T=20" in drawn["title"] and "74,000" in drawn["title"]
@@ -309,7 +310,7 @@ def test_curves_span_the_sequences_run_not_the_papers_budget(finished_run, tmp_p
 
 
 def _record(wrong, milestones, success=False):
-    return {"experiment": "exp4-T100", "setting": "paper", "cell": "lstm1997",
+    return RunResult.from_dict({"experiment": "exp4-T100", "setting": "paper", "cell": "lstm1997",
             "changed_params": {}, "paper": None,
             "settings": {"max_sequences": 3000, "criteria": ["ST3"],
                          "criteria_rules": {"ST3": "all of the 2,000 most recent training "
@@ -319,7 +320,7 @@ def _record(wrong, milestones, success=False):
                        for s in range(2)],
             "summary": {"trials": 2, "successes": 2 if success else 0, "diverged": 0,
                         "mean_sequences": None, "success_rate": 1.0 if success else 0.0,
-                        "mean_test_wrong": wrong, "test_size": 2560.0}}
+                        "mean_test_wrong": wrong, "test_size": 2560.0}})
 
 
 def test_the_table_says_which_criterion_failed_beside_a_perfect_test():
@@ -338,3 +339,66 @@ def test_a_real_run_records_its_criteria_in_words(finished_run):
     assert settings["criteria"] == ["ST3"]
     assert settings["criteria_rules"]["ST3"].startswith(
         "all of the 2,000 most recent training sequences correct")
+
+
+# -- results.json through the records ---------------------------------------------------------
+
+def test_results_json_round_trips_through_the_records(finished_run):
+    path = finished_run / "results.json"
+    text = path.read_text()
+    res = RunResult.read(path)
+    assert isinstance(res.trials[0], TrialRecord)
+    assert res.trials[0].test.size == 2560.0 and res.settings.criteria == ["ST3"]
+    assert res.to_dict() == json.loads(text)
+    assert res.to_json() == text  # written by the same code, byte for byte
+
+
+def test_an_older_results_file_still_loads(tmp_path):
+    # As written before the title, the task, the curves and the trainer's test errors were
+    # recorded: only what the tables read.
+    old = {"experiment": "exp4-T100", "setting": "paper", "cell": "lstm1997",
+           "settings": {"max_sequences": 3000},
+           "summary": {"trials": 1, "successes": 1, "mean_sequences": 2500},
+           "trials": [{"seed": 4, "success": True, "sequences": 2500,
+                       "test": {"wrong": 0, "size": 2560}}]}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    [res] = load_results(tmp_path)
+    assert res.title == "" and res.paper is None and res.trials[0].curve.sequences == []
+    assert "exp4-T100" in table([res]) and "1/1, 2,500 seq" in markdown([res])
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda r: r["trials"][0]["test"].update(wrong="x"),
+     'trials[0].test.wrong: expected a number or null, got "x"'),
+    (lambda r: r["trials"][0].update(success="yes"),
+     'trials[0].success: expected true or false, got "yes"'),
+    (lambda r: r["trials"][0]["curve"]["loss"].append(1.0),
+     "trials[0].curve: expected sequences, loss and metric of one length"),
+    (lambda r: r["settings"].update(criteria_rules={"ST3": 3}),
+     "settings.criteria_rules.ST3: expected a string, got 3"),
+    (lambda r: r.update(trials=[]), "trials: expected at least one trial, got none"),
+])
+def test_a_damaged_results_file_is_one_line_naming_the_key(finished_run, tmp_path, spoil,
+                                                          message):
+    record = json.loads((finished_run / "results.json").read_text())
+    spoil(record)
+    (tmp_path / "results.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError) as err:
+        load_results(tmp_path)
+    assert str(err.value).startswith(f"results file {tmp_path / 'results.json'}: ")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _no_trial(**job):
+    raise AssertionError("a trial started although its results could not be drawn")
+
+
+def test_a_run_that_writes_results_checks_matplotlib_before_any_trial(tmp_path, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as in a broken installation
+    monkeypatch.setattr(runner, "run_trial", _no_trial)
+    out = tmp_path / "run"
+    status = main([*_RUN, "--workers", "1", "--out", str(out)])
+    err = _one_line_error(capsys)
+    assert status == 2 and "matplotlib" in err, err
+    assert not out.exists()

@@ -248,10 +248,10 @@ def test_a_diverged_trial_counts_as_a_failed_trial(capsys, monkeypatch):
     assert code == 0, err
     results = lstmkit.reproduce.run("exp3a", task_params={"T": 12}, max_sequences=5,
                                     workers=1, progress=False)
-    trial = results["trials"][0]
-    assert not trial["success"] and "loss became nan" in trial["diverged"]
-    assert results["summary"]["diverged"] == 1
-    assert trial["test"]["wrong"] == trial["test"]["size"]
+    trial = results.trials[0]
+    assert not trial.success and "loss became nan" in trial.diverged
+    assert results.summary.diverged == 1
+    assert trial.test.wrong == trial.test.size
 
 
 def test_unknown_task_and_task_parameter_are_named():
@@ -332,7 +332,7 @@ def test_same_seed_same_paper_trial(tmp_path):
     again, again_w = _paper_trial(tmp_path / "b", 2)
     _, other_w = _paper_trial(tmp_path / "c", 3)
     for key in ("success", "sequences", "milestones", "test", "curve"):
-        assert first[key] == again[key], key
+        assert getattr(first, key) == getattr(again, key), key
     for name in first_w:
         assert torch.equal(first_w[name], again_w[name]), name
     assert any(not torch.equal(first_w[n], other_w[n]) for n in first_w)

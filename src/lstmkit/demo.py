@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from .analysis._limits import check_int
+from .reproduce.experiments import get
+from .reproduce.records import RunResult
 from .reproduce.report import table
 from .reproduce.runner import compare
 
@@ -26,15 +28,18 @@ MAX_T = 10_000
 
 def run_demo(*, experiment: str = DEFAULTS["experiment"], T: int | None = DEFAULTS["T"],
              max_sequences: int = DEFAULTS["max_sequences"], seed: int = 0,
-             out: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+             out: str | None = None, progress: bool = True) -> list[RunResult]:
     """Train the paper's LSTM and a plain RNN on ``experiment``; print and return the results.
 
     ``T`` (the task's sequence length; None: the experiment's own) is at most
     :data:`MAX_T`; the task itself checks the lower end.
     """
     if T is not None:
-        # Up front: a huge T would otherwise surface as out of memory inside the workers.
-        check_int("T", T, 1, MAX_T, "the paper's time lags are at most 1,000 steps")
+        # Up front, before any worker starts: a huge T would otherwise surface as out of memory
+        # inside the workers. The lower end is the task's own (its error names its minimum).
+        if isinstance(T, int) and not isinstance(T, bool) and T > MAX_T:
+            check_int("T", T, 1, MAX_T, "the paper's time lags are at most 1,000 steps")
+        get(experiment).make_task({"T": T})
     task_params = {"T": T} if T is not None else None
     print(f"{experiment}: the paper's LSTM (lstm1997, on-line SGD) against a plain RNN with "
           f"about as many weights,\nsame learning rule and budget of {max_sequences:,} training "
@@ -49,15 +54,14 @@ def run_demo(*, experiment: str = DEFAULTS["experiment"], T: int | None = DEFAUL
     print(table(results))
     print()
     for res in results:
-        s = res["summary"]
-        if s["successes"]:
+        s = res.summary
+        if s.successes and s.mean_sequences is not None:
             verdict = (f"bridged the lag: met the paper's stopping rule after "
-                       f"{s['mean_sequences']:,.0f} sequences")
+                       f"{s.mean_sequences:,.0f} sequences")
         else:
             verdict = f"did not meet the paper's stopping rule in {max_sequences:,} sequences"
-        wrong = s["mean_test_wrong"]
-        print(f"{res['cell']:>9}: {verdict}; {wrong:.0f} of {s['test_size']:.0f} fresh test "
-              "sequences wrong")
+        print(f"{res.cell:>9}: {verdict}; {s.mean_test_wrong or 0:.0f} of {s.test_size or 0:.0f} "
+              "fresh test sequences wrong")
     return results
 
 

@@ -1,8 +1,9 @@
-"""Shared figure helpers for the analysis commands: one backend, one colour per cell, one save.
+"""Shared figure helpers for the analysis commands: a new figure, one colour per cell, one save.
 
-Importing this module imports matplotlib and selects the non-interactive Agg backend first, so
-figures render on servers and CI machines without a display; ``import lstmkit`` alone never
-imports it.
+Figures are drawn with matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`,
+rendered by the Agg canvas when saved as PNG), never through pyplot: drawing needs no display,
+and the backend a user chose (``matplotlib.use``, ``MPLBACKEND``) stays as it was. Importing this
+module imports matplotlib; ``import lstmkit`` alone never does.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: no screen on CI or servers
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 # Fixed colours, so a cell looks the same in every figure of a report; one per preset, all
 # different (from matplotlib's tab20 palette), so any set of presets can share a plot.
@@ -37,7 +36,7 @@ _CELL_COLOURS = {
     "cifg": "#17becf",
     "cifg_peephole": "#9edae5",
 }
-_FALLBACK = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+_FALLBACK = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
 def cell_colour(cell: str, index: int = 0) -> str:
@@ -45,13 +44,18 @@ def cell_colour(cell: str, index: int = 0) -> str:
     return _CELL_COLOURS.get(cell, _FALLBACK[index % len(_FALLBACK)])
 
 
-def save(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as a PNG (creating the folder) and close it; returns the path."""
+def new_figure(figsize: tuple[float, float], **kwargs: Any) -> Figure:
+    """A figure of ``figsize`` inches with constrained layout, attached to no window or
+    backend (``kwargs`` go to :class:`matplotlib.figure.Figure`)."""
+    return Figure(figsize=figsize, layout="constrained", **kwargs)
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as a PNG (creating the folder); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path
 
 
-__all__ = ["cell_colour", "plt", "save"]
+__all__ = ["cell_colour", "new_figure", "save"]

@@ -24,8 +24,8 @@ from .. import tasks
 from ..cells import reference
 from ..models import SequenceModel
 from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ._common import build_model, make_task, quick_train
 from ._limits import check_int, check_memory, require_matplotlib
-from .gradflow import build_model, make_task, quick_train
 
 #: Panels in the order of the LSTM workflow: (part, title, colour map).
 PANELS = (
@@ -95,14 +95,14 @@ def plot(
     input_names: list[str] | None = None,
 ) -> Path:
     """The gate heatmaps of one sequence (``parts`` from :func:`trace`) as a PNG."""
-    from .figures import plt, save
+    from .figures import new_figure, save
 
     panels = [p for p in PANELS if p[0] in parts]
     steps = inputs.shape[0]
     heights = [max(1.0, inputs.shape[1] * 0.25)] + [
         max(0.9, min(2.2, parts[name].shape[1] * 0.14)) for name, _, _ in panels] + [1.3]
-    fig, axes = plt.subplots(len(heights), 1, sharex=True, figsize=(10, sum(heights) + 1.2),
-                             gridspec_kw={"height_ratios": heights}, constrained_layout=True)
+    fig = new_figure((10, sum(heights) + 1.2))
+    axes = fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights})
     extent = (-0.5, steps - 0.5)
 
     def heat(ax: Any, values: Tensor, cmap: str, lo: float, hi: float, label: str) -> None:

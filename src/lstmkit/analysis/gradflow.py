@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect as _inspect
 import json
 import time
 from pathlib import Path
@@ -36,8 +35,8 @@ from torch import Tensor
 from .. import tasks
 from ..cells import reference
 from ..cells.spec import get_spec
-from ..layers import GRU, LSTM, RNN, _Recurrent
-from ..models import SequenceModel
+from ..layers import _Recurrent
+from ._common import build_layer, build_model, make_task, plural, quick_train
 from ._limits import check_int, check_memory, require_matplotlib
 
 DEFAULT_CELLS = ("rnn", "lstm", "lstm1997", "gru", "peephole")
@@ -48,8 +47,6 @@ QUANTITIES = {
 }
 #: Lags printed in the terminal table (those shorter than the sequence).
 REPORT_LAGS = (1, 10, 50, 100, 150)
-
-_LAYERS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 
 _STEPWISE = "the probe runs the cells one step at a time and gradflow.json holds every lag"
 #: Size arguments: (lowest, highest, why the ceiling). Larger values are refused up front; the
@@ -67,78 +64,6 @@ _FLAGS = {"length": "--length", "hidden": "--hidden", "batch_size": "--batch",
 #: Numbers kept per step, sequence and hidden unit by the measurement's graph, with a margin
 #: (measured at T=2000, B=32, H=64: RNN about 12, GRU 18, LSTM 23, lstm1997 26, peephole 30).
 _GRAPH_WIDTH = 48
-
-
-def _forget_bias_for(cell: str, forget_bias: float | None) -> float | None:
-    """``forget_bias`` where the cell has a forget gate (GRU: update gate), else None."""
-    spec = get_spec(cell)
-    if forget_bias is None:
-        return None
-    if spec.family == "gru" or (spec.family == "lstm" and (spec.forget_gate or spec.coupled)):
-        return forget_bias
-    return None
-
-
-def build_layer(
-    cell: str, input_size: int, hidden_size: int, *, forget_bias: float | None = None,
-    dtype: torch.dtype = torch.float32, backend: str = "auto",
-) -> _Recurrent:
-    """A one-layer lstmkit layer of preset ``cell`` with torch's initialisation.
-
-    ``forget_bias`` is applied only to cells that have a forget gate (or GRU's update gate), so
-    one setting can be passed for a mixed set of cells.
-    """
-    spec = get_spec(cell)
-    cls = _LAYERS[spec.family]
-    kwargs: dict[str, Any] = {"variant": cell, "dtype": dtype, "backend": backend}
-    bias = _forget_bias_for(cell, forget_bias)
-    if bias is not None:
-        kwargs["forget_bias"] = bias
-    return cls(input_size, hidden_size, **kwargs)
-
-
-def build_model(
-    cell: str, task: tasks.Task, hidden_size: int, *, forget_bias: float | None = None
-) -> SequenceModel:
-    """``cell`` with a readout suited to ``task`` (output size and activation)."""
-    # The fused engine, not torch's kernel: the same numbers, and torch's multi-threaded RNN
-    # kernels slow down a hundredfold on a busy two-core machine.
-    layer = build_layer(cell, task.input_size, hidden_size, forget_bias=forget_bias,
-                        backend="engine")
-    activation = "identity" if task.output_activation == "logits" else task.output_activation
-    return SequenceModel(layer, task.output_size, output_activation=activation)
-
-
-def quick_train(
-    model: SequenceModel, task: tasks.Task, *, steps: int, seed: int, batch_size: int = 32,
-    lr: float = 3e-3,
-) -> list[float]:
-    """A short Adam run (gradient norm clipped to 1) on ``task``; returns the loss per step.
-
-    Meant for looking inside a net that has learnt something, not for reproducing a paper.
-    """
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    data = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(steps):
-        batch = task.sample(batch_size, generator=data)
-        loss = task.loss(model(batch.inputs, batch.lengths), batch)
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        losses.append(loss.item())
-    return losses
-
-
-def make_task(name: str, length: int | None) -> tasks.Task:
-    """Task ``name``, with ``T=length`` where the task has a length parameter ``T``."""
-    if name not in tasks.TASKS:
-        raise ValueError(f"task: expected one of {tasks.names()}, got {name!r}")
-    params = _inspect.signature(tasks.TASKS[name]).parameters
-    if length is not None and "T" in params:
-        return tasks.make(name, T=length)
-    return tasks.make(name)
 
 
 def probe_inputs(task: tasks.Task, batch_size: int, seed: int) -> Tensor:
@@ -338,14 +263,13 @@ def write_csv(results: dict[str, Any], path: str | Path) -> Path:
 
 def plot(results: dict[str, Any], path: str | Path) -> Path:
     """Gradient norm against lag on a log scale: a row per stage, a column per quantity."""
-    from .figures import cell_colour, plt, save
+    from .figures import cell_colour, new_figure, save
 
     stages = list(results["stages"])
     quantities = [q for q in QUANTITIES
                   if any(q in c for s in results["stages"].values() for c in s.values())]
-    fig, axes = plt.subplots(len(stages), len(quantities), squeeze=False, sharex=True,
-                             figsize=(4.6 * len(quantities), 3.8 * len(stages)),
-                             constrained_layout=True)
+    fig = new_figure((4.6 * len(quantities), 3.8 * len(stages)))
+    axes = fig.subplots(len(stages), len(quantities), squeeze=False, sharex=True)
     lags = results["lags"]
     s = results["settings"]
     for row, stage in enumerate(stages):
@@ -377,11 +301,6 @@ def plot(results: dict[str, Any], path: str | Path) -> Path:
             ax.legend(fontsize=7, loc="lower left")
     fig.suptitle(caption(results), fontsize=9)
     return save(fig, path)
-
-
-def plural(count: int, noun: str) -> str:
-    """``"1 seed"``, ``"3 seeds"``: the count with the noun in the right number."""
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def caption(results: dict[str, Any]) -> str:

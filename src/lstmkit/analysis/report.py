@@ -16,8 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..reproduce.report import SUMMARY_COLUMNS, format_number, summary_rows
-from .gradflow import REPORT_LAGS, plural
+from ..reproduce.records import RunResult
+from ..reproduce.report import SUMMARY_COLUMNS, criteria_notes, format_number, summary_rows
+from ._common import plural
+from .gradflow import REPORT_LAGS
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -29,6 +31,7 @@ tr.paper td { background: #fbf6e6; font-style: italic; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #555; }
 .ok { color: #1a7f37; } .fail { color: #b42318; }
+ul.notes { font-size: 0.9em; color: #b42318; }
 """
 
 
@@ -81,31 +84,31 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
-def _run_section(path: Path, res: dict[str, Any], root: Path, images: list[Path]) -> str:
-    title = (f"{res.get('experiment', '?')}: {res.get('setting', '?')} setting, cell "
-             f"{res.get('cell', '?')}")
+def _run_section(path: Path, res: RunResult, root: Path, images: list[Path]) -> str:
+    title = f"{res.experiment}: {res.setting} setting, cell {res.cell}"
     # The task and its parameters as the run recorded them, beside the experiment's title, so
     # a run with non-default parameters (another T, say) reads as what it was.
-    params = res.get("task_params") or {}
-    task = str(res.get("task", "?")) + (
+    params = res.task_params
+    task = (res.task or "?") + (
         " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
-    parts = [f"<h2>{_e(title)}</h2>", f"<p>{_e(res.get('title', ''))}; task {_e(task)} "
+    parts = [f"<h2>{_e(title)}</h2>", f"<p>{_e(res.title)}; task {_e(task)} "
              f"<small>({_e(path.relative_to(root).as_posix())})</small></p>"]
-    settings = res.get("settings") or {}
-    if settings:
-        parts.append(_table(["setting", "value"],
-                            [[_e(k), _e(v)] for k, v in settings.items()], left=2))
-    trials = res.get("trials") or []
-    if trials:
-        rows = []
-        for t in trials:
-            test = t.get("test") or {}
-            ok = '<span class="ok">yes</span>' if t.get("success") else \
-                '<span class="fail">no</span>'
-            rows.append([_e(t.get("seed")), ok, _num(t.get("sequences")),
-                         _e(f"{test.get('wrong', '-')} / {test.get('size', '-')}"),
-                         _num(t.get("wall_s"))])
-        parts.append(_table(["seed", "success", "sequences", "test wrong", "wall s"], rows))
+    parts.append(_table(["setting", "value"],
+                        [[_e(k), _e("-" if v is None else v)]
+                         for k, v in res.settings.to_dict().items()], left=2))
+    rows = []
+    for t in res.trials:
+        test = t.test
+        ok = '<span class="ok">yes</span>' if t.success else '<span class="fail">no</span>'
+        wrong = "- / -" if test is None else \
+            f"{format_number(test.wrong, '{:g}')} / {format_number(test.size, '{:g}')}"
+        rows.append([_e(t.seed), ok, _num(t.sequences), _e(wrong), _num(t.wall_s)])
+    parts.append(_table(["seed", "success", "sequences", "test wrong", "wall s"], rows))
+    # Why the failed trials failed, in the words of the table in the terminal.
+    notes = criteria_notes(res)
+    if notes:
+        parts.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes)
+                     + "</ul>")
     for image in images:
         if image.parent == path.parent:
             parts.append(_image(image, root))
@@ -138,7 +141,7 @@ def render(root: str | Path) -> str:
     """The HTML page for the results folder ``root``."""
     root = Path(root)
     results, gradflows, images = find(root)
-    runs = [(p, _load(p)) for p in results]
+    runs = [(p, RunResult.read(p)) for p in results]
     body = [f"<h1>lstmkit results: {_e(root.resolve().name)}</h1>"]
     if runs:
         summary = summary_rows([res for _, res in runs], paper_labels=True)

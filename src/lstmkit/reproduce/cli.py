@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from .experiments import EXPERIMENTS, get
-from .report import load_results, markdown, table
+from .records import load_results
+from .report import markdown, table
 from .runner import Terminated, compare, default_budget
 
 

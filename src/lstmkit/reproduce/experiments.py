@@ -10,7 +10,6 @@ restated here. The stopping rules of the paper become :mod:`lstmkit.train.criter
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +20,13 @@ from ..train.criteria import RecentSequences, TestSet
 
 @dataclass(frozen=True)
 class Experiment:
-    """One row of the paper: ``task`` with ``params``; ``pick`` chooses its LSTM reference.
+    """One row of the paper: ``task`` with ``params``, compared with one of the task's LSTM rows.
+
+    Where the task publishes several LSTM rows for the same parameters, ``row`` and
+    ``criterion`` name the one this experiment is: ``row`` the row label of its network and
+    training (:attr:`PaperSetting.row`, e.g. Table 10's ``"1-5"``), ``criterion`` the stopping
+    criterion its numbers refer to (:attr:`PaperReference.criterion`, e.g. ``"ST2"``). Otherwise
+    it is the first LSTM row for the parameters.
 
     ``title`` may name task parameters in braces (``"adding problem T={T}"``): :meth:`title_for`
     fills them with the parameters a run actually used.
@@ -31,7 +36,15 @@ class Experiment:
     task: str
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     title: str = ""
-    pick: Callable[[PaperReference], bool] = field(default=lambda r: True, compare=False)
+    row: str | None = None
+    criterion: str | None = None
+
+    def is_reference(self, ref: PaperReference) -> bool:
+        """Whether ``ref`` is an LSTM row with this experiment's labels."""
+        return (ref.method.startswith("LSTM")
+                and (self.row is None
+                     or (ref.setting is not None and ref.setting.row == self.row))
+                and (self.criterion is None or ref.criterion == self.criterion))
 
     def make_task(self, overrides: dict[str, Any] | None = None) -> tasks.Task:
         """The row's task; ``overrides`` change its parameters (a smaller T, say)."""
@@ -50,8 +63,7 @@ class Experiment:
     def reference(self, task: tasks.Task | None = None) -> PaperReference | None:
         """The paper's LSTM row this experiment is compared with."""
         task = task or self.make_task()
-        rows = [r for r in task.references if r.method.startswith("LSTM") and self.pick(r)]
-        return rows[0] if rows else None
+        return next((r for r in task.references if self.is_reference(r)), None)
 
     def setting(self, task: tasks.Task | None = None) -> PaperSetting:
         """The paper's network and training for this row.
@@ -73,7 +85,7 @@ class Experiment:
 def _build() -> dict[str, Experiment]:
     rows = [
         Experiment("exp1", "reber", {}, "Exp. 1, embedded Reber grammar (3 blocks of 2, lr 0.5)",
-                   lambda r: r.sequences == 8_440),
+                   row="1-5"),
         Experiment("exp2a", "noiseless_lag", {"p": 100}, "Exp. 2a, noise-free lag p={p}"),
         Experiment("exp2b", "noiseless_lag_random", {"p": 100},
                    "Exp. 2b, no local regularities, p={p}"),
@@ -85,14 +97,13 @@ def _build() -> dict[str, Experiment]:
     for variant, crit in (("a", "ST2"), ("b", "ST2"), ("c", "ST3c")):
         rows.append(Experiment(
             f"exp3{variant}", "two_sequence", {"variant": variant, "T": 100, "N": 3},
-            f"Exp. 3{variant}, two-sequence problem T={{T}} N={{N}}",
-            lambda r, crit=crit: r.criterion == crit))
+            f"Exp. 3{variant}, two-sequence problem T={{T}} N={{N}}", criterion=crit))
     for T in (100, 500, 1000):
         rows.append(Experiment(f"exp4-T{T}", "adding1997", {"T": T},
                                "Exp. 4, adding problem T={T}"))
     rows.append(Experiment("exp5-T100", "multiplication1997", {"T": 100},
                            "Exp. 5, multiplication problem T={T}, n_seq=140",
-                           lambda r: r.metrics.get("n_seq") == 140))
+                           criterion="RECENT(n_seq=140)"))
     rows.append(Experiment("exp6a", "temporal_order", {"positions": 2},
                            "Exp. 6a, temporal order, {positions} relevant symbols"))
     rows.append(Experiment("exp6b", "temporal_order", {"positions": 3},

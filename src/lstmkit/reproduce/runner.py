@@ -16,7 +16,7 @@ whose parent died stops by itself within about a second.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import multiprocessing
 import os
 import pickle
@@ -31,11 +31,14 @@ from typing import Any
 
 import torch
 
+from ..analysis._limits import require_matplotlib
+from ..tasks.base import PaperReference, PaperSetting
 from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.construction import SequentialConstruction
 from ..train.trainer import Trainer, TrainingDiverged, TrainResult
 from .experiments import budget_for, criteria_for, describe_criteria, get
-from .nets import build, recipe_for, train_config
+from .nets import Recipe, build, recipe_for, train_config
+from .records import Curve, Evaluation, PaperRow, RunResult, RunSettings, Summary, TrialRecord
 
 try:
     import fcntl
@@ -93,8 +96,8 @@ def _make_trainer(experiment: str, setting: str, cell: str | None, seed: int,
 def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_sequences: int,
               *, task_params: dict[str, Any] | None = None, checkpoint_dir: str | None = None,
               checkpoint_every: int = 20_000, resume: bool = False, progress: bool = False,
-              position: int = 0, threads: int = 1) -> dict[str, Any]:
-    """Train and test one network; returns the trial record of ``results.json``."""
+              position: int = 0, threads: int = 1) -> TrialRecord:
+    """Train and test one network; returns its record for ``results.json``."""
     torch.set_num_threads(threads)
     trainer, callbacks = _make_trainer(
         experiment, setting, cell, seed, max_sequences, task_params=task_params,
@@ -113,23 +116,16 @@ def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_se
         result = TrainResult(success=False, sequences=trainer.sequences,
                              test={"wrong": size, "size": size}, curve=list(trainer.curve),
                              milestones=dict(trainer.milestones))
-    return {
-        "seed": seed,
-        "success": result.success,
-        "sequences": result.sequences,
-        "milestones": result.milestones,
-        "cells_added_at": callbacks[0].added_at if callbacks else None,
-        "diverged": diverged,
-        "test": result.test,
-        "wall_s": time.perf_counter() - start,
-        "weights": model.num_weights(),
-        "curve": {
-            "sequences": [p["sequences"] for p in result.curve],
-            "loss": [p["loss"] for p in result.curve],
-            "metric": [p["accuracy"] for p in result.curve],
-            "metric_name": "fraction of training sequences correct",
-        },
-    }
+    return TrialRecord(
+        seed=seed, success=result.success, sequences=result.sequences,
+        milestones=dict(result.milestones),
+        cells_added_at=callbacks[0].added_at if callbacks else None, diverged=diverged,
+        test=Evaluation.of(result.test), wall_s=time.perf_counter() - start,
+        weights=model.num_weights(),
+        curve=Curve(sequences=[p["sequences"] for p in result.curve],
+                    loss=[p["loss"] for p in result.curve],
+                    metric=[p["accuracy"] for p in result.curve]),
+    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -170,27 +166,47 @@ def _trial_meta(experiment: str, setting: str, cell: str, seed: int, max_sequenc
             "max_sequences": max_sequences, "task_params": dict(task_params)}
 
 
-def _summary(trials: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
-    solved = [t["sequences"] for t in trials if t["success"]]
-    return {
-        "trials": len(trials),
-        "successes": len(solved),
-        "diverged": sum(1 for t in trials if t.get("diverged")),
-        "success_rate": len(solved) / len(trials) if trials else 0.0,
-        "mean_sequences": statistics.fmean(solved) if solved else None,
-        "median_sequences": statistics.median(solved) if solved else None,
-        "mean_test_wrong": statistics.fmean(t["test"]["wrong"] for t in trials) if trials
-        else None,
-        "test_size": trials[0]["test"]["size"] if trials else None,
-        "wall_s": wall_s,
-    }
+def _summary(trials: list[TrialRecord], wall_s: float) -> Summary:
+    solved = [t.sequences for t in trials if t.success and t.sequences is not None]
+    tests = [t.test for t in trials if t.test is not None and t.test.wrong is not None]
+    return Summary(
+        trials=len(trials), successes=len(solved),
+        diverged=sum(1 for t in trials if t.diverged),
+        success_rate=len(solved) / len(trials) if trials else 0.0,
+        mean_sequences=statistics.fmean(solved) if solved else None,
+        median_sequences=statistics.median(solved) if solved else None,
+        mean_test_wrong=statistics.fmean(t.wrong for t in tests) if tests else None,
+        test_size=tests[0].size if tests else None,
+        wall_s=wall_s,
+    )
+
+
+def _paper_row(ref: PaperReference | None) -> PaperRow | None:
+    if ref is None:
+        return None
+    return PaperRow(label=f"{ref.source}, {ref.method}", success_rate=ref.success_rate,
+                    sequences=ref.sequences, trials=ref.trials,
+                    test=f"{ref.wrong} wrong of {ref.test_size}" if ref.wrong is not None
+                    else None,
+                    criterion=ref.criterion)
+
+
+def _settings(recipe: Recipe, paper: PaperSetting, budget: int, weights: int | None,
+              workers: int) -> RunSettings:
+    return RunSettings(
+        optimizer=recipe.optimizer, lr=recipe.lr, batch_size=recipe.batch_size,
+        clip_norm=recipe.clip_norm, init_range=recipe.init_range, max_sequences=budget,
+        criteria=list(criteria_for(paper)), criteria_rules=describe_criteria(paper),
+        paper_row=paper.row, weights=weights, workers=workers,
+        threads_per_worker=1 if workers > 1 else None,
+    )
 
 
 def run(experiment: str, *, setting: str = "paper", cell: str | None = None, trials: int = 1,
         seed: int = 0, max_sequences: int | None = None, out: str | Path | None = None,
         workers: int | None = None, resume: bool = False, progress: bool = True,
         task_params: dict[str, Any] | None = None, checkpoint_every: int = 20_000
-        ) -> dict[str, Any]:
+        ) -> RunResult:
     """Run ``trials`` trials of ``experiment``; returns (and writes to ``out``) the results.
 
     ``task_params`` changes the row's task parameters (e.g. ``{"T": 50}``) for a smaller run
@@ -214,7 +230,7 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
             outs: list[str | Path | None] | None = None, workers: int | None = None,
             resume: bool = False, progress: bool = True,
             task_params: dict[str, Any] | None = None, checkpoint_every: int = 20_000
-            ) -> list[dict[str, Any]]:
+            ) -> list[RunResult]:
     """:func:`run` for several cells under one budget, every trial of every cell in one pool
     of worker processes (so an LSTM and its plain-RNN baseline train side by side)."""
     exp = get(experiment)
@@ -238,6 +254,10 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every: expected a positive int, got {checkpoint_every!r}")
     out_dirs = [Path(o) if o is not None else None for o in outs]
+    if any(d is not None for d in out_dirs):
+        # Each written run draws its curves.png: a broken matplotlib fails now, not after the
+        # trials have trained.
+        require_matplotlib()
     for out_dir in out_dirs:
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,76 +290,44 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
         wall = time.perf_counter() - start
         # A smaller run than the paper's (changed task parameters) is still shown beside the
         # paper's row for the experiment, which the table labels with the changed parameters.
-        ref = exp.reference(task) or exp.reference()
+        paper_row = _paper_row(exp.reference(task) or exp.reference())
         everything = []
         for k, (recipe, out_dir) in enumerate(zip(recipes, out_dirs)):
             mine = records[k * trials:(k + 1) * trials]
-            results = {
-                "experiment": experiment,
-                "title": exp.title_for(task_params),
-                "setting": setting,
-                "cell": recipe.cell,
-                "task": exp.task,
-                "task_params": dict(task.params),
-                "changed_params": dict(task_params or {}),
-                "paper": None if ref is None else {
-                    "label": f"{ref.source}, {ref.method}",
-                    "success_rate": ref.success_rate,
-                    "sequences": ref.sequences,
-                    "trials": ref.trials,
-                    "test": (f"{ref.wrong} wrong of {ref.test_size}" if ref.wrong is not None
-                             else None),
-                    "criterion": ref.criterion,
-                },
-                "settings": {
-                    "optimizer": recipe.optimizer, "lr": recipe.lr,
-                    "batch_size": recipe.batch_size, "clip_norm": recipe.clip_norm,
-                    "init_range": recipe.init_range, "max_sequences": budget,
-                    "criteria": list(criteria_for(paper)),
-                    "criteria_rules": describe_criteria(paper), "paper_row": paper.row,
-                    "weights": mine[0]["weights"], "workers": workers,
-                    "threads_per_worker": 1 if workers > 1 else None,
-                },
-                "summary": _summary(mine, wall),
-                "trials": mine,
-            }
+            results = RunResult(
+                experiment=experiment, title=exp.title_for(task_params), setting=setting,
+                cell=recipe.cell, task=exp.task, task_params=dict(task.params),
+                changed_params=dict(task_params or {}), paper=paper_row,
+                settings=_settings(recipe, paper, budget, mine[0].weights, workers),
+                summary=_summary(mine, wall), trials=mine,
+            )
             if out_dir is not None:
                 write_results(results, out_dir)
             everything.append(results)
         return everything
 
 
-def write_results(results: dict[str, Any], out_dir: Path) -> Path:
-    """``results.json`` (atomically) plus the training-curve figure when matplotlib is there."""
-    path = out_dir / "results.json"
-    # The folder is locked by this run, so a name with our pid is ours alone.
-    tmp = out_dir / f".results.json.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        from ..analysis.plots import training_curves
-    except ImportError:  # the plot is an extra (matplotlib); the numbers are what matter
-        return path
+def write_results(results: RunResult, out_dir: Path) -> Path:
+    """``results.json`` (atomically) and ``curves.png``, the training curves, beside it."""
+    from ..analysis.plots import training_curves  # matplotlib only when a run is written
+
+    path = results.write(out_dir)
     training_curves(_plotted(results), out_dir / "curves.png")
     return path
 
 
-def _plotted(results: dict[str, Any]) -> dict[str, Any]:
+def _plotted(results: RunResult) -> RunResult:
     """``results`` as the figure should show them: the paper's mean is marked only where it lies
     within the sequences this run trained for (a mark beyond them would stretch the x-axis far
     past the curves); otherwise the title says where it lies."""
-    paper = results.get("paper") or {}
-    mean = paper.get("sequences")
-    budget = (results.get("settings") or {}).get("max_sequences")
-    if not mean or not budget or mean <= budget:
+    mean = results.paper.sequences if results.paper is not None else None
+    budget = results.settings.max_sequences
+    if not mean or mean <= budget:
         return results
-    return {**results, "paper": {**paper, "sequences": None},
-            "title": f"{results.get('title', '')}; paper's mean {mean:,} sequences, beyond "
-                     f"this run's {budget:,}"}
+    return dataclasses.replace(
+        results, paper=dataclasses.replace(results.paper, sequences=None),
+        title=f"{results.title}; paper's mean {mean:,} sequences, beyond this run's "
+              f"{budget:,}")
 
 
 @contextlib.contextmanager
