@@ -25,7 +25,7 @@ from lstmkit.train import (
     load_checkpoint,
     save_checkpoint,
 )
-from lstmkit.train import trainer as trainer_module
+from lstmkit.train import progress as progress_module
 
 BATCH = 4
 BUDGET = 80
@@ -394,8 +394,8 @@ def _progress_writes(monkeypatch, tty):
     monkeypatch.setattr(tqdm_std, "time", fake_time)
     monkeypatch.setattr(tqdm_std.tqdm, "monitor_interval", 0)  # no monitor thread
     stream = _Stream(tty)
-    monkeypatch.setattr(trainer_module.sys, "stderr", stream)
-    bar = trainer_module._progress_bar(200 * BATCH, 0, "exp", 1)
+    monkeypatch.setattr(progress_module.sys, "stderr", stream)
+    bar = progress_module.progress_bar(200 * BATCH, 0, "exp", 1)
     for _ in range(200):
         bar.update(BATCH)
     bar.close()
@@ -418,7 +418,7 @@ def test_progress_bar_stays_live_on_a_terminal(monkeypatch):
 def test_trainer_progress_to_a_log(tmp_path, monkeypatch):
     pytest.importorskip("tqdm")
     stream = _Stream(False)
-    monkeypatch.setattr(trainer_module.sys, "stderr", stream)
+    monkeypatch.setattr(progress_module.sys, "stderr", stream)
     trainer = _trainer(tmp_path, checkpoint_every=0)
     trainer.progress = True
     trainer.run()

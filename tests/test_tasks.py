@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from lstmkit import tasks
 from lstmkit.tasks import Batch, PaperReference, PaperSetting
+from lstmkit.tasks.base import last_step
 from lstmkit.tasks.reber import SYMBOLS, embedded_reber_strings
 
 
@@ -395,6 +396,33 @@ def test_two_sequence_statistics(variant):
         assert torch.equal(y, 1.0 - label.float())
         if variant == "a":
             assert torch.equal(y, (x[0] > 0).float())
+
+
+def test_exp3c_errors_are_measured_against_the_noise_free_target():
+    task = tasks.make("two_sequence", variant="c", T=20, N=3)
+    b = task.sample(64, gen())
+    clean = b.info["clean_target"]
+    outputs = torch.zeros(b.steps, b.batch_size, 1)
+    outputs[b.lengths - 1, torch.arange(b.batch_size), 0] = clean  # exactly the clean target
+    squared, absolute = task.sequence_errors(outputs, b)
+    noise = end_values(b)[:, 0] - clean
+    assert torch.equal(absolute, torch.zeros(64))  # ST3c's measure, from the task
+    torch.testing.assert_close(squared, noise.pow(2))  # the squared error trained on
+    # The default measure knows nothing of Exp. 3c's info: it measures against the targets.
+    _, default = tasks.TrainingTask.sequence_errors(task, outputs, b)
+    torch.testing.assert_close(default, noise.abs())
+
+
+@pytest.mark.parametrize("variant", ["a", "b"])
+def test_exp3ab_errors_are_the_default_measure(variant):
+    task = tasks.make("two_sequence", variant=variant, T=20, N=3)
+    b = task.sample(16, gen())
+    outputs = torch.rand(b.steps, b.batch_size, 1, generator=gen(1))
+    ours = task.sequence_errors(outputs, b)
+    default = tasks.TrainingTask.sequence_errors(task, outputs, b)
+    assert all(torch.equal(x, y) for x, y in zip(ours, default))
+    torch.testing.assert_close(ours[1], (end_values(b) - last_step(outputs, b.lengths))[:, 0]
+                               .abs())
 
 
 @pytest.mark.parametrize("name", ["adding1997", "multiplication1997"])

@@ -5,7 +5,8 @@
 :class:`Batch` es (``task.sample(batch_size, generator)``), computes the paper's loss
 (``task.loss(outputs, batch)``) and per-sequence correctness (``task.evaluate``), and carries
 the paper's published rows (``task.references``) and network/training setting
-(``task.setting``) as data. See :mod:`lstmkit.tasks.base` for the conventions.
+(``task.setting``) as data. See :mod:`lstmkit.tasks.base` for the conventions and
+:mod:`lstmkit.tasks.protocol` for what a trainer asks of a task (:class:`TrainingTask`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .arithmetic import Adding1997, MarkerTask, Multiplication1997
 from .base import Batch, Criterion, EndTask, PaperReference, PaperSetting, Task
 from .lag import NoiselessLag, NoiselessLagRandom, VeryLongLag
 from .modern import Adding, Copy
+from .protocol import TrainingTask
 from .reber import ContinualReber, Reber
 from .temporal_order import TemporalOrder
 from .timing import SpikeTiming
@@ -54,6 +56,6 @@ def make(name: str, **params: object) -> Task:
 __all__ = [
     "TASKS", "Adding", "Adding1997", "Batch", "ContinualReber", "Copy", "Criterion", "EndTask",
     "MarkerTask", "Multiplication1997", "NoiselessLag", "NoiselessLagRandom", "PaperReference",
-    "PaperSetting", "Reber", "SpikeTiming", "Task", "TemporalOrder", "TwoSequence", "VeryLongLag",
-    "make", "names",
+    "PaperSetting", "Reber", "SpikeTiming", "Task", "TemporalOrder", "TrainingTask", "TwoSequence",
+    "VeryLongLag", "make", "names",
 ]

@@ -1,4 +1,4 @@
-"""Shared machinery of the task suite: the Batch, the Task base class, paper data, helpers.
+"""Shared machinery of the task suite: the Task base class, paper data, helpers.
 
 Every task builds time-major batches (``[T, B, ...]``) whose sequences are right-padded with
 zeros, draws all its randomness from one ``torch.Generator`` and knows the error function and the
@@ -31,54 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# ----------------------------------------------------------------------------------------------
-# Batch
-
-
-@dataclass
-class Batch:
-    """One batch of sequences, time-major and right-padded with zeros.
-
-    Attributes:
-        inputs: float32 ``[T, B, input_size]``.
-        targets: ``[T, B, output_size]`` float32, aligned with the inputs (``targets[t]`` is what
-            the net should output after reading ``inputs[t]``); class indices, long ``[T, B]``,
-            for cross-entropy tasks (``copy``).
-        mask: bool ``[T, B]``, the steps where the loss applies (False on padding).
-        lengths: long ``[B]``, the true length of each sequence.
-        info: task-specific extras (classes, marker positions, clean targets, ...), tensors laid
-            out like the batch: ``[B]``, ``[k, B]``, ``[T, B]`` or ``[T, B, K]``.
-    """
-
-    inputs: Tensor
-    targets: Tensor
-    mask: Tensor
-    lengths: Tensor
-    info: dict[str, Tensor] = field(default_factory=dict)
-
-    @property
-    def batch_size(self) -> int:
-        return self.inputs.shape[1]
-
-    @property
-    def steps(self) -> int:
-        return self.inputs.shape[0]
-
-    def clone(self) -> Batch:
-        """A deep copy (every tensor cloned)."""
-        return Batch(self.inputs.clone(), self.targets.clone(), self.mask.clone(),
-                     self.lengths.clone(), {k: v.clone() for k, v in self.info.items()})
-
-    def to(self, device: torch.device | str) -> Batch:
-        """A copy with every tensor (``info`` included) on ``device``."""
-        return Batch(
-            self.inputs.to(device),
-            self.targets.to(device),
-            self.mask.to(device),
-            self.lengths.to(device),
-            {k: v.to(device) for k, v in self.info.items()},
-        )
-
+from .protocol import Batch, TrainingTask
 
 # ----------------------------------------------------------------------------------------------
 # The paper as data
@@ -327,8 +280,9 @@ def last_step(x: Tensor, lengths: Tensor) -> Tensor:
 # Task
 
 
-class Task:
-    """Base class: validation, seeding, the paper's losses and the ABS correctness criterion.
+class Task(TrainingTask):
+    """Base class of the suite: validation, seeding, the paper's losses and the ABS correctness
+    criterion, on top of :class:`~lstmkit.tasks.protocol.TrainingTask` (what a trainer asks).
 
     Subclasses set the class attributes, validate their parameters in ``__init__`` (storing them
     with :meth:`_set_params`) and implement :meth:`_sample`.
@@ -347,7 +301,7 @@ class Task:
     baseline: float | None = None
 
     def _set_params(self, **params: object) -> None:
-        self.params: dict[str, object] = dict(params)
+        self.params = dict(params)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())

@@ -116,6 +116,16 @@ class TwoSequence(EndTask):
         y = last_step(outputs, batch.lengths)[:, 0]
         return (y - batch.info["clean_target"].to(y)).abs() <= 0.1
 
+    def sequence_errors(self, outputs: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(squared error to the target, absolute error at the end). For 3c the absolute error
+        is measured against the noise-free target, as the paper's ST3c rule does; the squared
+        error stays the one training minimises, against the noisy target."""
+        squared, absolute = super().sequence_errors(outputs, batch)
+        if self.variant != "c":
+            return squared, absolute
+        y = last_step(outputs, batch.lengths)[:, 0]
+        return squared, (y - batch.info["clean_target"].to(y)).abs()
+
     REFERENCES = tuple(
         _rows("a", "4", [(100, 3, 27_380, 39_850, 0.000195), (100, 1, 58_370, 64_330, 0.000117),
                          (1000, 3, 446_850, 452_460, 0.000078)])

@@ -3,7 +3,7 @@
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .construction import SequentialConstruction
 from .criteria import RecentSequences, TestSet, st3
-from .trainer import TrainConfig, Trainer, TrainingDiverged, TrainResult, sequence_errors
+from .trainer import TrainConfig, Trainer, TrainingDiverged, TrainResult
 
 __all__ = [
     "CheckpointError",
@@ -16,6 +16,5 @@ __all__ = [
     "TrainingDiverged",
     "load_checkpoint",
     "save_checkpoint",
-    "sequence_errors",
     "st3",
 ]

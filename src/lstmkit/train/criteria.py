@@ -35,8 +35,6 @@ class RecentSequences:
     _correct: deque = field(default_factory=deque, repr=False)
     _errors: deque = field(default_factory=deque, repr=False)
 
-    kind = "train"
-
     def update(self, correct: list[bool], errors: list[float]) -> bool:
         """Feed per-sequence correctness and error; True once the criterion holds."""
         for ok, err in zip(correct, errors, strict=True):
@@ -92,7 +90,6 @@ class TestSet:
     max_wrong: int = 0
     max_mean_abs_error: float | None = None
 
-    kind = "test"
     __test__ = False  # a stopping rule, not a pytest test class
 
     def judge(self, correct: list[bool], abs_errors: list[float]) -> bool:
