@@ -161,19 +161,6 @@ def test_batch_to_device_moves_everything():
     assert b.inputs.device.type == "cpu"
 
 
-def test_sampling_is_fast():
-    cases = [("adding1997", {"T": 1000}), ("multiplication1997", {"T": 1000}),
-             ("two_sequence", {"T": 1000}), ("adding", {"T": 1000}), ("copy", {"T": 1000}),
-             ("continual_reber", {"length": 1000}), ("spike_timing", {"F": 10, "spikes": 100}),
-             ("very_long_lag", {"p": 50, "q": 1000}), ("temporal_order", {"positions": 3}),
-             ("noiseless_lag_random", {"p": 100}), ("reber", {})]
-    for name, params in cases:
-        task = tasks.make(name, **params)
-        start = time.perf_counter()
-        task.sample(256, gen())
-        assert time.perf_counter() - start < 0.5, name
-
-
 # ---------------------------------------------------------------------------------------------
 # Embedded Reber grammar: an independent regex acceptor and an independent automaton
 
