@@ -3,7 +3,6 @@ independently from the inputs), the paper's criteria and baselines, paper data, 
 
 import math
 import re
-import time
 
 import pytest
 import torch
