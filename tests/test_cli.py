@@ -1,7 +1,10 @@
 """The command line: one-line errors for every command, the variants listing (with the path
 each preset runs on), and the README and packaging in step with it."""
 
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -210,27 +213,99 @@ def test_variants_honours_lstmkit_backend(monkeypatch, capsys) -> None:
     assert "LSTMKIT_BACKEND: expected one of" in capsys.readouterr().err
 
 
-# -- bench: no development history in what users read ---------------------------------------
+# -- bench: a quick comparison in the package, the engine's benchmark record outside it ------
+
+BENCHMARKS = README.parent / "benchmarks"
+_ISSUE_NUMBER = re.compile(r"\bissues?\s*#?\d|#\d", re.IGNORECASE)
 
 
-def test_bench_text_has_no_issue_numbers(capsys) -> None:
+def _docstrings(module: object) -> list[str]:
     import inspect
 
+    return [module.__doc__ or ""] + [
+        obj.__doc__ or "" for obj in vars(module).values()
+        if (inspect.isfunction(obj) or inspect.isclass(obj))
+        and obj.__module__ == module.__name__]
+
+
+@pytest.fixture
+def harness(monkeypatch):
+    """The repository's engine benchmark (``benchmarks/``), importable as its script sees it."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return {name: importlib.import_module(name)
+            for name in ("bench_engine", "engine_floor", "engine_record")}
+
+
+def test_bench_compares_variants_with_nn_lstm_on_the_given_shapes(capsys) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    assert main(["bench", "--quick", "--shapes", "4x2x3x4", "--variants",
+                 "lstm,layernorm,torch.nn.GRU", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == threads  # the caller's setting is restored
+    out = capsys.readouterr().out
+    rows = {line.split()[4]: line for line in out.splitlines()
+            if line.startswith("(4, 2, 3, 4)")}
+    assert set(rows) == {"lstm", "layernorm", "torch.nn.GRU"}
+    assert "torch kernel" in rows["lstm"] and "reference" in rows["layernorm"]
+    assert "torch module" in rows["torch.nn.GRU"]
+    for line in rows.values():
+        ratios = [float(v) for v in line.split()[-6:]]
+        assert all(r > 0 for r in ratios), line
+    assert "floor" not in out and "target" not in out.lower()
+
+
+def test_the_engine_benchmark_writes_its_record(harness, tmp_path, capsys) -> None:
+    import torch
+
+    from lstmkit import engine
+
+    if not engine.available():
+        reason = engine.build_error() or ""
+        if shutil.which(os.environ.get("CXX", "c++").split()[0]) is None or "ninja" in reason:
+            pytest.skip(f"no toolchain for the fused engine: {reason}")
+        pytest.fail(f"the fused engine failed to build: {reason}")
+    threads = torch.get_num_threads()
+    out = tmp_path / "bench.md"
+    try:
+        status = harness["bench_engine"].main(["--quick", "--shapes", "4x2x3x4", "--variants",
+                                               "peephole,gru_cho", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0
+    text = out.read_text()
+    for needle in ("peephole", "gru_cho", "| (4, 2, 3, 4) | peephole |", "floor", "Targets",
+                   "`benchmarks/bench_engine.py --quick --shapes 4x2x3x4"):
+        assert needle in text, needle
+    assert "peephole" in capsys.readouterr().out
+    json_rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert {r["variant"] for r in json_rows} == {"peephole", "gru_cho"}
+    for row in json_rows:
+        for key in ("train_ratio", "infer_ratio", "train_floor_ratio", "infer_floor_ratio"):
+            assert row[key] > 0, key
+
+
+def test_bench_texts_have_no_issue_numbers(harness, capsys) -> None:
     from lstmkit import bench
 
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
-    texts = [capsys.readouterr().out, bench.__doc__ or ""]
-    texts += [obj.__doc__ or "" for obj in vars(bench).values()
-              if inspect.isfunction(obj) or inspect.isclass(obj)]
-    row = bench.Row(shape=(10, 2, 3, 4), variant="peephole", train_ms=2.0, ref_train_ms=1.0,
-                    train_ratio=2.0, infer_ms=1.0, ref_infer_ms=1.0, infer_ratio=1.0,
-                    train_floor_ms=1.0, infer_floor_ms=1.0, train_floor_ratio=2.0,
-                    infer_floor_ratio=1.0, peak_bytes=10, ref_peak_bytes=10, gate_bytes=0,
-                    floor_flops=1.0)
-    texts.append(bench.format_report([row], bench.summarise([row]), "header"))
+    with pytest.raises(SystemExit):
+        harness["bench_engine"].main(["--help"])
+    texts = [capsys.readouterr().out] + _docstrings(bench)
+    for module in harness.values():
+        texts += _docstrings(module)
+    record = harness["engine_record"]
+    row = record.Row(shape=(10, 2, 3, 4), variant="peephole", train_ms=2.0, ref_train_ms=1.0,
+                     train_ratio=2.0, infer_ms=1.0, ref_infer_ms=1.0, infer_ratio=1.0,
+                     train_floor_ms=1.0, infer_floor_ms=1.0, train_floor_ratio=2.0,
+                     infer_floor_ratio=1.0, peak_bytes=10, ref_peak_bytes=10, gate_bytes=0,
+                     floor_flops=1.0)
+    texts.append(record.format_report([row], record.summarise([row]), "header"))
     for text in texts:
-        assert not re.search(r"\bissues?\s*#?\d|#\d", text, re.IGNORECASE), text[:300]
+        assert not _ISSUE_NUMBER.search(text), text[:300]
 
 
 def test_bench_refuses_a_shape_too_large_for_the_memory(monkeypatch, capsys) -> None:
