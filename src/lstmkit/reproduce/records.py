@@ -8,8 +8,8 @@ only code that knows the file's keys; ``from_json`` checks every value it reads,
 hand-edited file is refused with one line naming the key (``missing key 'summary.trials'``,
 ``summary.trials: expected an integer, got "two"``) instead of failing later inside a table.
 
-Files written by earlier versions lack some keys; they still load: only the keys the tables
-need are required, every other one has a default.
+Only the keys the tables need are required; every other one has a default, so a file with fewer
+keys (an older one, or one written by hand) still loads.
 """
 
 from __future__ import annotations
