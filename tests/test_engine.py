@@ -1,4 +1,4 @@
-"""The fused C++ engine against the reference path: values, every gradient, fallbacks, CLI bench.
+"""The fused C++ engine against the reference: values, every gradient, the named seam, dispatch.
 
 The engine must reproduce :func:`lstmkit.cells.reference.scan` to 1e-5 in float32 (outputs,
 final states, per-step cell states and the gradients of the input, the initial states and every
@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 import lstmkit
 from lstmkit import engine
 from lstmkit.cells import PRESETS, CellSpec, lstm1997
-from lstmkit.cli import main
 
 CLASSES = {"lstm": lstmkit.LSTM, "gru": lstmkit.GRU, "rnn": lstmkit.RNN}
 ROOT = Path(__file__).resolve().parents[1]
@@ -522,33 +521,17 @@ def test_build_failure_falls_back_with_one_warning(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_tensors_run_the_reference_path():
+    """auto takes the reference on CUDA; a forced engine says it runs on the CPU only."""
     torch.manual_seed(0)
     eng, ref = _pair(PRESETS["peephole"], 3, 4, torch.float32)
-    eng, ref = eng.cuda(), ref.cuda()
+    auto = lstmkit.LSTM(3, 4, variant="peephole").cuda()
+    auto.load_state_dict(ref.state_dict())
+    ref = ref.cuda()
     x = torch.randn(5, 2, 3, device="cuda")
-    torch.testing.assert_close(eng(x)[0], ref(x)[0])
-
-
-def test_bench_command_writes_its_table(tmp_path, capsys):
-    _engine_or_skip()
-    threads = torch.get_num_threads()
-    out = tmp_path / "bench.md"
-    try:
-        status = main(["bench", "--quick", "--shapes", "4x2x3x4", "--variants",
-                       "peephole,gru_cho", "--out", str(out)])
-    finally:
-        torch.set_num_threads(threads)
-    assert status == 0
-    text = out.read_text()
-    printed = capsys.readouterr().out
-    for needle in ("peephole", "gru_cho", "(4, 2, 3, 4)", "train", "infer", "floor"):
-        assert needle in text, needle
-    assert "peephole" in printed
-    json_rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    assert {r["variant"] for r in json_rows} == {"peephole", "gru_cho"}
-    for row in json_rows:
-        for key in ("train_ratio", "infer_ratio", "train_floor_ratio", "infer_floor_ratio"):
-            assert row[key] > 0, key
+    assert auto.route(x).path == "reference"
+    torch.testing.assert_close(auto(x)[0], ref(x)[0])
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        eng.cuda()(x)
 
 
 def test_bench_script_runs_the_same_benchmark(tmp_path):
