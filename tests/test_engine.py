@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lstmkit
+from _engine import NoFallback, engine_or_skip
 from lstmkit import engine
 from lstmkit.cells import PRESETS, CellSpec, lstm1997
 
@@ -38,24 +38,6 @@ SPECS: dict[str, CellSpec] = {
     "lstm1997_carousel": lstm1997(block_size=2, hidden_recurrence=False, bias_units="gates"),
     "fgr_blocks": PRESETS["fgr"].replace(block_size=2),
 }
-
-
-def _engine_or_skip() -> None:
-    """Skip only where the engine cannot be built for a known, external reason."""
-    if engine.available():
-        return
-    reason = engine.build_error() or ""
-    if shutil.which(os.environ.get("CXX", "c++").split()[0]) is None or "ninja" in reason:
-        pytest.skip(f"no toolchain for the fused engine: {reason}")
-    pytest.fail(f"the fused engine failed to build: {reason}")
-
-
-class _NoFallback:
-    """Stands in for the engine's reference module: any fallback inside ``engine.scan`` fails."""
-
-    @staticmethod
-    def scan(*args, **kwargs):
-        raise AssertionError("engine.scan fell back to the reference path")
 
 
 def _pair(spec: CellSpec, n_in: int, hidden: int, dtype: torch.dtype, **kwargs):
@@ -107,7 +89,7 @@ def _compare(spec: CellSpec, *, steps, batch, n_in, hidden, layers, bidirectiona
         hx = tuple(torch.randn(rows, batch, n) * 0.5 for n in eng.state_sizes)
     with pytest.MonkeyPatch.context() as mp:
         if engine.supports(spec):
-            mp.setattr(engine, "reference", _NoFallback)
+            mp.setattr(engine, "reference", NoFallback)
         e_out, e_x, e_hx = _run(eng, x, hx, lengths, return_cells)
     r_out, r_x, r_hx = _run(ref, x, hx, lengths, return_cells)
     assert len(e_out) == len(r_out)
@@ -152,7 +134,7 @@ def _cases(draw):
 def row_split():
     """Two threads, and the row split (each thread runs every step for its own batch rows) from
     one row per thread on, so that even the small batches drawn below take the split path."""
-    _engine_or_skip()
+    engine_or_skip()
     ext = engine._build.load()
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -227,7 +209,7 @@ def test_row_split_and_column_split_agree(row_split):
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_engine_matches_reference_every_spec(name):
     """Each spec at least once with lengths, both directions, two layers and hx given."""
-    _engine_or_skip()
+    engine_or_skip()
     spec = SPECS[name]
     hidden = 2 * spec.block_size * (2 if spec.block_size == 1 else 1)
     _compare(spec, steps=5, batch=3, n_in=3, hidden=hidden, layers=2, bidirectional=True,
@@ -238,7 +220,7 @@ def test_engine_matches_reference_every_spec(name):
 
 @pytest.mark.parametrize("name", [n for n, s in SPECS.items() if not s.layer_norm])
 def test_engine_gradcheck_float64(name):
-    _engine_or_skip()
+    engine_or_skip()
     spec = SPECS[name]
     if spec.truncated_gradient:  # deliberately not the true gradient
         spec = spec.replace(truncated_gradient=False)
@@ -264,13 +246,13 @@ def test_engine_gradcheck_float64(name):
         return tuple(_flatten(out))
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine, "reference", _NoFallback)
+        mp.setattr(engine, "reference", NoFallback)
         assert torch.autograd.gradcheck(fn, (x, *states, *params), eps=1e-6, atol=1e-5)
 
 
 def test_engine_gemm_fallback_matches_blas():
     """The ATen GEMM path (used where the BLAS symbols are missing) gives the same numbers."""
-    _engine_or_skip()
+    engine_or_skip()
     ext = engine._build.load()
     case = dict(spec=PRESETS["vanilla"], steps=4, batch=3, n_in=2, hidden=4, layers=1,
                 bidirectional=True, proj=0, lengths=torch.tensor([4, 1, 3]), with_hx=True,
@@ -286,7 +268,7 @@ def test_engine_gemm_fallback_matches_blas():
 def test_engine_blas_steps_match_packed_kernel_steps():
     """Where the packed per-step kernel and one-pass row run (float, AVX-512), the BLAS steps and
     the general row (other machines, float64) must give the same numbers."""
-    _engine_or_skip()
+    engine_or_skip()
     ext = engine._build.load()
     case = dict(steps=5, batch=10, n_in=3, hidden=8, layers=2, bidirectional=True, proj=0,
                 lengths=torch.tensor([5, 1, 3, 5, 2, 4, 5, 1, 5, 3]), with_hx=True,
@@ -303,7 +285,7 @@ def test_engine_blas_steps_match_packed_kernel_steps():
 
 def test_packed_kernel_gemm_matches_torch():
     """The per-step GEMM as the floor runs it: odd sizes exercise partial panels and row blocks."""
-    _engine_or_skip()
+    engine_or_skip()
     ext = engine._build.load()
     torch.manual_seed(0)
     for m, n, k in ((1, 1, 1), (13, 33, 7), (29, 70, 64), (40, 16, 3)):
@@ -347,7 +329,7 @@ def test_no_grad_forward_without_lengths_matches_reference(name, proj, row_split
 def test_engine_propagates_nan_like_the_reference(name):
     """NaN in one sequence's input is NaN in that sequence's output (as in torch), never clamped
     into a number by the fast paths, and never leaks into the other sequences of the batch."""
-    _engine_or_skip()
+    engine_or_skip()
     spec = PRESETS[name]
     eng, ref = _pair(spec, 3, 5, torch.float32)
     x = torch.randn(4, 9, 3)
@@ -362,7 +344,7 @@ def test_engine_propagates_nan_like_the_reference(name):
 
 def test_engine_entry_points_reject_wrong_operands():
     """A direct call with a missing or mis-sized operand stops with a message, not a crash."""
-    _engine_or_skip()
+    engine_or_skip()
     from lstmkit.engine import _function as F
 
     ext = engine._build.load()
@@ -402,7 +384,7 @@ def test_engine_entry_points_reject_wrong_operands():
 
 def test_engine_config_is_named_and_complete():
     """Every field by name: a missing, unknown or misspelt one is refused at the seam."""
-    _engine_or_skip()
+    engine_or_skip()
     from lstmkit.engine import _function as F
 
     ext = engine._build.load()
@@ -444,7 +426,7 @@ def test_scan_refuses_what_it_cannot_run_and_auto_takes_the_reference():
 
 
 def test_route_names_the_path_and_why():
-    _engine_or_skip()
+    engine_or_skip()
     assert lstmkit.LSTM(2, 3).route().path == "native"
     route = lstmkit.LSTM(2, 3, variant="cifg").route()
     assert route.path == "engine" and "no kernel for variant 'cifg'" in route.reason
@@ -456,7 +438,7 @@ def test_route_names_the_path_and_why():
 
 def test_no_grad_forward_matches_training_forward():
     """The inference path (no saved tensors) computes the same values as the training one."""
-    _engine_or_skip()
+    engine_or_skip()
     torch.manual_seed(0)
     for name in ("vanilla", "cifg", "lstm1997", "gru_cho", "rnn_relu"):
         layer = CLASSES[PRESETS[name].family](3, 5, variant=name, backend="engine",
@@ -535,7 +517,7 @@ def test_cuda_tensors_run_the_reference_path():
 
 
 def test_bench_script_runs_the_same_benchmark(tmp_path):
-    _engine_or_skip()
+    engine_or_skip()
     out = tmp_path / "script.md"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_engine.py"), "--quick", "--shapes",

@@ -8,14 +8,12 @@ transforms and forward-mode AD must give the reference's numbers too.
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 import torch
 import torch.autograd.forward_ad as fwad
 
 import lstmkit
+from _engine import NoFallback, engine_or_skip
 from lstmkit import engine
 from lstmkit.cells import PRESETS
 
@@ -25,28 +23,10 @@ T, B, I, H = 3, 2, 3, 4
 F64 = torch.float64
 
 
-def _engine_or_skip() -> None:
-    """Skip only where the engine cannot be built for a known, external reason."""
-    if engine.available():
-        return
-    reason = engine.build_error() or ""
-    if shutil.which(os.environ.get("CXX", "c++").split()[0]) is None or "ninja" in reason:
-        pytest.skip(f"no toolchain for the fused engine: {reason}")
-    pytest.fail(f"the fused engine failed to build: {reason}")
-
-
-class _NoFallback:
-    """Stands in for the engine's reference module: any fallback inside ``engine.scan`` fails."""
-
-    @staticmethod
-    def scan(*args, **kwargs):
-        raise AssertionError("engine.scan fell back to the reference path")
-
-
 @pytest.fixture
 def no_fallback(monkeypatch):
-    _engine_or_skip()
-    monkeypatch.setattr(engine, "reference", _NoFallback)
+    engine_or_skip()
+    monkeypatch.setattr(engine, "reference", NoFallback)
 
 
 def _layer(spec, backend: str, **kwargs):
@@ -131,7 +111,7 @@ def test_first_order_backward_keeps_the_compiled_kernels(monkeypatch, no_fallbac
     """Without ``create_graph`` the backward never recomputes with the reference."""
     from lstmkit.engine import _function
 
-    monkeypatch.setattr(_function, "reference", _NoFallback)
+    monkeypatch.setattr(_function, "reference", NoFallback)
     for name in ("peephole", "gru", "rnn"):
         layer = _layer(PRESETS[name], "engine")
         x = torch.randn(T, B, I, dtype=F64, requires_grad=True)
@@ -149,7 +129,7 @@ def _pair(name: str, backend: str = "engine"):
 @pytest.mark.parametrize("name", ["peephole", "gru_cho"])
 def test_torch_func_transforms_give_the_reference_numbers(name):
     """Under ``auto`` a transform takes the reference; a forced engine says it cannot run."""
-    _engine_or_skip()
+    engine_or_skip()
     forced, _, params = _pair(name)
     with pytest.raises(ValueError, match="'engine' cannot run this call: torch.func"):
         torch.func.grad(lambda p: torch.func.functional_call(forced, p, (torch.randn(
@@ -180,7 +160,7 @@ def test_torch_func_transforms_give_the_reference_numbers(name):
 
 
 def test_forward_mode_ad_gives_the_reference_tangent():
-    _engine_or_skip()
+    engine_or_skip()
     eng, ref, _ = _pair("peephole", "auto")
     x, tangent = torch.randn(T, B, I, dtype=F64), torch.randn(T, B, I, dtype=F64)
     with fwad.dual_level():
