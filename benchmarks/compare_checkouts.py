@@ -43,30 +43,34 @@ def _paired(a: Callable[[], float], b: Callable[[], float]) -> float:
     return statistics.median(ratios)
 
 
-def measure(variant: str) -> dict[str, object]:
-    train_r, infer_r = [], []
-    for steps, batch, n_in, hidden in SHAPES:
-        torch.manual_seed(0)
-        cls = lstmkit.GRU if variant.startswith("gru") else lstmkit.LSTM
-        eng = cls(n_in, hidden, variant=variant, backend="engine")
-        ref = torch.nn.LSTM(n_in, hidden)
-        x, grad = torch.randn(steps, batch, n_in), torch.randn(steps, batch, hidden)
+def _shape(variant: str, steps: int, batch: int, n_in: int, hidden: int) -> tuple[float, float]:
+    """(training-step ratio, inference ratio) of ``variant`` to ``nn.LSTM`` at one shape."""
+    torch.manual_seed(0)
+    cls = lstmkit.GRU if variant.startswith("gru") else lstmkit.LSTM
+    eng = cls(n_in, hidden, variant=variant, backend="engine")
+    ref = torch.nn.LSTM(n_in, hidden)
+    x, grad = torch.randn(steps, batch, n_in), torch.randn(steps, batch, hidden)
 
-        def train(m: torch.nn.Module) -> float:
+    def train(m: torch.nn.Module) -> float:
+        start = time.perf_counter()
+        m(x)[0].backward(grad)
+        return time.perf_counter() - start
+
+    def infer(m: torch.nn.Module) -> float:
+        with torch.no_grad():
             start = time.perf_counter()
-            m(x)[0].backward(grad)
+            m(x)
             return time.perf_counter() - start
 
-        def infer(m: torch.nn.Module) -> float:
-            with torch.no_grad():
-                start = time.perf_counter()
-                m(x)
-                return time.perf_counter() - start
+    for _ in range(WARMUP):
+        train(eng), train(ref), infer(eng), infer(ref)
+    return (_paired(lambda: train(eng), lambda: train(ref)),
+            _paired(lambda: infer(eng), lambda: infer(ref)))
 
-        for _ in range(WARMUP):
-            train(eng), train(ref), infer(eng), infer(ref)
-        train_r.append(_paired(lambda: train(eng), lambda: train(ref)))
-        infer_r.append(_paired(lambda: infer(eng), lambda: infer(ref)))
+
+def measure(variant: str) -> dict[str, object]:
+    ratios = [_shape(variant, *shape) for shape in SHAPES]
+    train_r, infer_r = [r[0] for r in ratios], [r[1] for r in ratios]
     return {"train": round(_geomean(train_r), 3), "infer": round(_geomean(infer_r), 3),
             "train_shapes": [round(t, 3) for t in train_r]}
 
