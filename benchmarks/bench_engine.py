@@ -49,6 +49,8 @@ from lstmkit.bench import (
     make_layer,
     paired_ratio,
     parse_shapes,
+    path_of,
+    timing_fields,
     train_step,
 )
 from lstmkit.cells.spec import get_spec
@@ -95,13 +97,7 @@ def bench_shape(shape: Shape, variants: Sequence[str], *, repeats: int, warmup: 
         peak = engine_floor.peak_memory(train_step(cands[v], x, grad)) if memory else 0
         gate_bytes = steps * batch * specs[v].layout(hidden).rows * x.element_size()
         rows.append(Row(
-            shape=shape, variant=v,
-            train_ms=1e3 * statistics.median(tr[v]),
-            ref_train_ms=1e3 * statistics.median(tr["ref"]),
-            train_ratio=paired_ratio(tr[v], tr["ref"]),
-            infer_ms=1e3 * statistics.median(inf[v]),
-            ref_infer_ms=1e3 * statistics.median(inf["ref"]),
-            infer_ratio=paired_ratio(inf[v], inf["ref"]),
+            shape=shape, variant=v, path=path_of(cands[v]), **timing_fields(tr, inf, v),
             train_floor_ms=1e3 * statistics.median(tr[f"floor:{v}"]),
             infer_floor_ms=1e3 * statistics.median(inf[f"floor:{v}"]),
             train_floor_ratio=paired_ratio(tr[v], tr[f"floor:{v}"]),

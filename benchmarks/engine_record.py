@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-Shape = tuple[int, int, int, int]
+from lstmkit.bench import Comparison
 
 TARGET_TRAIN_GEOMEAN = 1.25
 TARGET_TRAIN_MAX = 1.6
@@ -25,18 +25,11 @@ TARGET_FLOOR = 1.5
 FLOOR_SHAPES = 3  # the floor target applies to this many shapes with the most GEMM work
 
 
-@dataclass
-class Row:
-    """One (shape, variant) measurement; times in milliseconds, memory in bytes."""
+@dataclass(frozen=True)
+class Row(Comparison):
+    """One (shape, variant) measurement: the comparison with ``nn.LSTM`` plus the GEMM floor and
+    peak memory; times in milliseconds, memory in bytes."""
 
-    shape: Shape
-    variant: str
-    train_ms: float
-    ref_train_ms: float
-    train_ratio: float
-    infer_ms: float
-    ref_infer_ms: float
-    infer_ratio: float
     train_floor_ms: float
     infer_floor_ms: float
     train_floor_ratio: float

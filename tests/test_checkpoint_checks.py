@@ -396,7 +396,9 @@ def _progress_writes(monkeypatch, tty):
     stream = _Stream(tty)
     monkeypatch.setattr(progress_module.sys, "stderr", stream)
     bar = progress_module.progress_bar(200 * BATCH, 0, "exp", 1)
-    for _ in range(200):
+    for k in range(200):
+        if k % 10 == 0:  # as the trainer sets its loss every logging interval
+            progress_module.show_loss(bar, 0.1, 0.5)
         bar.update(BATCH)
     bar.close()
     return stream.getvalue()

@@ -298,7 +298,8 @@ def test_bench_texts_have_no_issue_numbers(harness, capsys) -> None:
     for module in harness.values():
         texts += _docstrings(module)
     record = harness["engine_record"]
-    row = record.Row(shape=(10, 2, 3, 4), variant="peephole", train_ms=2.0, ref_train_ms=1.0,
+    row = record.Row(shape=(10, 2, 3, 4), variant="peephole", path="engine", train_ms=2.0,
+                     ref_train_ms=1.0,
                      train_ratio=2.0, infer_ms=1.0, ref_infer_ms=1.0, infer_ratio=1.0,
                      train_floor_ms=1.0, infer_floor_ms=1.0, train_floor_ratio=2.0,
                      infer_floor_ratio=1.0, peak_bytes=10, ref_peak_bytes=10, gate_bytes=0,

@@ -156,6 +156,20 @@ class Comparison:
     infer_ratio: float
 
 
+def timing_fields(train: dict[str, list[float]], infer: dict[str, list[float]],
+                  variant: str) -> dict[str, float]:
+    """A :class:`Comparison`'s times and ratios for ``variant`` from alternating runs, each
+    keyed by candidate with ``"ref"`` for ``torch.nn.LSTM`` (seconds in, milliseconds out)."""
+    return {
+        "train_ms": 1e3 * statistics.median(train[variant]),
+        "ref_train_ms": 1e3 * statistics.median(train["ref"]),
+        "train_ratio": paired_ratio(train[variant], train["ref"]),
+        "infer_ms": 1e3 * statistics.median(infer[variant]),
+        "ref_infer_ms": 1e3 * statistics.median(infer["ref"]),
+        "infer_ratio": paired_ratio(infer[variant], infer["ref"]),
+    }
+
+
 def compare_shape(shape: Shape, variants: Sequence[str], *, repeats: int, warmup: int,
                   seed: int = 0) -> list[Comparison]:
     """Time every variant at ``shape`` against ``torch.nn.LSTM``, alternating."""
@@ -170,15 +184,8 @@ def compare_shape(shape: Shape, variants: Sequence[str], *, repeats: int, warmup
                       repeats, warmup)
     infer = alternate({"ref": inference(ref, x),
                        **{v: inference(m, x) for v, m in cands.items()}}, repeats, warmup)
-    return [Comparison(
-        shape=shape, variant=v, path=path_of(cands[v]),
-        train_ms=1e3 * statistics.median(train[v]),
-        ref_train_ms=1e3 * statistics.median(train["ref"]),
-        train_ratio=paired_ratio(train[v], train["ref"]),
-        infer_ms=1e3 * statistics.median(infer[v]),
-        ref_infer_ms=1e3 * statistics.median(infer["ref"]),
-        infer_ratio=paired_ratio(infer[v], infer["ref"]),
-    ) for v in variants]
+    return [Comparison(shape=shape, variant=v, path=path_of(cands[v]),
+                       **timing_fields(train, infer, v)) for v in variants]
 
 
 def compare(shapes: Sequence[Shape] = DEFAULT_SHAPES,

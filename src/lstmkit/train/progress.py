@@ -28,3 +28,9 @@ def progress_bar(total: int, initial: int, desc: str | None, position: int) -> A
     # Rows (position) and redraws in place need a terminal: in a log they are escape codes.
     return tqdm(total=total, initial=initial, unit="seq", leave=True, desc=desc,
                 mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, file=stream)
+
+
+def show_loss(bar: Any, loss: float, accuracy: float) -> None:
+    """Put the latest loss and accuracy on ``bar`` without a redraw of its own: the bar's
+    interval decides when it is written (a minute in a log)."""
+    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.2f}", refresh=False)

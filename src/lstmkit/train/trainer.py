@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, TrainResult
 from .criteria import Criterion, RecentSequences, TestSet
 from .identity import first_non_plain, identity_record
-from .progress import progress_bar
+from .progress import progress_bar, show_loss
 from .state_check import StateCheck, one_line
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingDiverged"]
@@ -350,8 +350,7 @@ class Trainer:
                                    "accuracy": sum(accs) / len(accs)})
                 self._window = []
                 if bar is not None:
-                    bar.set_postfix(loss=f"{self.curve[-1]['loss']:.4f}",
-                                    acc=f"{self.curve[-1]['accuracy']:.2f}")
+                    show_loss(bar, self.curve[-1]["loss"], self.curve[-1]["accuracy"])
             if bar is not None:
                 bar.update(cfg.batch_size)
             if next_ckpt is not None and self.sequences >= next_ckpt:
