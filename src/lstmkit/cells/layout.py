@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .spec import CellSpec
@@ -101,8 +102,6 @@ class Layout:
         ``dim`` (zeros for the other blocks)."""
         if tuple(names) == tuple(self.widths):
             return part
-        import torch
-
         dim = dim % part.dim()
         pieces, start = [], 0
         for name, width in self.widths.items():
@@ -119,8 +118,6 @@ class Layout:
         """The inverse of :meth:`expand`: only the rows of ``names`` along ``dim``."""
         if tuple(names) == tuple(self.widths):
             return full
-        import torch
-
         return torch.cat([full.narrow(dim, self.blocks[n].start, self.widths[n])
                           for n in self.widths if n in names], dim)
 

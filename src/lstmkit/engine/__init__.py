@@ -153,7 +153,7 @@ def scan(
             outs = LSTMFunction.apply(call, lengths, x, *state, *flat)
         else:
             outs = lstm_run(call, x, state, lengths, dict(zip(LSTM_PARAMS, flat)))
-        n_state = len(spec.layout(hidden_size, proj).state_sizes)
+        n_state = len(call.layout.state_sizes)
         cells = outs[1 + n_state] if return_cells else None
         return outs[0], tuple(outs[1 : 1 + n_state]), cells
     flat = [p.get(n) for n in GRU_PARAMS]

@@ -186,6 +186,7 @@ def _digest(path: Path) -> tuple[int, str]:
 
 
 def _fsync(path: Path) -> None:
+    # Not lstmkit._atomic's: the build child loads this file on its own, outside the package.
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .._atomic import write_atomic
 
 #: The name of the results file in a run's output folder.
 RESULTS_NAME = "results.json"
@@ -411,16 +412,8 @@ class RunResult:
 
     def write(self, folder: str | Path) -> Path:
         """Write ``FOLDER/results.json`` atomically (a reader never sees half a file)."""
-        path = Path(folder) / RESULTS_NAME
-        # The folder is locked by the run that writes it, so a name with our pid is ours alone.
-        tmp = path.with_name(f".{RESULTS_NAME}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        text = self.to_json().encode()
+        return write_atomic(Path(folder) / RESULTS_NAME, lambda handle: handle.write(text))
 
 
 def load_results(folder: str | Path) -> list[RunResult]:
