@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import re
 import sys
 import warnings
@@ -122,10 +121,9 @@ def _engine_status() -> tuple[bool, str]:
 
 
 def _variants(_: argparse.Namespace) -> int:
-    forced = os.environ.get("LSTMKIT_BACKEND", "auto")
-    if forced not in ("auto", "native", "engine", "reference"):
-        raise ValueError(f"LSTMKIT_BACKEND: expected one of auto, native, engine, reference, "
-                         f"got {forced!r}")
+    from . import dispatch
+
+    forced = dispatch.requested("auto")  # LSTMKIT_BACKEND, checked
     # Forced to torch's kernels or the reference, no layer uses the engine: no need to build it.
     _, status = (False, "") if forced in ("native", "reference") else _engine_status()
     rows = [(name, spec.family, PATH_NAMES[auto_path(spec)], spec.doc)
