@@ -76,9 +76,23 @@ class Call:
         return engine_config(self.ext, self.spec, self.layout, self.reverse)
 
 
+_CONFIGS: dict[tuple[int, CellSpec, int, int, bool], Any] = {}
+
+
 def engine_config(ext: Any, spec: CellSpec, lay: Layout, reverse: bool) -> Any:
     """``ext.LstmConfig``/``GruConfig``/``RnnConfig`` for a layer-direction (see
-    ``csrc/config.h``); a field neither the layout nor the spec provides is an error."""
+    ``csrc/config.h``); a field neither the layout nor the spec provides is an error.
+
+    Built once per extension, cell, layout and direction: the kernels only read it, and building
+    it costs about as much as a small layer's whole time loop."""
+    key = (id(ext), spec, lay.hidden_size, lay.out_size, bool(reverse))
+    found = _CONFIGS.get(key)
+    if found is None:
+        found = _CONFIGS[key] = _build_config(ext, spec, lay, reverse)
+    return found
+
+
+def _build_config(ext: Any, spec: CellSpec, lay: Layout, reverse: bool) -> Any:
     cls = {"lstm": ext.LstmConfig, "gru": ext.GruConfig, "rnn": ext.RnnConfig}[spec.family]
     fields = lay.engine_config(reverse)
     for name in cls.fields:
