@@ -299,6 +299,8 @@ class Task(TrainingTask):
     tolerance: float | None = None
     #: Loss of the best memoryless predictor, where the source defines one.
     baseline: float | None = None
+    #: The ``info`` entries of a batch laid out along time (``[T, B, ...]``).
+    time_info: ClassVar[tuple[str, ...]] = ()
 
     def _set_params(self, **params: object) -> None:
         self.params = dict(params)
@@ -314,7 +316,9 @@ class Task(TrainingTask):
         ``torch.manual_seed`` makes it reproducible; the same seeded generator gives the same
         batch."""
         batch_size = int_param(self.name, "batch_size", batch_size, 1)
-        return self._sample(batch_size, self._generator(generator))
+        batch = self._sample(batch_size, self._generator(generator))
+        batch.time_info = tuple(k for k in self.time_info if k in batch.info)
+        return batch
 
     def _generator(self, generator: torch.Generator | None) -> torch.Generator:
         if generator is None:
@@ -378,6 +382,25 @@ class Task(TrainingTask):
         if self.loss_kind == "sse":
             return sq.sum() / batch.batch_size
         return sq.sum() / mask.sum()
+
+    def group_loss(self, outputs: Tensor, batch: Batch, groups: int) -> Tensor:
+        """:meth:`loss` of each of ``groups`` consecutive groups of sequences, in one pass."""
+        outputs = self._check_outputs(outputs, batch)
+        size = batch.batch_size // groups
+        if size * groups != batch.batch_size:
+            raise ValueError(f"groups: expected a divisor of the batch size {batch.batch_size}, "
+                             f"got {groups}")
+        mask = batch.mask.to(outputs.device)
+        if self.loss_kind == "ce":
+            per_step = F.cross_entropy(
+                outputs.flatten(0, 1), batch.targets.to(outputs.device).flatten(), reduction="none"
+            ).view(mask.shape) * mask
+        else:
+            per_step = (outputs - batch.targets.to(outputs)).pow(2).sum(-1) * mask
+        total = per_step.sum(0).view(groups, size).sum(1)
+        if self.loss_kind == "sse":
+            return total / size
+        return total / mask.sum(0).view(groups, size).sum(1)
 
     def _eval_mask(self, batch: Batch) -> Tensor:
         return batch.mask

@@ -167,6 +167,7 @@ class VeryLongLag(EndTask):
     """
 
     name = "very_long_lag"
+    time_info = ("symbols",)
     output_size = 2
     tolerance = 0.2
 

@@ -13,6 +13,9 @@ from the default:
   splits (default: None, no fixed split; tests draw fresh sequences from ``sample``).
 * :meth:`~TrainingTask.sequence_errors`: each sequence's squared and absolute error, which the
   stopping rules bound (default: against ``batch.targets`` over the masked steps).
+* :meth:`~TrainingTask.group_loss`: the loss of each of several groups of columns of one batch
+  (default: :meth:`~TrainingTask.loss` of each group), which trains independent networks side
+  by side (:mod:`lstmkit.train.trials`).
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ class Batch:
         mask: bool ``[T, B]``, the steps where the loss applies (False on padding).
         lengths: long ``[B]``, the true length of each sequence.
         info: task-specific extras (classes, marker positions, clean targets, ...), tensors laid
-            out like the batch: ``[B]``, ``[k, B]``, ``[T, B]`` or ``[T, B, K]``. Only the task
-            that made the batch reads them.
+            out like the batch: ``[B]``, ``[k, B]``, ``[T, B]`` or ``[T, B, K]`` (the batch is
+            the first dimension of a vector, the second of anything else). Only the task that
+            made the batch reads them.
+        time_info: the names of the ``info`` entries laid out along time (``[T, B, ...]``),
+            which :meth:`padded` pads with the steps.
     """
 
     inputs: Tensor
@@ -47,6 +53,7 @@ class Batch:
     mask: Tensor
     lengths: Tensor
     info: dict[str, Tensor] = field(default_factory=dict)
+    time_info: tuple[str, ...] = ()
 
     @property
     def batch_size(self) -> int:
@@ -58,18 +65,58 @@ class Batch:
 
     def clone(self) -> Batch:
         """A deep copy (every tensor cloned)."""
-        return Batch(self.inputs.clone(), self.targets.clone(), self.mask.clone(),
-                     self.lengths.clone(), {k: v.clone() for k, v in self.info.items()})
+        return self._map(lambda t, dim: t.clone(), lambda t: t.clone())
 
     def to(self, device: torch.device | str) -> Batch:
         """A copy with every tensor (``info`` included) on ``device``."""
-        return Batch(
-            self.inputs.to(device),
-            self.targets.to(device),
-            self.mask.to(device),
-            self.lengths.to(device),
-            {k: v.to(device) for k, v in self.info.items()},
-        )
+        return self._map(lambda t, dim: t.to(device), lambda t: t.to(device))
+
+    def take(self, columns: Tensor) -> Batch:
+        """The sequences ``columns`` (long ``[n]``), in that order, as a batch of ``n``."""
+        return self._map(lambda t, dim: t.index_select(dim, columns),
+                         lambda t: t.index_select(0, columns))
+
+    def columns(self, start: int, stop: int) -> Batch:
+        """Sequences ``start:stop`` (views, no copy)."""
+        return self._map(lambda t, dim: t.narrow(dim, start, stop - start),
+                         lambda t: t[start:stop])
+
+    def padded(self, steps: int) -> Batch:
+        """The batch right-padded to ``steps`` time steps (zeros, mask False); every tensor
+        laid out along time (``info`` in :attr:`time_info` included) is padded."""
+        extra = steps - self.steps
+        if extra < 0:
+            raise ValueError(f"steps: expected at least the batch's {self.steps}, got {steps}")
+        if extra == 0:
+            return self
+
+        def pad(t: Tensor) -> Tensor:
+            return torch.cat([t, t.new_zeros((extra, *t.shape[1:]))])
+
+        info = {k: pad(v) if k in self.time_info else v for k, v in self.info.items()}
+        return Batch(pad(self.inputs), pad(self.targets), pad(self.mask), self.lengths, info,
+                     self.time_info)
+
+    @staticmethod
+    def cat(batches: list[Batch]) -> Batch:
+        """The sequences of ``batches`` side by side (padded to the longest), in order."""
+        if not batches:
+            raise ValueError("batches: expected at least one Batch, got none")
+        steps = max(b.steps for b in batches)
+        parts = [b.padded(steps) for b in batches]
+        first = parts[0]
+        info = {k: torch.cat([p.info[k] for p in parts], 0 if v.dim() == 1 else 1)
+                for k, v in first.info.items()}
+        return Batch(torch.cat([p.inputs for p in parts], 1),
+                     torch.cat([p.targets for p in parts], 1),
+                     torch.cat([p.mask for p in parts], 1),
+                     torch.cat([p.lengths for p in parts]), info, first.time_info)
+
+    def _map(self, along_batch, on_lengths) -> Batch:
+        """Apply ``along_batch(tensor, batch_dim)`` to every tensor laid out like the batch."""
+        info = {k: along_batch(v, 0 if v.dim() == 1 else 1) for k, v in self.info.items()}
+        return Batch(along_batch(self.inputs, 1), along_batch(self.targets, 1),
+                     along_batch(self.mask, 1), on_lengths(self.lengths), info, self.time_info)
 
 
 class TrainingTask(abc.ABC):
@@ -110,6 +157,21 @@ class TrainingTask(abc.ABC):
         """The whole fixed test set as one batch, or None (the default) where tests use fresh
         sequences drawn from :meth:`sample`."""
         return None
+
+    def group_loss(self, outputs: Tensor, batch: Batch, groups: int) -> Tensor:
+        """``[groups]``: :meth:`loss` of each of ``groups`` equal, consecutive groups of the
+        batch's sequences, as if each group were a batch of its own (independent networks
+        trained side by side each see only their own loss).
+
+        Default: :meth:`loss` per group; a task may override it with one computation.
+        """
+        size = batch.batch_size // groups
+        if size * groups != batch.batch_size:
+            raise ValueError(f"groups: expected a divisor of the batch size {batch.batch_size}, "
+                             f"got {groups}")
+        return torch.stack([self.loss(outputs[:, g * size:(g + 1) * size],
+                                      batch.columns(g * size, (g + 1) * size))
+                            for g in range(groups)])
 
     def sequence_errors(self, outputs: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """Each sequence's error over its masked steps: (summed squared error ``[B]``, mean

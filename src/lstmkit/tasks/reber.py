@@ -133,6 +133,7 @@ class _ReberTask(Task):
     trained), correctness by the *possible* next symbols in ``info["possible"]``."""
 
     input_size = output_size = len(SYMBOLS)
+    time_info = ("possible",)
 
     def _step_correct(self, outputs: Tensor, batch: Batch) -> Tensor:
         """bool ``[T, B]``: the units of all possible next symbols are more active than every
@@ -286,6 +287,7 @@ class ContinualReber(_ReberTask):
     """
 
     name = "continual_reber"
+    time_info = ("possible", "string_start")
 
     def __init__(self, length: int = 100_000, criterion: str = "possible") -> None:
         self.length = int_param(self.name, "length", length, 1)

@@ -34,25 +34,28 @@ class RecentSequences:
     max_mean_error: float | None = None
     _correct: deque = field(default_factory=deque, repr=False)
     _errors: deque = field(default_factory=deque, repr=False)
+    _wrong: int = field(default=0, repr=False)
 
     def update(self, correct: list[bool], errors: list[float]) -> bool:
         """Feed per-sequence correctness and error; True once the criterion holds."""
         for ok, err in zip(correct, errors, strict=True):
             self._correct.append(bool(ok))
             self._errors.append(float(err))
+            self._wrong += not ok
             if len(self._correct) > self.window:
-                self._correct.popleft()
+                self._wrong -= not self._correct.popleft()
                 self._errors.popleft()
         return self.satisfied()
 
     def satisfied(self) -> bool:
-        if len(self._correct) < self.window:
+        # The count of wrong sequences is kept as they come and go, so that a rule over a
+        # 10,000-sequence window costs O(1) per sequence; the error sum is taken exactly, and
+        # only when everything else holds.
+        if len(self._correct) < self.window or self._wrong > self.max_wrong:
             return False
-        wrong = self.window - sum(self._correct)
-        if wrong > self.max_wrong:
-            return False
-        mean_error = sum(self._errors) / self.window
-        return self.max_mean_error is None or mean_error < self.max_mean_error
+        if self.max_mean_error is None:
+            return True
+        return math.fsum(self._errors) / self.window < self.max_mean_error
 
     def state_dict(self) -> dict:
         return {"correct": list(self._correct), "errors": list(self._errors)}
@@ -80,6 +83,7 @@ class RecentSequences:
             )
         self._correct = deque(correct)
         self._errors = deque(float(v) for v in errors)
+        self._wrong = len(correct) - sum(correct)
 
 
 @dataclass

@@ -121,6 +121,11 @@ class Trainer:
         self.last_state: Any = None  # truncated BPTT: the state carried out of the last batch
         self.curve: list[dict[str, float]] = []
         self._window: list[tuple[float, float]] = []
+        #: Called before a checkpoint is taken, by whoever keeps state outside this trainer
+        #: (:mod:`lstmkit.train.trials` keeps the optimiser's state of many trials together).
+        self.before_save: Any = None
+        self._bar: Any = None
+        self._start = time.perf_counter()
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -133,10 +138,14 @@ class Trainer:
                                self.model, self.task)
 
     def state_dict(self) -> dict[str, Any]:
+        if self.before_save is not None:
+            self.before_save()
         return {
             "identity": self.identity(),
             "meta": self.meta,
-            "model": self.model.state_dict(),
+            # Copies: a parameter may be a view of a larger tensor (trials trained together),
+            # whose whole storage torch.save would otherwise write.
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "data_gen": self.data_gen.get_state(),
             "test_gen": self.test_gen.get_state(),
@@ -299,15 +308,11 @@ class Trainer:
             correct, _, absolute, _ = self._test(rule.size)
         return rule.judge(correct.tolist(), absolute.tolist())
 
-    def _update_criteria(self, outputs: Tensor, batch: Batch, correct: Tensor,
+    def _update_criteria(self, correct: list[bool], squared: list[float] | None,
                          check_tests: bool) -> None:
-        stream = [n for n, r in self.criteria.items() if isinstance(r, RecentSequences)]
-        if stream:
-            squared, _ = self.task.sequence_errors(outputs, batch)
-            correct_list, squared_list = correct.tolist(), squared.tolist()
         for name, rule in self.criteria.items():
             if isinstance(rule, RecentSequences):
-                held = rule.update(correct_list, squared_list)
+                held = rule.update(correct, squared)
             elif check_tests and name not in self.milestones:
                 held = self._check_test_rule(rule)
             else:
@@ -317,49 +322,89 @@ class Trainer:
         if self.criteria and len(self.milestones) == len(self.criteria):
             self.success_at = max(self.milestones.values())
 
+    @property
+    def needs_errors(self) -> bool:
+        """Whether :meth:`record` needs each sequence's squared error (a training-stream rule
+        bounds it)."""
+        return any(isinstance(r, RecentSequences) for r in self.criteria.values())
+
+    @property
+    def finished(self) -> bool:
+        """Whether training is over: every stopping rule holds or the budget is spent."""
+        return self.success_at is not None or self.sequences >= self.config.max_sequences
+
     def run(self, *, resume: bool = False) -> TrainResult:
         """Train until every criterion holds or ``max_sequences``; then test on fresh data."""
         cfg = self.config
-        if resume and self.checkpoint is not None and self.checkpoint.exists():
-            self.load_state_dict(load_checkpoint(self.checkpoint), source=self.checkpoint)
-        start = time.perf_counter()
-        bar = (progress_bar(cfg.max_sequences, self.sequences, self.progress_desc,
-                            self.progress_position) if self.progress else None)
-        next_check = (self.sequences // cfg.check_every + 1) * cfg.check_every
-        next_ckpt = ((self.sequences // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-                     if cfg.checkpoint_every else None)
-        next_log = (self.sequences // cfg.log_every + 1) * cfg.log_every
-        self.model.train()
-        while self.success_at is None and self.sequences < cfg.max_sequences:
+        self.begin(resume=resume)
+        while not self.finished:
             batch = self.task.sample(cfg.batch_size, generator=self.data_gen)
             outputs, loss = self._step(batch)
-            self.sequences += cfg.batch_size
-            for cb in self.callbacks:
-                cb.after_step(self, loss, cfg.batch_size)
-            correct = self.task.evaluate(outputs, batch)
-            self._window.append((float(loss), float(correct.float().mean())))
-            check_tests = self.sequences >= next_check
-            if check_tests:
-                next_check += cfg.check_every
-            self._update_criteria(outputs, batch, correct, check_tests)
-            if self.sequences >= next_log or self.success_at is not None:
-                next_log += cfg.log_every
-                losses, accs = zip(*self._window)
-                self.curve.append({"sequences": self.sequences,
-                                   "loss": sum(losses) / len(losses),
-                                   "accuracy": sum(accs) / len(accs)})
-                self._window = []
-                if bar is not None:
-                    show_loss(bar, self.curve[-1]["loss"], self.curve[-1]["accuracy"])
-            if bar is not None:
-                bar.update(cfg.batch_size)
-            if next_ckpt is not None and self.sequences >= next_ckpt:
-                next_ckpt += cfg.checkpoint_every
-                self.save()
-        if bar is not None:
-            bar.close()
+            correct = self.task.evaluate(outputs, batch).tolist()
+            squared = (self.task.sequence_errors(outputs, batch)[0].tolist()
+                       if self.needs_errors else None)
+            self.record(loss, correct, squared)
+            self.checkpoint_if_due()
+        return self.finish()
+
+    def begin(self, *, resume: bool = False) -> None:
+        """Start (or with ``resume`` continue from the checkpoint) a run of :meth:`record`
+        calls; :meth:`run` is ``begin``, a :meth:`record` per batch, then :meth:`finish`."""
+        cfg = self.config
+        if resume and self.checkpoint is not None and self.checkpoint.exists():
+            self.load_state_dict(load_checkpoint(self.checkpoint), source=self.checkpoint)
+        self._start = time.perf_counter()
+        self._bar = (progress_bar(cfg.max_sequences, self.sequences, self.progress_desc,
+                                  self.progress_position) if self.progress else None)
+        self._next_check = (self.sequences // cfg.check_every + 1) * cfg.check_every
+        self._next_ckpt = ((self.sequences // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+                           if cfg.checkpoint_every else None)
+        self._next_log = (self.sequences // cfg.log_every + 1) * cfg.log_every
+        self.model.train()
+
+    def record(self, loss: float, correct: list[bool], squared: list[float] | None) -> None:
+        """Account for one training batch that has updated the weights: its loss, each
+        sequence's correctness and (where :attr:`needs_errors`) squared error. Counts the
+        sequences, feeds the callbacks and stopping rules (testing where a test-set rule is
+        due) and logs the curve (:meth:`checkpoint_if_due` takes the checkpoints)."""
+        cfg = self.config
+        n = len(correct)
+        self.sequences += n
+        for cb in self.callbacks:
+            cb.after_step(self, loss, n)
+        self._window.append((float(loss), sum(correct) / n))
+        check_tests = self.sequences >= self._next_check
+        if check_tests:
+            self._next_check += cfg.check_every
+        self._update_criteria(correct, squared, check_tests)
+        if self.sequences >= self._next_log or self.success_at is not None:
+            self._next_log += cfg.log_every
+            losses, accs = zip(*self._window)
+            self.curve.append({"sequences": self.sequences,
+                               "loss": sum(losses) / len(losses),
+                               "accuracy": sum(accs) / len(accs)})
+            self._window = []
+            if self._bar is not None:
+                show_loss(self._bar, self.curve[-1]["loss"], self.curve[-1]["accuracy"])
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def checkpoint_if_due(self) -> None:
+        """Checkpoint if ``checkpoint_every`` sequences have passed since the last one. Called
+        between batches by :meth:`run`; whoever drives :meth:`record` calls it where the data
+        stream can resume exactly (between the draws of its generator)."""
+        if self._next_ckpt is not None and self.sequences >= self._next_ckpt:
+            while self._next_ckpt <= self.sequences:
+                self._next_ckpt += self.config.checkpoint_every
+            self.save()
+
+    def finish(self) -> TrainResult:
+        """End the run: the last checkpoint, the test on fresh data, the result."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         self.save()
-        correct, squared, absolute, loss = self._test(cfg.test_size)
+        correct, squared, absolute, loss = self._test(self.config.test_size)
         test = {
             "loss": float(loss),
             "wrong": float((~correct).sum()),
@@ -372,7 +417,7 @@ class Trainer:
             sequences=self.success_at if self.success_at is not None else self.sequences,
             test=test,
             curve=list(self.curve),
-            seconds=time.perf_counter() - start,
+            seconds=time.perf_counter() - self._start,
             milestones=dict(self.milestones),
         )
 

@@ -1,0 +1,565 @@
+"""Many independent trials as one computation: K networks of one structure trained side by side.
+
+A trial of the paper's experiments is a tiny net (93 weights for the adding problem) trained on
+one sequence at a time; per sequence, nearly all the time of an ordinary training step is
+overhead (Python, autograd, dispatch, the optimiser), not arithmetic. Here the K networks of a
+group become one network whose weight matrices are block-diagonal: trial k owns its own rows
+and columns of every matrix and nothing else, so one forward and one backward through the fused
+engine serve all K at the cost of one. Each trial keeps its own weights, optimiser state, data
+stream, stopping rules and checkpoint; its gradient is exactly its own loss's (the off-diagonal
+blocks are constant zeros, not parameters), so what a trial does does not depend on which
+trials train beside it, up to float rounding.
+
+The weights of a group live in one matrix ``[K, N]`` (N the trial's weight count, in its
+``parameters()`` order); every trial's model holds views of its row, so its
+:class:`~lstmkit.train.Trainer` tests, checkpoints and callbacks see the group's current weights
+without copies. :class:`BlockDiagonal` is the layout (where each trial's weights sit in the
+merged network), :class:`TrialGroup` the computation (forward, gradient, per-trial clipping,
+SGD or Adam), :func:`train_trials` the schedule: it draws each trial's sequences in chunks of
+``chunk`` from the trial's own generator, steps the group, hands each trial's results to its
+trainer, and refills the slot of a trial that has finished with the next one waiting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import engine
+from ..cells.layout import layout
+from ..cells.reference import activation
+from ..models import SequenceModel
+from ..tasks.protocol import Batch
+from .config import TrainResult
+from .trainer import Trainer, TrainingDiverged
+
+__all__ = ["BlockDiagonal", "TrialGroup", "group_size", "mergeable", "train_trials"]
+
+#: Sequences each trial draws from its generator at a time (a trial's data depends on it).
+CHUNK = 50
+#: The largest merged network a group builds, in dense weights: the block-diagonal matrices
+#: hold K^2 N numbers for K N useful ones, so beyond this the wasted arithmetic costs more than
+#: the overhead that one computation for all trials saves.
+MAX_MERGED_WEIGHTS = 1 << 19
+MAX_SLOTS = 32
+
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+
+
+def mergeable(model: Any) -> str | None:
+    """Why ``model`` cannot train in a group (None when it can)."""
+    if not isinstance(model, SequenceModel):
+        return f"expected a lstmkit.models.SequenceModel, got {type(model).__name__}"
+    layer = model.layer
+    if layer.num_layers != 1 or layer.bidirectional:
+        return "only single-layer, unidirectional nets train in groups"
+    reason = engine.unsupported(layer.spec, None)
+    if reason is not None:
+        return reason
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        return "groups train float32 networks on the CPU"
+    return None
+
+
+def group_size(model: SequenceModel, trials: int) -> int:
+    """How many trials of ``model``'s structure to train as one group."""
+    n = max(1, model.num_weights())
+    fit = int(math.isqrt(MAX_MERGED_WEIGHTS // n)) if n <= MAX_MERGED_WEIGHTS else 1
+    return max(1, min(trials, MAX_SLOTS, fit))
+
+
+def _segments(model: SequenceModel) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """For every parameter, the blocks along each dimension: a merged dimension stacks, block
+    by block, the K trials' copies of each block (trial k's rows of gate i, then of gate f...)."""
+    layer = model.layer
+    spec, hidden = layer.spec, layer.hidden_size
+    lay = layout(spec, hidden, layer.proj_size)
+
+    def widths(names: tuple[str, ...]) -> tuple[int, ...]:
+        return tuple(w for n, w in lay.widths.items() if n in names)
+
+    every = tuple(lay.widths.values())
+    dims = {
+        "weight_ih": (every, (layer.input_size,)),
+        "weight_hh": (every, (lay.out_size,)),
+        "bias_ih": (widths(spec.biased_blocks()),),
+        "bias_hh": (widths(spec.biased_blocks()),),
+        "weight_hr": ((lay.out_size,), (hidden,)),
+        "weight_gh": (widths(spec.gate_recurrent_blocks()),
+                      tuple(lay.widths[g] for g in spec.gate_names)),
+    }
+    out: dict[str, tuple[tuple[int, ...], ...]] = {}
+    for name, _ in layer.named_parameters():
+        short = name.removesuffix("_l0")
+        if short.startswith("weight_c") and short not in dims:
+            out[f"layer.{name}"] = ((hidden,),)
+        elif short in dims:
+            out[f"layer.{name}"] = dims[short]
+        else:
+            raise ValueError(f"model: the parameter {name} has no block layout")
+    features = (lay.out_size,) + ((layer.input_size,) if model.input_shortcut else ())
+    out["readout.weight"] = ((model.readout.out_features,), features)
+    if model.readout.bias is not None:
+        out["readout.bias"] = ((model.readout.out_features,),)
+    return out
+
+
+def _merged_index(segments: tuple[int, ...], slots: int) -> tuple[Tensor, int]:
+    """Along one dimension: ``[slots, solo]`` merged positions of each trial's entries."""
+    rows, start = [], 0
+    for width in segments:
+        base = slots * start + torch.arange(slots).unsqueeze(1) * width
+        rows.append(base + torch.arange(width))
+        start += width
+    return torch.cat(rows, 1), slots * start
+
+
+class BlockDiagonal:
+    """Where each of ``slots`` copies of ``model``'s weights sits in one merged network.
+
+    ``index`` ``[slots, N]`` holds, for trial k's i-th weight (in ``model.parameters()`` order,
+    flattened), its position in the merged network's flat weight vector of ``size`` entries.
+    """
+
+    def __init__(self, model: SequenceModel, slots: int) -> None:
+        reason = mergeable(model)
+        if reason is not None:
+            raise ValueError(f"model: {reason}")
+        if not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots: expected a positive int, got {slots!r}")
+        self.slots = slots
+        layer = model.layer
+        self.spec = layer.spec
+        self.hidden_size = slots * layer.hidden_size
+        self.input_size = slots * layer.input_size
+        self.output_size = slots * model.readout.out_features
+        self.solo_outputs = model.readout.out_features
+        self.input_shortcut = model.input_shortcut
+        self.output_activation = model.output_activation
+        proj = layer.proj_size
+        self.layout = layout(self.spec, self.hidden_size, slots * proj)
+        segments = _segments(model)
+        self.names: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self.solo_shapes: list[tuple[int, ...]] = []
+        pieces, offset = [], 0
+        for name, p in model.named_parameters():
+            dims = segments[name]
+            index, shape = None, []
+            for d, seg in enumerate(dims):
+                pos, size = _merged_index(seg, slots)
+                shape.append(size)
+                if index is None:
+                    index = pos
+                else:
+                    index = index.unsqueeze(-1) * size + pos.view(slots, *([1] * d), -1)
+            shape_t = tuple(shape)
+            pieces.append(offset + index.reshape(slots, -1))
+            offset += math.prod(shape_t)
+            self.names.append(name)
+            self.shapes.append(shape_t)
+            self.solo_shapes.append(tuple(p.shape))
+        self.index = torch.cat(pieces, 1)
+        self.size = offset
+        self.numels = [math.prod(s) for s in self.shapes]
+        self.weights = self.index.shape[1]
+        self._flat_index = self.index.reshape(-1)
+
+    def merge(self, packed: Tensor) -> dict[str, Tensor]:
+        """The merged network's parameters from ``packed`` ``[slots, N]`` (differentiable)."""
+        flat = packed.new_zeros(self.size).index_copy(0, self._flat_index, packed.reshape(-1))
+        return {name: part.view(shape) for name, part, shape in
+                zip(self.names, flat.split(self.numels), self.shapes)}
+
+    def forward(self, packed: Tensor, x: Tensor) -> Tensor:
+        """Outputs ``[T, B, slots * outputs]`` of the merged network on ``x``
+        ``[T, B, slots * inputs]`` (trial k's features are the k-th block)."""
+        p = self.merge(packed)
+        layer = {n.removeprefix("layer.").removesuffix("_l0"): t for n, t in p.items()
+                 if n.startswith("layer.")}
+        batch = x.shape[1]
+        carry = tuple(x.new_zeros(batch, s) for s in self.layout.state_sizes)
+        hidden, _, _ = engine.scan(self.spec, layer, x, carry, hidden_size=self.hidden_size)
+        if self.input_shortcut:
+            hidden = torch.cat([hidden, x], -1)
+        y = F.linear(hidden, p["readout.weight"], p.get("readout.bias"))
+        return activation(self.output_activation)(y)
+
+    def to_merged_inputs(self, x: Tensor) -> Tensor:
+        """``[T, slots * B, in]`` (trial-major columns) as the merged net reads it."""
+        steps, columns, width = x.shape
+        batch = columns // self.slots
+        return x.view(steps, self.slots, batch, width).transpose(1, 2).reshape(
+            steps, batch, self.slots * width)
+
+    def to_columns(self, y: Tensor) -> Tensor:
+        """The merged outputs ``[T, B, slots * out]`` as ``[T, slots * B, out]``."""
+        steps, batch, _ = y.shape
+        return y.view(steps, batch, self.slots, self.solo_outputs).transpose(1, 2).reshape(
+            steps, self.slots * batch, self.solo_outputs)
+
+
+@dataclass
+class StepResult:
+    """One group step: the outputs (``[T, slots * B, out]``, trial-major), each trial's loss
+    and whether its loss and gradient were finite."""
+
+    outputs: Tensor
+    losses: list[float]
+    finite: list[bool]
+
+
+class TrialGroup:
+    """``slots`` networks of one structure, their weights in one ``[slots, N]`` matrix, trained
+    by one computation per step (see the module docstring).
+
+    ``optimizer`` is ``"sgd"`` (plain gradient descent) or ``"adam"`` (torch's defaults, each
+    trial with its own step count), ``clip_norm`` clips each trial's gradient norm by itself.
+    """
+
+    def __init__(self, model: SequenceModel, slots: int, *, optimizer: str, lr: float,
+                 clip_norm: float | None) -> None:
+        self.blocks = BlockDiagonal(model, slots)
+        self.slots = slots
+        self.optimizer, self.lr, self.clip_norm = optimizer, float(lr), clip_norm
+        n = self.blocks.weights
+        self.packed = torch.zeros(slots, n)
+        self.live = [False] * slots
+        if optimizer == "adam":
+            self.exp_avg = torch.zeros(slots, n)
+            self.exp_avg_sq = torch.zeros(slots, n)
+            self.steps = torch.zeros(slots, 1, dtype=torch.float64)
+
+    # -- slots ---------------------------------------------------------------------------------
+
+    def attach(self, slot: int, model: SequenceModel, adam_state: dict[str, Tensor] | None
+               = None) -> None:
+        """Put ``model``'s weights (and Adam state) into ``slot``; from now on the model's
+        parameters are views of the group's weights."""
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        if flat.numel() != self.blocks.weights:
+            raise ValueError(f"model: expected {self.blocks.weights} weights, got {flat.numel()}")
+        self.packed[slot] = flat
+        offset = 0
+        for p in model.parameters():
+            p.data = self.packed[slot, offset:offset + p.numel()].view(p.shape)
+            offset += p.numel()
+        if self.optimizer == "adam":
+            state = adam_state or {}
+            zeros = torch.zeros(self.blocks.weights)
+            self.exp_avg[slot] = state.get("exp_avg", zeros)
+            self.exp_avg_sq[slot] = state.get("exp_avg_sq", zeros)
+            self.steps[slot] = float(state.get("step", 0.0))
+        self.live[slot] = True
+
+    def detach(self, slot: int, model: SequenceModel) -> None:
+        """Give ``model`` its own copy of its weights back and empty ``slot`` (zero weights,
+        which contribute nothing to the other trials)."""
+        for p in model.parameters():
+            p.data = p.data.clone()
+        self.packed[slot] = 0.0
+        self.live[slot] = False
+
+    def adam_state(self, slot: int) -> dict[str, Tensor]:
+        """``slot``'s Adam state as flat tensors."""
+        return {"exp_avg": self.exp_avg[slot].clone(), "exp_avg_sq": self.exp_avg_sq[slot].clone(),
+                "step": self.steps[slot, 0].clone().float()}
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def step(self, x: Tensor, batch: Batch, loss_fn: Callable[[Tensor, Batch, int], Tensor],
+             update: bool = True) -> StepResult:
+        """Forward ``x`` (``[T, slots * B, in]``, trial-major) and ``batch`` (the same columns)
+        through every slot, and update each live slot whose loss and gradient are finite."""
+        packed = self.packed.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = self.blocks.forward(packed, self.blocks.to_merged_inputs(x))
+            outputs = self.blocks.to_columns(y)
+            losses = loss_fn(outputs, batch, self.slots)
+            (grad,) = torch.autograd.grad(losses.sum(), packed)
+        norms = grad.norm(dim=1)
+        finite_t = torch.isfinite(losses.detach()) & torch.isfinite(norms)
+        finite = finite_t.tolist()
+        if update:
+            live = torch.tensor(self.live) & finite_t
+            self._update(grad, norms, live)
+        return StepResult(outputs.detach(), losses.detach().tolist(), finite)
+
+    def _update(self, grad: Tensor, norms: Tensor, live: Tensor) -> None:
+        grad = torch.where(live.unsqueeze(1), grad, 0.0)
+        if self.clip_norm is not None:
+            # As torch.nn.utils.clip_grad_norm_, but each trial by its own norm.
+            coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
+            grad = grad * torch.where(live, coef, 0.0).unsqueeze(1)
+        with torch.no_grad():
+            if self.optimizer == "sgd":
+                self.packed.sub_(grad, alpha=self.lr)
+                return
+            b1, b2 = _ADAM_BETAS
+            keep = live.unsqueeze(1)
+            self.steps += keep.to(self.steps.dtype)
+            self.exp_avg.copy_(torch.where(keep, self.exp_avg * b1 + grad * (1 - b1),
+                                           self.exp_avg))
+            self.exp_avg_sq.copy_(torch.where(keep, self.exp_avg_sq * b2 + grad * grad * (1 - b2),
+                                              self.exp_avg_sq))
+            steps = self.steps.clamp(min=1.0)
+            bc1 = (1 - b1 ** steps).float()
+            bc2_sqrt = (1 - b2 ** steps).sqrt().float()
+            denom = self.exp_avg_sq.sqrt() / bc2_sqrt + _ADAM_EPS
+            delta = self.exp_avg / denom * (self.lr / bc1)
+            self.packed.sub_(torch.where(keep, delta, 0.0))
+
+
+# -------------------------------------------------------------------------------------------
+# The schedule
+
+@dataclass
+class Trial:
+    """One trial in :func:`train_trials`: its trainer and what became of it."""
+
+    trainer: Trainer
+    result: TrainResult | None = None
+    diverged: str | None = None
+
+
+def _adam_state_of(trainer: Trainer) -> dict[str, Tensor] | None:
+    """A trainer's ``torch.optim.Adam`` state flattened in parameter order (None if empty)."""
+    states = [trainer.optimizer.state.get(p) for p in trainer.model.parameters()]
+    if not any(states):
+        return None
+    params = list(trainer.model.parameters())
+    out = {}
+    for key in ("exp_avg", "exp_avg_sq"):
+        out[key] = torch.cat([(s[key] if s else torch.zeros_like(p)).reshape(-1)
+                              for s, p in zip(states, params)])
+    out["step"] = torch.tensor(float(next(s for s in states if s)["step"]))
+    return out
+
+
+def _store_adam_state(trainer: Trainer, state: dict[str, Tensor]) -> None:
+    """Write a group's flat Adam state into ``trainer``'s ``torch.optim.Adam`` (for its
+    checkpoint), in the layout ``torch.optim.Adam.state_dict`` has."""
+    offset = 0
+    for p in trainer.model.parameters():
+        n = p.numel()
+        trainer.optimizer.state[p] = {
+            "step": state["step"].clone(),
+            "exp_avg": state["exp_avg"][offset:offset + n].view(p.shape).clone(),
+            "exp_avg_sq": state["exp_avg_sq"][offset:offset + n].view(p.shape).clone(),
+        }
+        offset += n
+
+
+def _adam_saver(trainer: Trainer, group: TrialGroup, slot: int) -> Callable[[], None]:
+    """What ``trainer`` calls before a checkpoint: fetch its Adam state from the group."""
+    return lambda: _store_adam_state(trainer, group.adam_state(slot))
+
+
+def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: int = CHUNK,
+                 resume: bool = False,
+                 on_finish: Callable[[int, Trial], None] | None = None) -> list[Trial]:
+    """Train every trainer's model as :meth:`Trainer.run` would, ``slots`` at a time in one
+    :class:`TrialGroup` (default :func:`group_size`).
+
+    Every trainer must train the same structure with the same optimiser, learning rate,
+    clipping and batch size, without truncated BPTT. A trial's sequences are drawn ``chunk``
+    batches at a time from its own generator, so its data, and with it its result, depend only
+    on its seed and ``chunk``. A test-set rule is checked after the batch that reaches each
+    ``check_every``; a checkpoint is taken at the first chunk boundary at or after each
+    ``checkpoint_every``, so that a resumed trial draws exactly the data it would have drawn.
+    A trial whose loss or gradient stops being finite ends as diverged (``Trial.diverged``),
+    the others go on.
+    ``on_finish(i, trial)`` is called as each trial ends.
+    """
+    if not trainers:
+        return []
+    first = trainers[0]
+    cfg0 = first.config
+    for i, tr in enumerate(trainers):
+        cfg = tr.config
+        same = (cfg.optimizer, cfg.lr, cfg.clip_norm, cfg.batch_size) == (
+            cfg0.optimizer, cfg0.lr, cfg0.clip_norm, cfg0.batch_size)
+        if not same:
+            raise ValueError(f"trainers[{i}]: expected the optimiser, lr, clip_norm and "
+                             "batch_size of trainers[0]")
+        if cfg.tbptt is not None:
+            raise ValueError(f"trainers[{i}]: truncated BPTT does not train in groups")
+        reason = mergeable(tr.model)
+        if reason is not None:
+            raise ValueError(f"trainers[{i}].model: {reason}")
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk: expected a positive int, got {chunk!r}")
+    slots = slots or group_size(first.model, len(trainers))
+    slots = max(1, min(slots, len(trainers)))
+    group = TrialGroup(first.model, slots, optimizer=cfg0.optimizer, lr=cfg0.lr,
+                       clip_norm=cfg0.clip_norm)
+    trials = [Trial(tr) for tr in trainers]
+    waiting = list(range(len(trials)))[::-1]
+    current: list[int | None] = [None] * slots
+    batch_size = cfg0.batch_size
+
+    def start(slot: int) -> None:
+        while waiting:
+            i = waiting.pop()
+            trial = trials[i]
+            tr = trial.trainer
+            tr.begin(resume=resume)
+            if tr.finished:  # resumed after its end: only the final test is left
+                _end(i, trial)
+                continue
+            adam = _adam_state_of(tr) if cfg0.optimizer == "adam" else None
+            group.attach(slot, tr.model, adam)
+            if cfg0.optimizer == "adam":
+                tr.before_save = _adam_saver(tr, group, slot)
+            current[slot] = i
+            return
+        current[slot] = None
+
+
+    def _end(i: int, trial: Trial) -> None:
+        if trial.diverged is None:
+            trial.result = trial.trainer.finish()
+        if on_finish is not None:
+            on_finish(i, trial)
+
+    def stop(slot: int) -> None:
+        i = current[slot]
+        trial = trials[i]
+        tr = trial.trainer
+        if cfg0.optimizer == "adam":
+            _store_adam_state(tr, group.adam_state(slot))
+            tr.before_save = None
+        group.detach(slot, tr.model)
+        current[slot] = None
+        _end(i, trial)
+
+    for s in range(slots):
+        start(s)
+    while any(c is not None for c in current):
+        chunks = []
+        for i in current:
+            tr = trials[i].trainer if i is not None else first
+            gen = tr.data_gen if i is not None else torch.Generator().manual_seed(0)
+            chunks.append(tr.task.sample(chunk * batch_size, generator=gen))
+        steps = max(c.steps for c in chunks)
+        order = _sequence_major(slots, chunk, batch_size)
+        merged = Batch.cat([c.padded(steps) for c in chunks]).take(order)
+        for j in range(chunk):
+            if all(c is None or trials[c].trainer.finished or trials[c].diverged
+                   for c in current):
+                break
+            step_batch = merged.columns(j * slots * batch_size, (j + 1) * slots * batch_size)
+            longest = int(step_batch.lengths.max())
+            if longest < step_batch.steps:
+                step_batch = _first_steps(step_batch, longest)
+            res = _guarded_step(group, step_batch, first.task, current, trials)
+            correct = first.task.evaluate(res.outputs, step_batch).tolist()
+            squared = (first.task.sequence_errors(res.outputs, step_batch)[0].tolist()
+                       if any(trials[c].trainer.needs_errors for c in current if c is not None)
+                       else None)
+            for s, i in enumerate(current):
+                if i is None:
+                    continue
+                trial = trials[i]
+                tr = trial.trainer
+                if trial.diverged or tr.finished:
+                    continue
+                if not res.finite[s]:
+                    trial.diverged = str(tr._diverged(f"loss became {res.losses[s]}"))
+                    group.packed[s] = 0.0  # a dead slot must not feed NaN into the others
+                    group.live[s] = False
+                    continue
+                cols = slice(s * batch_size, (s + 1) * batch_size)
+                tr.record(res.losses[s], correct[cols],
+                          squared[cols] if squared is not None else None)
+                if tr.finished:
+                    group.live[s] = False  # its weights stay as they were at its end
+        for s, i in enumerate(current):
+            if i is None:
+                continue
+            if trials[i].trainer.finished or trials[i].diverged:
+                stop(s)
+                start(s)
+            else:
+                # Between two draws of the trial's generator: a resumed run draws the same.
+                trials[i].trainer.checkpoint_if_due()
+        if not waiting and None in current and any(c is not None for c in current):
+            # Nothing left to refill with: a smaller group stops computing empty slots.
+            group, current = _compact(group, current, trials)
+    return trials
+
+
+def _compact(group: TrialGroup, current: list[int | None], trials: list[Trial]
+             ) -> tuple[TrialGroup, list[int | None]]:
+    """A group of just the slots still training, each trial's weights and state moved over."""
+    keep = [(s, i) for s, i in enumerate(current) if i is not None]
+    model = trials[keep[0][1]].trainer.model
+    adam = group.optimizer == "adam"
+    small = TrialGroup(model, len(keep), optimizer=group.optimizer, lr=group.lr,
+                       clip_norm=group.clip_norm)
+    for new, (old, i) in enumerate(keep):
+        tr = trials[i].trainer
+        small.attach(new, tr.model, group.adam_state(old) if adam else None)
+        if adam:
+            tr.before_save = _adam_saver(tr, small, new)
+    return small, [i for _, i in keep]
+
+
+def _guarded_step(group: TrialGroup, batch: Batch, task: Any, current: list[int | None],
+                  trials: list[Trial]) -> StepResult:
+    """One group step. Where some trial's loss is not finite, its overflowing activations may
+    have reached the others through the zero blocks (0 * inf is NaN): the step is then redone
+    one trial at a time, so a trial is never judged by another's divergence."""
+    res = group.step(batch.inputs, batch, task.group_loss)
+    if all(res.finite[s] for s, i in enumerate(current) if i is not None):
+        return res
+    # Undo nothing: step() left slots with a non-finite loss or gradient unchanged, but it did
+    # update the finite ones, which is right only if none of them was poisoned. Recompute each
+    # non-finite slot alone on its own columns to tell a true divergence from a poisoned one.
+    size = batch.batch_size // group.slots
+    for s, i in enumerate(current):
+        if i is None or res.finite[s]:
+            continue
+        solo = TrialGroup(trials[i].trainer.model, 1, optimizer=group.optimizer, lr=group.lr,
+                          clip_norm=group.clip_norm)
+        solo.packed[0] = group.packed[s]
+        solo.live[0] = True
+        if group.optimizer == "adam":
+            solo.exp_avg[0], solo.exp_avg_sq[0] = group.exp_avg[s], group.exp_avg_sq[s]
+            solo.steps[0] = group.steps[s]
+        cols = batch.columns(s * size, (s + 1) * size)
+        alone = solo.step(cols.inputs, cols, task.group_loss)
+        if alone.finite[0]:
+            group.packed[s] = solo.packed[0]
+            if group.optimizer == "adam":
+                group.exp_avg[s], group.exp_avg_sq[s] = solo.exp_avg[0], solo.exp_avg_sq[0]
+                group.steps[s] = solo.steps[0]
+            res.outputs[:, s * size:(s + 1) * size] = alone.outputs
+            res.losses[s], res.finite[s] = alone.losses[0], True
+    return res
+
+
+def _sequence_major(slots: int, chunk: int, batch: int) -> Tensor:
+    """Column order turning ``slots`` chunks side by side (slot-major) into step-major columns:
+    step j's columns are ``[j * slots * batch, (j + 1) * slots * batch)``, trial-major."""
+    j = torch.arange(chunk).view(chunk, 1, 1)
+    s = torch.arange(slots).view(1, slots, 1)
+    b = torch.arange(batch).view(1, 1, batch)
+    return (s * chunk * batch + j * batch + b).reshape(-1)
+
+
+def _first_steps(batch: Batch, steps: int) -> Batch:
+    """The first ``steps`` steps of ``batch`` (every sequence ends by then)."""
+    info = {k: (v[:steps] if k in batch.time_info else v) for k, v in batch.info.items()}
+    return Batch(batch.inputs[:steps], batch.targets[:steps], batch.mask[:steps], batch.lengths,
+                 info, batch.time_info)
+
+
+__all__ += ["Trial", "TrainingDiverged"]
