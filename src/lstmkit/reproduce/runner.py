@@ -36,6 +36,7 @@ from ..tasks.base import PaperReference, PaperSetting
 from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.construction import SequentialConstruction
 from ..train.trainer import Trainer, TrainingDiverged, TrainResult
+from ..train.trials import CHUNK, Trial, mergeable, train_trials
 from .experiments import budget_for, criteria_for, describe_criteria, get
 from .nets import Recipe, build, recipe_for, train_config
 from .records import Curve, Evaluation, PaperRow, RunResult, RunSettings, Summary, TrialRecord
@@ -68,7 +69,7 @@ def default_budget(experiment: str, setting: str = "paper") -> int:
 def _make_trainer(experiment: str, setting: str, cell: str | None, seed: int,
                   max_sequences: int, *, task_params: dict[str, Any] | None,
                   checkpoint_dir: str | None, checkpoint_every: int, progress: bool,
-                  position: int) -> tuple[Trainer, list[Any]]:
+                  position: int, chunk: int = 0) -> tuple[Trainer, list[Any]]:
     """The trial's trainer with freshly seeded weights, and its callbacks."""
     exp = get(experiment)
     task = exp.make_task(task_params)
@@ -82,7 +83,7 @@ def _make_trainer(experiment: str, setting: str, cell: str | None, seed: int,
                           test_size=paper.test_set_size or 2560, check_every=check_every,
                           checkpoint_every=checkpoint_every if checkpoint_dir else 0)
     checkpoint = _checkpoint_path(checkpoint_dir, seed) if checkpoint_dir else None
-    meta = _trial_meta(experiment, setting, recipe.cell, seed, max_sequences, task.params)
+    meta = _trial_meta(experiment, setting, recipe.cell, seed, max_sequences, task.params, chunk)
     callbacks = []
     if paper.sequential_construction and recipe.setting == "paper":
         callbacks.append(SequentialConstruction(model.readout.weight, model.layer.hidden_size))
@@ -96,23 +97,56 @@ def _make_trainer(experiment: str, setting: str, cell: str | None, seed: int,
 def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_sequences: int,
               *, task_params: dict[str, Any] | None = None, checkpoint_dir: str | None = None,
               checkpoint_every: int = 20_000, resume: bool = False, progress: bool = False,
-              position: int = 0, threads: int = 1) -> TrialRecord:
-    """Train and test one network; returns its record for ``results.json``."""
+              position: int = 0, threads: int = 1, chunk: int = 0) -> TrialRecord:
+    """Train and test one network on its own (:meth:`Trainer.run`); returns its record for
+    ``results.json``."""
     torch.set_num_threads(threads)
     trainer, callbacks = _make_trainer(
         experiment, setting, cell, seed, max_sequences, task_params=task_params,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, progress=progress,
         position=position)
-    config, model = trainer.config, trainer.model
+    if chunk:
+        raise ValueError(f"chunk: a trial trained alone draws one batch at a time (0), "
+                         f"got {chunk}")
     start = time.perf_counter()
-    diverged = None
+    diverged = result = None
     try:
         result = trainer.run(resume=resume)
     except TrainingDiverged as err:
-        # Plain gradient descent without clipping (the paper setting) can blow up; that trial
-        # failed, the others go on. Its test counts every sequence as wrong.
         diverged = str(err)
-        size = float(config.test_size)
+    return _record(trainer, callbacks, seed, result, diverged, time.perf_counter() - start)
+
+
+def run_group(jobs: list[dict[str, Any]], threads: int = 1) -> list[TrialRecord]:
+    """Train the trials ``jobs`` (each :func:`run_trial`'s arguments, one cell) side by side in
+    block-diagonal groups (:func:`lstmkit.train.trials.train_trials`); their records, in order.
+
+    Jobs with ``chunk`` 0 (nets that cannot train in a group: a cell the engine does not cover)
+    run :func:`run_trial` one by one instead."""
+    if any(not job.get("chunk") for job in jobs):
+        return [run_trial(**job, threads=threads) for job in jobs]
+    torch.set_num_threads(threads)
+    built = [_make_trainer(**{k: v for k, v in job.items() if k != "resume"})
+             for job in jobs]
+    start = time.perf_counter()
+    walls: dict[int, float] = {}
+
+    def finished(i: int, trial: Trial) -> None:
+        walls[i] = time.perf_counter() - start
+
+    trials = train_trials([trainer for trainer, _ in built], chunk=jobs[0]["chunk"],
+                          resume=bool(jobs[0].get("resume")), on_finish=finished)
+    return [_record(trainer, callbacks, job["seed"], trial.result, trial.diverged, walls[i])
+            for i, ((trainer, callbacks), job, trial) in enumerate(zip(built, jobs, trials))]
+
+
+def _record(trainer: Trainer, callbacks: list[Any], seed: int, result: TrainResult | None,
+            diverged: str | None, wall_s: float) -> TrialRecord:
+    """A trial's record for ``results.json``. Plain gradient descent without clipping (the
+    paper setting) can blow up: such a trial failed (the others go on), and its test counts
+    every sequence as wrong."""
+    if result is None:
+        size = float(trainer.config.test_size)
         result = TrainResult(success=False, sequences=trainer.sequences,
                              test={"wrong": size, "size": size}, curve=list(trainer.curve),
                              milestones=dict(trainer.milestones))
@@ -120,8 +154,8 @@ def run_trial(experiment: str, setting: str, cell: str | None, seed: int, max_se
         seed=seed, success=result.success, sequences=result.sequences,
         milestones=dict(result.milestones),
         cells_added_at=callbacks[0].added_at if callbacks else None, diverged=diverged,
-        test=Evaluation.of(result.test), wall_s=time.perf_counter() - start,
-        weights=model.num_weights(),
+        test=Evaluation.of(result.test), wall_s=wall_s,
+        weights=trainer.model.num_weights(),
         curve=Curve(sequences=[p["sequences"] for p in result.curve],
                     loss=[p["loss"] for p in result.curve],
                     metric=[p["accuracy"] for p in result.curve]),
@@ -160,10 +194,11 @@ def _checkpoint_path(checkpoint_dir: str | Path, seed: int) -> Path:
 
 
 def _trial_meta(experiment: str, setting: str, cell: str, seed: int, max_sequences: int,
-                task_params: dict[str, Any]) -> dict[str, Any]:
-    """What a trial's checkpoint must match to be resumed by it."""
+                task_params: dict[str, Any], chunk: int) -> dict[str, Any]:
+    """What a trial's checkpoint must match to be resumed by it (``chunk``: the batches drawn
+    at a time in a group, 0 for a trial trained alone; it decides the trial's data)."""
     return {"experiment": experiment, "setting": setting, "cell": cell, "seed": seed,
-            "max_sequences": max_sequences, "task_params": dict(task_params)}
+            "max_sequences": max_sequences, "task_params": dict(task_params), "chunk": chunk}
 
 
 def _summary(trials: list[TrialRecord], wall_s: float) -> Summary:
@@ -229,10 +264,16 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
             trials: int = 1, seed: int = 0, max_sequences: int | None = None,
             outs: list[str | Path | None] | None = None, workers: int | None = None,
             resume: bool = False, progress: bool = True,
-            task_params: dict[str, Any] | None = None, checkpoint_every: int = 20_000
-            ) -> list[RunResult]:
+            task_params: dict[str, Any] | None = None, checkpoint_every: int = 20_000,
+            group: bool = True) -> list[RunResult]:
     """:func:`run` for several cells under one budget, every trial of every cell in one pool
-    of worker processes (so an LSTM and its plain-RNN baseline train side by side)."""
+    of worker processes (so an LSTM and its plain-RNN baseline train side by side).
+
+    With ``group`` (the default) each worker trains its share of a cell's trials side by side
+    as one computation (:func:`run_group`); ``group=False`` trains each trial on its own, one
+    per worker at a time (:func:`run_trial`). A trial's data, and so its result, differ between
+    the two (a group draws its batches in chunks); within either, a trial's result depends only
+    on its seed."""
     exp = get(experiment)
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise ValueError(f"trials: expected a positive int, got {trials!r}")
@@ -264,14 +305,15 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
     n_jobs = trials * len(cells)
     workers = max(1, min(n_jobs, workers or os.cpu_count() or 1))
     jobs = []
-    for cell, out_dir in zip(cells, out_dirs):
+    for cell, recipe, out_dir in zip(cells, recipes, out_dirs):
+        chunk = CHUNK if group and _groups(task, paper, recipe) else 0
         for i in range(trials):
             jobs.append(dict(
                 experiment=experiment, setting=setting, cell=cell, seed=seed + i,
                 max_sequences=budget, task_params=task_params,
                 checkpoint_dir=str(out_dir / "checkpoints") if out_dir is not None else None,
-                checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-                position=len(jobs) % workers))
+                checkpoint_every=checkpoint_every, resume=resume,
+                progress=progress and not chunk, position=len(jobs) % workers, chunk=chunk))
     with contextlib.ExitStack() as stack:
         stack.enter_context(_sigterm_as_interrupt())
         for out_dir in dict.fromkeys(d.resolve() for d in out_dirs if d is not None):
@@ -282,11 +324,7 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
             for job in jobs:
                 _check_resumable(job)
         start = time.perf_counter()
-        if workers == 1:
-            # One thread: these nets are far too small for a second one to pay for its wake-ups.
-            records = [run_trial(**job, threads=1) for job in jobs]
-        else:
-            records = run_jobs(run_trial, jobs, workers)
+        records = _run_units(jobs, trials, workers)
         wall = time.perf_counter() - start
         # A smaller run than the paper's (changed task parameters) is still shown beside the
         # paper's row for the experiment, which the table labels with the changed parameters.
@@ -305,6 +343,36 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
                 write_results(results, out_dir)
             everything.append(results)
         return everything
+
+
+def _groups(task: Any, paper: PaperSetting, recipe: Recipe) -> bool:
+    """Whether the recipe's nets train in groups (the engine covers the cell)."""
+    with torch.random.fork_rng(devices=[]):
+        return mergeable(build(task, paper, recipe)) is None
+
+
+def _run_units(jobs: list[dict[str, Any]], trials: int, workers: int) -> list[TrialRecord]:
+    """Every job's record, in order. Each cell's trials are dealt out round-robin to at most
+    ``workers`` units (one group each); units run in worker processes, or here for one worker.
+    One thread each: these nets are far too small for a second one to pay for its wake-ups."""
+    units: list[list[int]] = []
+    for first in range(0, len(jobs), trials):
+        cell_jobs = list(range(first, first + trials))
+        if not jobs[first]["chunk"]:
+            units.extend([k] for k in cell_jobs)  # one trial per unit, as many as there are
+            continue
+        share = min(workers, trials)
+        units.extend(cell_jobs[w::share] for w in range(share))
+    unit_jobs = [{"jobs": [jobs[k] for k in unit]} for unit in units]
+    if workers == 1:
+        done = [run_group(**unit) for unit in unit_jobs]
+    else:
+        done = run_jobs(run_group, unit_jobs, workers)
+    records: list[Any] = [None] * len(jobs)
+    for unit, unit_records in zip(units, done):
+        for k, record in zip(unit, unit_records):
+            records[k] = record
+    return records
 
 
 def write_results(results: RunResult, out_dir: Path) -> Path:
