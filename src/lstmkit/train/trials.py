@@ -449,13 +449,14 @@ def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: in
             gen = tr.data_gen if i is not None else torch.Generator().manual_seed(0)
             chunks.append(tr.task.sample(chunk * batch_size, generator=gen))
         steps = max(c.steps for c in chunks)
-        order = _sequence_major(slots, chunk, batch_size)
+        width = group.slots * batch_size
+        order = _sequence_major(group.slots, chunk, batch_size)
         merged = Batch.cat([c.padded(steps) for c in chunks]).take(order)
         for j in range(chunk):
             if all(c is None or trials[c].trainer.finished or trials[c].diverged
                    for c in current):
                 break
-            step_batch = merged.columns(j * slots * batch_size, (j + 1) * slots * batch_size)
+            step_batch = merged.columns(j * width, (j + 1) * width)
             longest = int(step_batch.lengths.max())
             if longest < step_batch.steps:
                 step_batch = _first_steps(step_batch, longest)
