@@ -1,0 +1,159 @@
+"""Trials trained side by side (:mod:`lstmkit.train.trials`): the block-diagonal layout, the
+per-trial optimiser, and that a trial's result does not depend on the trials beside it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lstmkit import GRU, LSTM, RNN
+from lstmkit.models import SequenceModel
+from lstmkit.reproduce import runner
+from lstmkit.tasks import make
+from lstmkit.tasks.protocol import Batch
+from lstmkit.train import TrainConfig, Trainer
+from lstmkit.train.criteria import RecentSequences
+from lstmkit.train.trials import BlockDiagonal, TrialGroup, mergeable, train_trials
+
+from ._engine import engine_or_skip
+
+
+def _model(kind: str, seed: int, outputs: int = 2) -> SequenceModel:
+    torch.manual_seed(seed)
+    layer = {
+        "lstm": lambda: LSTM(3, 5),
+        "peephole": lambda: LSTM(3, 4, variant="peephole"),
+        "cifg": lambda: LSTM(3, 4, variant="cifg", bias=False),
+        "lstm1997": lambda: LSTM(3, 4, variant="lstm1997"),
+        "gru": lambda: GRU(3, 4),
+        "gru_cho": lambda: GRU(3, 4, variant="gru_cho"),
+        "rnn": lambda: RNN(3, 4),
+    }[kind]()
+    shortcut = kind in ("lstm1997", "rnn")
+    return SequenceModel(layer, outputs, input_shortcut=shortcut,
+                         output_bias=kind != "cifg", output_activation="sigmoid")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "cifg", "lstm1997", "gru", "gru_cho",
+                                  "rnn"])
+def test_each_slot_of_the_merged_network_computes_its_own_trial(kind):
+    engine_or_skip()
+    models = [_model(kind, seed) for seed in range(3)]
+    blocks = BlockDiagonal(models[0], 3)
+    packed = torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+                          for m in models])
+    x = torch.randn(7, 3 * 2, 3)  # two sequences per trial, trial-major
+    merged = blocks.to_columns(blocks.forward(packed, blocks.to_merged_inputs(x)))
+    for k, model in enumerate(models):
+        alone = model(x[:, 2 * k:2 * k + 2])
+        torch.testing.assert_close(merged[:, 2 * k:2 * k + 2], alone, atol=1e-6, rtol=1e-5)
+
+
+def test_a_trial_gets_exactly_its_own_gradient_and_adam_update():
+    """Three group steps equal three steps of torch's Adam with clipping, trial by trial."""
+    engine_or_skip()
+    task = make("two_sequence", variant="a", T=8, N=2)
+    models = [_model("lstm", seed, outputs=1) for seed in range(2)]
+    group = TrialGroup(models[0], 2, optimizer="adam", lr=0.01, clip_norm=0.05)
+    for k, m in enumerate(models):
+        group.attach(k, m)
+    batches = [task.sample(4, torch.Generator().manual_seed(k)) for k in range(2)]
+    both = Batch.cat(batches)
+    for _ in range(3):
+        group.step(both.inputs, both, task.group_loss)
+    for k in range(2):
+        ref = _model("lstm", k, outputs=1)
+        opt = torch.optim.Adam(ref.parameters(), lr=0.01)
+        for _ in range(3):
+            loss = task.loss(ref(batches[k].inputs), batches[k])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+            opt.step()
+        for (name, a), b in zip(ref.named_parameters(), models[k].parameters()):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
+        state = group.adam_state(k)
+        assert float(state["step"]) == 3.0
+
+
+def test_mergeable_names_what_cannot_train_in_a_group():
+    assert mergeable(torch.nn.Linear(2, 2)).startswith("expected a lstmkit")
+    stacked = SequenceModel(LSTM(2, 4, num_layers=2), 1)
+    assert "single-layer" in mergeable(stacked)
+    normed = SequenceModel(LSTM(2, 4, variant="layernorm"), 1)
+    assert "layer normalisation" in mergeable(normed)
+
+
+def _job(seed, budget, **extra):
+    return dict(experiment="exp3a", setting="paper", cell=None, seed=seed,
+                max_sequences=budget, task_params={"T": 12}, checkpoint_dir=None,
+                checkpoint_every=20_000, resume=False, progress=False, position=0, chunk=50,
+                **extra)
+
+
+def test_a_trial_reaches_the_same_result_alone_and_beside_others():
+    """Exp. 3a (T=12) meets the paper's ST2 within a few thousand sequences."""
+    engine_or_skip()
+    alone = runner.run_group([_job(2, 8000)])[0]
+    beside = runner.run_group([_job(3, 8000), _job(2, 8000), _job(4, 8000)])[1]
+    assert alone.success, "the row should succeed quickly: pick another seed"
+    for key in ("success", "sequences", "milestones"):
+        assert getattr(beside, key) == getattr(alone, key), key
+    assert beside.test.wrong == alone.test.wrong
+
+
+def _stream_trainer(seed: int, budget: int, path=None, every: int = 0) -> Trainer:
+    task = make("adding1997", T=12)
+    torch.manual_seed(seed)
+    model = SequenceModel(LSTM(2, 4), 1, output_activation="identity")
+    cfg = TrainConfig(optimizer="adam", lr=0.01, batch_size=2, max_sequences=budget,
+                      clip_norm=1.0, check_every=100, checkpoint_every=every, test_size=8,
+                      seed=seed, log_every=50)
+    return Trainer(model, task, cfg, RecentSequences(window=100, max_wrong=0), checkpoint=path,
+                   meta={"seed": seed})
+
+
+def test_an_interrupted_group_resumes_to_the_uninterrupted_result(tmp_path):
+    engine_or_skip()
+    whole = [_stream_trainer(s, 600) for s in (0, 1)]
+    train_trials(whole, chunk=10)
+    paths = [tmp_path / f"trial-{s}.pt" for s in (0, 1)]
+    cut = [_stream_trainer(s, 600, p, every=100) for s, p in zip((0, 1), paths)]
+    record = cut[1].record
+
+    def interrupt(*args, **kwargs):
+        record(*args, **kwargs)
+        if cut[1].sequences >= 350:
+            raise KeyboardInterrupt
+
+    cut[1].record = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        train_trials(cut, chunk=10)
+    again = [_stream_trainer(s, 600, p, every=100) for s, p in zip((0, 1), paths)]
+    train_trials(again, chunk=10, resume=True)
+    for a, b in zip(whole, again):
+        assert a.sequences == b.sequences
+        for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+            torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_a_diverging_trial_ends_alone_and_the_others_are_unaffected():
+    engine_or_skip()
+    reference = _stream_trainer(1, 200)
+    train_trials([reference], chunk=10)
+    bad, good = _stream_trainer(0, 200), _stream_trainer(1, 200)
+    with torch.no_grad():
+        for p in bad.model.parameters():
+            p.fill_(3e38)  # its activations overflow at once
+    trials = train_trials([bad, good], chunk=10)
+    assert trials[0].diverged is not None and "diverged" in trials[0].diverged
+    assert trials[1].diverged is None
+    for (name, p), q in zip(reference.model.named_parameters(), good.model.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_train_trials_refuses_trainers_that_differ_in_their_recipe():
+    a, b = _stream_trainer(0, 100), _stream_trainer(1, 100)
+    b.config.lr = 0.5
+    with pytest.raises(ValueError, match=r"trainers\[1\]: expected the optimiser"):
+        train_trials([a, b])
