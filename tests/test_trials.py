@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _engine import engine_or_skip
 from lstmkit import GRU, LSTM, RNN
 from lstmkit.models import SequenceModel
 from lstmkit.reproduce import runner
@@ -14,8 +15,6 @@ from lstmkit.tasks.protocol import Batch
 from lstmkit.train import TrainConfig, Trainer
 from lstmkit.train.criteria import RecentSequences
 from lstmkit.train.trials import BlockDiagonal, TrialGroup, mergeable, train_trials
-
-from ._engine import engine_or_skip
 
 
 def _model(kind: str, seed: int, outputs: int = 2) -> SequenceModel:
