@@ -17,10 +17,10 @@ from lstmkit.train.criteria import RecentSequences
 from lstmkit.train.trials import BlockDiagonal, TrialGroup, mergeable, train_trials
 
 
-def _model(kind: str, seed: int, outputs: int = 2) -> SequenceModel:
+def _model(kind: str, seed: int, outputs: int = 2, inputs: int = 3) -> SequenceModel:
     torch.manual_seed(seed)
     layer = {
-        "lstm": lambda: LSTM(3, 5),
+        "lstm": lambda: LSTM(inputs, 5),
         "peephole": lambda: LSTM(3, 4, variant="peephole"),
         "cifg": lambda: LSTM(3, 4, variant="cifg", bias=False),
         "lstm1997": lambda: LSTM(3, 4, variant="lstm1997"),
@@ -52,7 +52,7 @@ def test_a_trial_gets_exactly_its_own_gradient_and_adam_update():
     """Three group steps equal three steps of torch's Adam with clipping, trial by trial."""
     engine_or_skip()
     task = make("two_sequence", variant="a", T=8, N=2)
-    models = [_model("lstm", seed, outputs=1) for seed in range(2)]
+    models = [_model("lstm", seed, outputs=1, inputs=1) for seed in range(2)]
     group = TrialGroup(models[0], 2, optimizer="adam", lr=0.01, clip_norm=0.05)
     for k, m in enumerate(models):
         group.attach(k, m)
@@ -61,7 +61,7 @@ def test_a_trial_gets_exactly_its_own_gradient_and_adam_update():
     for _ in range(3):
         group.step(both.inputs, both, task.group_loss)
     for k in range(2):
-        ref = _model("lstm", k, outputs=1)
+        ref = _model("lstm", k, outputs=1, inputs=1)
         opt = torch.optim.Adam(ref.parameters(), lr=0.01)
         for _ in range(3):
             loss = task.loss(ref(batches[k].inputs), batches[k])
