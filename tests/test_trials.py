@@ -102,7 +102,7 @@ def test_a_trial_reaches_the_same_result_alone_and_beside_others():
 
 
 def _stream_trainer(seed: int, budget: int, path=None, every: int = 0) -> Trainer:
-    task = make("adding1997", T=12)
+    task = make("adding1997", T=20)
     torch.manual_seed(seed)
     model = SequenceModel(LSTM(2, 4), 1, output_activation="identity")
     cfg = TrainConfig(optimizer="adam", lr=0.01, batch_size=2, max_sequences=budget,
