@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _checks, _layer_io, dispatch, engine, stack
+from . import _checks, _layer_io, dispatch, engine, onnx_export, stack
 from .cells import reference
 from .cells.spec import CellSpec, get_spec
 from .dispatch import BACKENDS, Route
@@ -229,6 +229,11 @@ class _Recurrent(nn.Module):
             check_finite: raise ``ValueError`` if the input (its valid steps, with ``lengths``)
                 or ``hx`` holds NaN or Inf. Off by default: it synchronises with the device.
         """
+        if onnx_export.exporting():
+            # torch.onnx.export captures ONNX operators instead of kernels it cannot translate.
+            return onnx_export.forward(self, input, hx, lengths=lengths,
+                                       return_cell_states=return_cell_states,
+                                       check_finite=check_finite)
         ref = self._ref_param()
         x, lengths, form = _layer_io.read_input(input, lengths, self.batch_first,
                                                 self.input_size, ref)
