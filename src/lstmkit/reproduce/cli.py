@@ -63,7 +63,7 @@ def _command(args: argparse.Namespace) -> int:
             args.experiment, cells, setting=args.setting, trials=args.trials, seed=args.seed,
             max_sequences=args.max_sequences, outs=outs, workers=args.workers,
             resume=args.resume, progress=not args.quiet, task_params=task_params or None,
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=args.checkpoint_every, group=not args.one_by_one, ray=args.ray,
         )
     except Terminated:
         # Like Ctrl-C, but the shell's status for a SIGTERM: 128 + 15.
@@ -96,11 +96,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="change a task parameter of the row, e.g. T=50 (repeatable); the table "
                    "marks such rows as changed")
     p.add_argument("--workers", type=int, default=None,
-                   help="trials run at once in separate processes (default: the cores)")
+                   help="processes (or Ray tasks) at once, each training a group of trials "
+                   "(default: the cores, or the cluster's CPUs)")
     p.add_argument("--out", default=None, help="folder for results.json, curves, checkpoints")
     p.add_argument("--checkpoint-every", type=int, default=20_000, metavar="N",
                    help="with --out, checkpoint each trial every N sequences (default 20,000)")
     p.add_argument("--resume", action="store_true",
                    help="continue trials from their checkpoints in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--one-by-one", action="store_true",
+                   help="train each trial on its own instead of side by side in groups "
+                   "(slower; a trial's data, and so its numbers, differ between the two)")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run the trial groups on the Ray cluster at ADDRESS ('local': start "
+                   "one here); --out must be a folder every node sees")
     p.set_defaults(func=_command)

@@ -35,8 +35,10 @@ from ..analysis._limits import require_matplotlib
 from ..tasks.base import PaperReference, PaperSetting
 from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.construction import SequentialConstruction
+from ..train.progress import progress_bar
 from ..train.trainer import Trainer, TrainingDiverged, TrainResult
 from ..train.trials import CHUNK, Trial, mergeable, train_trials
+from . import cluster
 from .experiments import budget_for, criteria_for, describe_criteria, get
 from .nets import Recipe, build, recipe_for, train_config
 from .records import Curve, Evaluation, PaperRow, RunResult, RunSettings, Summary, TrialRecord
@@ -126,7 +128,8 @@ def run_group(jobs: list[dict[str, Any]], threads: int = 1) -> list[TrialRecord]
     if any(not job.get("chunk") for job in jobs):
         return [run_trial(**job, threads=threads) for job in jobs]
     torch.set_num_threads(threads)
-    built = [_make_trainer(**{k: v for k, v in job.items() if k != "resume"})
+    built = [_make_trainer(**{k: v for k, v in job.items() if k not in ("resume", "progress")},
+                           progress=False)
              for job in jobs]
     start = time.perf_counter()
     walls: dict[int, float] = {}
@@ -134,8 +137,25 @@ def run_group(jobs: list[dict[str, Any]], threads: int = 1) -> list[TrialRecord]
     def finished(i: int, trial: Trial) -> None:
         walls[i] = time.perf_counter() - start
 
-    trials = train_trials([trainer for trainer, _ in built], chunk=jobs[0]["chunk"],
-                          resume=bool(jobs[0].get("resume")), on_finish=finished)
+    bar = None
+    if jobs[0].get("progress"):
+        first = jobs[0]
+        bar = progress_bar(sum(j["max_sequences"] for j in jobs), 0,
+                           f"{first['experiment']} {first['cell'] or first['setting']} "
+                           f"seeds {','.join(str(j['seed']) for j in jobs)}",
+                           first.get("position", 0))
+
+    def chunk_done(sequences: int) -> None:
+        if bar is not None:
+            bar.update(sequences - bar.n)
+
+    try:
+        trials = train_trials([trainer for trainer, _ in built], chunk=jobs[0]["chunk"],
+                              resume=bool(jobs[0].get("resume")), on_finish=finished,
+                              on_chunk=chunk_done)
+    finally:
+        if bar is not None:
+            bar.close()
     return [_record(trainer, callbacks, job["seed"], trial.result, trial.diverged, walls[i])
             for i, ((trainer, callbacks), job, trial) in enumerate(zip(built, jobs, trials))]
 
@@ -265,7 +285,7 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
             outs: list[str | Path | None] | None = None, workers: int | None = None,
             resume: bool = False, progress: bool = True,
             task_params: dict[str, Any] | None = None, checkpoint_every: int = 20_000,
-            group: bool = True) -> list[RunResult]:
+            group: bool = True, ray: str | None = None) -> list[RunResult]:
     """:func:`run` for several cells under one budget, every trial of every cell in one pool
     of worker processes (so an LSTM and its plain-RNN baseline train side by side).
 
@@ -273,7 +293,12 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
     as one computation (:func:`run_group`); ``group=False`` trains each trial on its own, one
     per worker at a time (:func:`run_trial`). A trial's data, and so its result, differ between
     the two (a group draws its batches in chunks); within either, a trial's result depends only
-    on its seed."""
+    on its seed.
+
+    ``ray`` sends the units of work to the Ray cluster at that address (``"local"`` starts one
+    here with ``workers`` CPUs) instead of local processes (:mod:`.cluster`); ``workers`` then
+    defaults to the cluster's CPUs. Checkpoints, resume and results are those of a local run.
+    """
     exp = get(experiment)
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise ValueError(f"trials: expected a positive int, got {trials!r}")
@@ -303,6 +328,8 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
     n_jobs = trials * len(cells)
+    if ray is not None and workers is None and ray != "local":
+        workers = cluster.cluster_cpus(ray)
     workers = max(1, min(n_jobs, workers or os.cpu_count() or 1))
     jobs = []
     for cell, recipe, out_dir in zip(cells, recipes, out_dirs):
@@ -313,7 +340,7 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
                 max_sequences=budget, task_params=task_params,
                 checkpoint_dir=str(out_dir / "checkpoints") if out_dir is not None else None,
                 checkpoint_every=checkpoint_every, resume=resume,
-                progress=progress and not chunk, position=len(jobs) % workers, chunk=chunk))
+                progress=progress, position=len(jobs) % workers, chunk=chunk))
     with contextlib.ExitStack() as stack:
         stack.enter_context(_sigterm_as_interrupt())
         for out_dir in dict.fromkeys(d.resolve() for d in out_dirs if d is not None):
@@ -324,7 +351,7 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
             for job in jobs:
                 _check_resumable(job)
         start = time.perf_counter()
-        records = _run_units(jobs, trials, workers)
+        records = _run_units(jobs, trials, workers, ray)
         wall = time.perf_counter() - start
         # A smaller run than the paper's (changed task parameters) is still shown beside the
         # paper's row for the experiment, which the table labels with the changed parameters.
@@ -351,7 +378,8 @@ def _groups(task: Any, paper: PaperSetting, recipe: Recipe) -> bool:
         return mergeable(build(task, paper, recipe)) is None
 
 
-def _run_units(jobs: list[dict[str, Any]], trials: int, workers: int) -> list[TrialRecord]:
+def _run_units(jobs: list[dict[str, Any]], trials: int, workers: int,
+               ray: str | None = None) -> list[TrialRecord]:
     """Every job's record, in order. Each cell's trials are dealt out round-robin to at most
     ``workers`` units (one group each); units run in worker processes, or here for one worker.
     One thread each: these nets are far too small for a second one to pay for its wake-ups."""
@@ -364,7 +392,9 @@ def _run_units(jobs: list[dict[str, Any]], trials: int, workers: int) -> list[Tr
         share = min(workers, trials)
         units.extend(cell_jobs[w::share] for w in range(share))
     unit_jobs = [{"jobs": [jobs[k] for k in unit]} for unit in units]
-    if workers == 1:
+    if ray is not None:
+        done = cluster.run_on_ray(ray, run_group, unit_jobs, cpus=workers)
+    elif workers == 1:
         done = [run_group(**unit) for unit in unit_jobs]
     else:
         done = run_jobs(run_group, unit_jobs, workers)

@@ -364,7 +364,8 @@ def _adam_saver(trainer: Trainer, group: TrialGroup, slot: int) -> Callable[[], 
 
 def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: int = CHUNK,
                  resume: bool = False,
-                 on_finish: Callable[[int, Trial], None] | None = None) -> list[Trial]:
+                 on_finish: Callable[[int, Trial], None] | None = None,
+                 on_chunk: Callable[[int], None] | None = None) -> list[Trial]:
     """Train every trainer's model as :meth:`Trainer.run` would, ``slots`` at a time in one
     :class:`TrialGroup` (default :func:`group_size`).
 
@@ -376,7 +377,8 @@ def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: in
     ``checkpoint_every``, so that a resumed trial draws exactly the data it would have drawn.
     A trial whose loss or gradient stops being finite ends as diverged (``Trial.diverged``),
     the others go on.
-    ``on_finish(i, trial)`` is called as each trial ends.
+    ``on_finish(i, trial)`` is called as each trial ends, ``on_chunk(sequences)`` after each
+    chunk with the training sequences of all trials so far.
     """
     if not trainers:
         return []
@@ -491,6 +493,8 @@ def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: in
             else:
                 # Between two draws of the trial's generator: a resumed run draws the same.
                 trials[i].trainer.checkpoint_if_due()
+        if on_chunk is not None:
+            on_chunk(sum(t.trainer.sequences for t in trials))
         if not waiting and None in current and any(c is not None for c in current):
             # Nothing left to refill with: a smaller group stops computing empty slots.
             group, current = _compact(group, current, trials)
