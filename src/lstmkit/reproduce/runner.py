@@ -260,8 +260,8 @@ def _settings(recipe: Recipe, paper: PaperSetting, budget: int, weights: int | N
 def run(experiment: str, *, setting: str = "paper", cell: str | None = None, trials: int = 1,
         seed: int = 0, max_sequences: int | None = None, out: str | Path | None = None,
         workers: int | None = None, resume: bool = False, progress: bool = True,
-        task_params: dict[str, Any] | None = None, checkpoint_every: int = 20_000
-        ) -> RunResult:
+        task_params: dict[str, Any] | None = None, checkpoint_every: int = 20_000,
+        group: bool = True, ray: str | None = None) -> RunResult:
     """Run ``trials`` trials of ``experiment``; returns (and writes to ``out``) the results.
 
     ``task_params`` changes the row's task parameters (e.g. ``{"T": 50}``) for a smaller run
@@ -277,7 +277,7 @@ def run(experiment: str, *, setting: str = "paper", cell: str | None = None, tri
     return compare(experiment, [cell], setting=setting, trials=trials, seed=seed,
                    max_sequences=max_sequences, outs=[out], workers=workers, resume=resume,
                    progress=progress, task_params=task_params,
-                   checkpoint_every=checkpoint_every)[0]
+                   checkpoint_every=checkpoint_every, group=group, ray=ray)[0]
 
 
 def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
