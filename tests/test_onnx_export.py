@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from lstmkit import GRU, LSTM, PRESETS, RNN, onnx_export
+from lstmkit import GRU, LSTM, PRESETS, RNN, get_spec, onnx_export
 
 FAMILY = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 TOL = 1e-5
@@ -141,9 +141,7 @@ def presets() -> Exported:
     layers = {}
     for name in PRESET_NAMES:
         kwargs = EXTRA.get(name, dict(variant=name))
-        spec = PRESETS[name] if name in PRESETS else kwargs["variant"]
-        family = spec.family if not isinstance(spec, str) else PRESETS[spec].family
-        layers[name] = FAMILY[family](3, 4, **kwargs)
+        layers[name] = FAMILY[get_spec(kwargs["variant"]).family](3, 4, **kwargs)
     bundle = Bundle(layers, {name: (lambda layer, x: layer(x)) for name in layers})
     return Exported(bundle, (torch.randn(5, 2, 3),), ({0: "T", 1: "B"},))
 
