@@ -10,7 +10,7 @@ from lstmkit.train.checkpoint import load_checkpoint
 
 ray = pytest.importorskip("ray")
 
-_RUN = dict(setting="paper", trials=3, seed=0, max_sequences=300, progress=False,
+_RUN = dict(setting="paper", trials=3, seed=0, max_sequences=200, progress=False,
             task_params={"T": 12}, checkpoint_every=100)
 
 
@@ -34,7 +34,7 @@ def test_a_run_on_ray_equals_the_local_run_and_resumes_from_its_checkpoints(
     for seed in range(3):
         a = load_checkpoint(tmp_path / "here" / "checkpoints" / f"trial-{seed}.pt")
         b = load_checkpoint(tmp_path / "ray" / "checkpoints" / f"trial-{seed}.pt")
-        assert a["sequences"] == b["sequences"] == 300
+        assert a["sequences"] == b["sequences"] == 200
         for name, w in a["model"].items():
             assert b["model"][name].equal(w), name
     again = runner.run("exp3a", **_RUN, workers=2, out=tmp_path / "ray", ray="local",

@@ -34,10 +34,10 @@ def cluster_cpus(address: str) -> int:
 
 
 def _connect(ray: Any, address: str, cpus: int | None = None) -> None:
-    if ray.is_initialized():
-        return
     if not isinstance(address, str) or not address:
         raise ValueError(f"ray: expected a cluster address or 'local', got {address!r}")
+    if ray.is_initialized():
+        return
     if address == "local":
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     else:
