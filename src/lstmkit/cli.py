@@ -13,13 +13,17 @@ import importlib
 import logging
 import re
 import sys
+import textwrap
 import warnings
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .cells import PRESETS, CellSpec
 from .train.trainer import TrainingDiverged
+
+if TYPE_CHECKING:
+    from .dispatch import Route
 
 # Modules with a ``register(subparsers)`` function, in the order ``lstmkit --help`` lists them.
 _COMMANDS = (
@@ -81,18 +85,29 @@ class _Parser(argparse.ArgumentParser):
 #: How ``lstmkit variants`` names the paths of ``backend="auto"`` (``"none"``: refused).
 PATH_NAMES = {"native": "torch kernel", "engine": "fused engine", "reference": "reference",
               "none": "none (refused)"}
+#: The kinds of call ``lstmkit variants`` shows: (column, training step, lengths given).
+CALLS = (("training", True, False), ("inference", False, False),
+         ("training+lengths", True, True), ("inference+lengths", False, True))
 
 
-def auto_path(spec: CellSpec) -> str:
-    """The path (``"native"``, ``"engine"``, ``"reference"``, or ``"none"`` where a forced
-    ``LSTMKIT_BACKEND`` refuses the cell) that a layer's default ``backend="auto"`` takes for
-    ``spec`` on CPU float32 input: the layers' own decision (:func:`lstmkit.dispatch.route`)."""
+def auto_route(spec: CellSpec, *, grad: bool = True, lengths: bool = False) -> Route | None:
+    """The route a layer's default ``backend="auto"`` takes for ``spec`` on CPU float32 input,
+    for a training step (``grad``) or inference, with or without ``lengths``: the layers' own
+    decision (:func:`lstmkit.dispatch.route`). None where a forced ``LSTMKIT_BACKEND`` refuses
+    the cell."""
     from . import dispatch
 
     try:
-        return dispatch.route(spec, "auto", None).path
+        return dispatch.route(spec, "auto", None, lengths=lengths, grad=grad)
     except (ValueError, RuntimeError):
-        return "none"
+        return None
+
+
+def auto_path(spec: CellSpec, *, grad: bool = True, lengths: bool = False) -> str:
+    """:func:`auto_route`'s path (``"native"``, ``"engine"``, ``"reference"``), or ``"none"``
+    where a forced ``LSTMKIT_BACKEND`` refuses the cell."""
+    route = auto_route(spec, grad=grad, lengths=lengths)
+    return "none" if route is None else route.path
 
 
 def _engine_status() -> tuple[bool, str]:
@@ -126,18 +141,48 @@ def _variants(_: argparse.Namespace) -> int:
     forced = dispatch.requested("auto")  # LSTMKIT_BACKEND, checked
     # Forced to torch's kernels or the reference, no layer uses the engine: no need to build it.
     _, status = (False, "") if forced in ("native", "reference") else _engine_status()
-    rows = [(name, spec.family, PATH_NAMES[auto_path(spec)], spec.doc)
+    routes = {name: [auto_route(spec, grad=grad, lengths=lengths) for _, grad, lengths in CALLS]
+              for name, spec in PRESETS.items()}
+    rows = [(name, spec.family,
+             *(PATH_NAMES["none" if r is None else r.path] for r in routes[name]), spec.doc)
             for name, spec in PRESETS.items()]
-    header = ("variant", "family", "path", "equations")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    header = ("variant", "family", *(column for column, _, _ in CALLS), "equations")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
-        print("  ".join(f"{v:<{w}}" for v, w in zip(row[:3], widths)) + "  " + row[3])
-    print('\npath: what the default backend="auto" runs for CPU float32 tensors here: torch '
-          "kernel (torch's own),\nfused engine (lstmkit's C++) or reference (the Python step "
-          "functions)." + (f"\n{status}" if status else ""))
+        print("  ".join(f"{v:<{w}}" for v, w in zip(row[:-1], widths)) + "  " + row[-1])
+    print('\nWhat the default backend="auto" runs for CPU float32 tensors here, for a training '
+          "step,\ninference (torch.no_grad), and each with lengths=: torch kernel (torch's own), "
+          "fused engine\n(lstmkit's C++) or reference (the Python step functions). A layer's "
+          "route() method\nsays the same for a given call." + (f"\n{status}" if status else ""))
     if forced != "auto":
         print(f"LSTMKIT_BACKEND={forced} is set and decides the path of every layer.")
+        return 0
+    # One line per distinct reason, naming the presets and kinds of call it applies to.
+    why: dict[str, list[str]] = {}
+    for name, found in routes.items():
+        for (column, _, _), route in zip(CALLS, found):
+            if route is None:
+                continue
+            reason = route.reason
+            if not PRESETS[name].torch_native and route.path == "engine":
+                reason = "torch has no kernel for these cells; the fused engine computes them"
+            why.setdefault(reason, []).append(f"{name} {column}")
+    print("\nWhy:")
+    for reason, calls in why.items():
+        print(textwrap.fill(f"{_summarise_calls(calls)}: {reason}", width=100,
+                            initial_indent="  ", subsequent_indent="      "))
     return 0
+
+
+def _summarise_calls(calls: list[str]) -> str:
+    """``["a training", "a inference", "b training"]`` -> ``"a (training, inference), b
+    (training)"``; a preset with every kind of call is named alone."""
+    by_name: dict[str, list[str]] = {}
+    for call in calls:
+        name, column = call.split(" ", 1)
+        by_name.setdefault(name, []).append(column)
+    return ", ".join(name if len(columns) == len(CALLS) else f"{name} ({', '.join(columns)})"
+                     for name, columns in by_name.items())
 
 
 def build_parser() -> argparse.ArgumentParser:

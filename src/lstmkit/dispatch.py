@@ -1,10 +1,21 @@
 """Which path a layer call takes, and why: torch's own kernel, the fused engine or the reference.
 
-:func:`route` is the only place that decides. ``backend="auto"`` takes torch's kernel where it
-computes exactly the requested cell, else the engine where it can run the call, else the
-readable reference. A forced ``backend="native"`` or ``"engine"`` that cannot run the call
-raises an error naming the reason instead of quietly taking another path, so a forced backend
-proves which code ran. ``layer.route(x)`` shows the decision without running anything.
+:func:`route` is the only place that decides. ``backend="auto"`` takes, per call, the fastest
+path that computes exactly the requested cell:
+
+* a cell torch has no kernel for runs on the engine where the engine can run the call, else on
+  the readable reference;
+* a cell torch has a kernel for (``lstm``, ``gru``, ``rnn``, ``rnn_relu``) runs on torch's kernel
+  where the engine cannot run the call (another device or dtype, a ``torch.func`` transform, an
+  engine that could not be built); otherwise :func:`auto_choice` picks between torch's kernel and
+  the engine from what is known when the call is made: the cell family, whether it is a training
+  step (gradients recorded), whether ``lengths`` were given, the dtype, and whether the engine has
+  its packed AVX-512 step kernel on this CPU. The rule, with the measurements behind it, is
+  :data:`RULE`.
+
+A forced ``backend="native"`` or ``"engine"`` that cannot run the call raises an error naming the
+reason instead of quietly taking another path, so a forced backend proves which code ran.
+``layer.route(x)`` shows the decision without running anything.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from . import engine
@@ -28,6 +40,69 @@ class Route:
 
     path: Path
     reason: str
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One line of :data:`RULE`: the path ``auto`` takes for a kind of call, and why."""
+
+    path: Literal["native", "engine"]
+    reason: str
+
+
+# The kinds of call the rule tells apart: (family, training step, lengths given, step kernel).
+_Key = tuple[str, bool, bool, bool]
+
+_PACKED = Choice("engine", "lengths given: torch's kernel would run a packed sequence, slower "
+                 "than the fused engine")
+_FASTER = Choice("engine", "a training step: the fused engine is faster than torch's kernel")
+_TORCH = Choice("native", "inference without lengths: torch's kernel is as fast as the engine "
+                "or faster")
+
+# Per kind of call (family, training step, lengths given): the choice without the engine's
+# packed AVX-512 step kernel, then with it. The numbers are time ratios at the five benchmark
+# shapes, one thread, float32. Without the step kernel they come from
+# ``benchmarks/bench_default_path.py --paths`` (``benchmarks/results-default-path.md``), each
+# path against torch's kernel without lengths. With it they come from the engine record in
+# BENCHMARKS.md (a CPU with AVX-512, two threads; "vanilla" is lstm plus peepholes); kinds of
+# call that were not measured with it keep the choice made without it.
+_MEASURED: dict[tuple[str, bool, bool], tuple[Choice, Choice]] = {
+    # Engine 0.94-1.23x; torch's kernel through the layer 0.96-1.11x (the same kernel: the
+    # spread is the machine's noise). With the step kernel the engine takes 0.56-0.86x
+    # ("vanilla": 0.58-0.98x).
+    ("lstm", True, False): (
+        Choice("native", "a training step without lengths: torch's oneDNN kernel is faster "
+               "than the engine without its AVX-512 step kernel"), _FASTER),
+    # Engine 0.89-1.24x, torch's packed kernel 3.2-7.0x.
+    ("lstm", True, True): (_PACKED, _PACKED),
+    # Engine 1.7-2.9x. With the step kernel ("vanilla") 0.73-1.12x: no path wins every shape.
+    ("lstm", False, False): (_TORCH, _TORCH),
+    # Engine 1.45-2.14x, torch's packed kernel 1.17-1.96x, lower on every shape. With the step
+    # kernel the engine's inference ("vanilla", without lengths) is 0.73-1.12x.
+    ("lstm", False, True): (
+        Choice("native", "inference with lengths: torch's packed kernel is faster than the "
+               "engine without its AVX-512 step kernel"), _PACKED),
+    # torch has no oneDNN kernel for GRU and RNN. Training: engine 0.35-0.96x; with lengths
+    # 0.23-0.98x against torch's packed kernel's 1.1-5.2x.
+    ("gru", True, False): (_FASTER, _FASTER),
+    ("gru", True, True): (_PACKED, _PACKED),
+    ("rnn", True, False): (_FASTER, _FASTER),
+    ("rnn", True, True): (_PACKED, _PACKED),
+    # Inference: engine and torch's kernel within the noise of each other (0.78-1.17x against
+    # 0.86-1.22x); with lengths the engine is lower at most shapes (geometric means 0.86-1.1x
+    # against 0.92-1.16x for torch's packed kernel).
+    ("gru", False, False): (_TORCH, _TORCH),
+    ("gru", False, True): (_PACKED, _PACKED),
+    ("rnn", False, False): (_TORCH, _TORCH),
+    ("rnn", False, True): (_PACKED, _PACKED),
+}
+
+#: What ``auto`` runs for a cell torch has a kernel for, when both torch's kernel and the engine
+#: can run the call, keyed by (family, training step, lengths given, the engine's packed AVX-512
+#: step kernel in use); the measurements behind each entry are in the comments above it.
+RULE: dict[_Key, Choice] = {(family, grad, lengths, kernel): pair[kernel]
+                            for (family, grad, lengths), pair in _MEASURED.items()
+                            for kernel in (False, True)}
 
 
 def requested(backend: str) -> str:
@@ -50,8 +125,46 @@ def native_reason(spec: CellSpec, return_cells: bool) -> str | None:
     return None
 
 
-def route(spec: CellSpec, backend: str, x: Tensor | None, *, return_cells: bool = False) -> Route:
+def step_kernel(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the engine's per-step GEMMs run its packed AVX-512 kernel for ``dtype`` here
+    (float32 on a CPU with AVX-512; otherwise they call the BLAS). Builds the engine if needed."""
+    if dtype != torch.float32 or not engine.available():
+        return False
+    has_kernel = getattr(engine._build.load(), "has_kernel", None)
+    return has_kernel is not None and bool(has_kernel())
+
+
+def auto_choice(spec: CellSpec, *, grad: bool, lengths: bool,
+                dtype: torch.dtype = torch.float32) -> Choice:
+    """What ``auto`` prefers for a cell torch has a kernel for, when both torch's kernel and the
+    engine can run the call (:data:`RULE`).
+
+    Asks about the engine's step kernel (building the engine) only where the rule depends on it.
+    """
+    if not spec.torch_native:
+        raise ValueError(f"spec: expected a cell torch has a kernel for, got {spec.name!r}")
+    family = spec.family
+    without = RULE[(family, grad, lengths, False)]
+    with_kernel = RULE[(family, grad, lengths, True)]
+    if without == with_kernel:
+        return without
+    return with_kernel if step_kernel(dtype) else without
+
+
+def _engine_reason(spec: CellSpec, x: Tensor | None, return_cells: bool) -> str | None:
+    """Why the engine cannot run this call, its build included (None when it can)."""
+    reason = engine.unsupported(spec, x, return_cells)
+    if reason is None and not engine.available():
+        reason = f"the engine could not be built ({engine.build_error()})"
+    return reason
+
+
+def route(spec: CellSpec, backend: str, x: Tensor | None, *, return_cells: bool = False,
+          lengths: bool = False, grad: bool | None = None) -> Route:
     """The path for running ``spec`` on ``x`` (``[T, B, in]``; None: decide for CPU float32).
+
+    ``lengths``: whether the call gives ``lengths`` (or a ``PackedSequence``). ``grad``: whether
+    the call is a training step, one that records gradients; None: ``torch.is_grad_enabled()``.
 
     Raises ``ValueError`` when a forced ``"native"`` or ``"engine"`` cannot run the call and
     ``RuntimeError`` when a forced engine is not built on this machine.
@@ -67,19 +180,29 @@ def route(spec: CellSpec, backend: str, x: Tensor | None, *, return_cells: bool 
             # torch's kernels refuse empty sequences; the reference returns the initial state.
             return Route("reference", "an empty sequence: the output is empty")
         return Route("native", "backend='native' was requested")
-    if backend == "auto" and not not_native:
-        if x is not None and x.shape[0] == 0:
-            return Route("reference", "an empty sequence: the output is empty")
-        return Route("native", "torch has a kernel for exactly this cell")
-    not_engine = engine.unsupported(spec, x, return_cells)
-    if not_engine is None and not engine.available():
-        not_engine = f"the engine could not be built ({engine.build_error()})"
-        if backend == "engine":
-            raise RuntimeError(f"backend: 'engine' cannot run: {not_engine}")
     if backend == "engine":
+        not_engine = engine.unsupported(spec, x, return_cells)
         if not_engine:
             raise ValueError(f"backend: 'engine' cannot run this call: {not_engine}")
+        if not engine.available():
+            raise RuntimeError(f"backend: 'engine' cannot run: the engine could not be built "
+                               f"({engine.build_error()})")
         return Route("engine", "backend='engine' was requested")
+    if not not_native:
+        if x is not None and x.shape[0] == 0:
+            return Route("reference", "an empty sequence: the output is empty")
+        not_engine = engine.unsupported(spec, x, return_cells)
+        if not_engine:
+            # Decided before the build: a call the engine cannot take never waits for it.
+            return Route("native", f"torch has a kernel for this cell; {not_engine}")
+        grad = torch.is_grad_enabled() if grad is None else bool(grad)
+        dtype = torch.float32 if x is None else x.dtype
+        choice = auto_choice(spec, grad=grad, lengths=bool(lengths), dtype=dtype)
+        if choice.path == "engine" and not engine.available():
+            return Route("native", f"torch has a kernel for this cell; the engine could not be "
+                         f"built ({engine.build_error()})")
+        return Route(choice.path, choice.reason)
+    not_engine = _engine_reason(spec, x, return_cells)
     if not_engine:
         return Route("reference", not_engine)
     return Route("engine", f"{not_native}; the fused engine computes it")
