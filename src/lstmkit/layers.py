@@ -3,8 +3,8 @@
 :class:`LSTM`, :class:`GRU` and :class:`RNN` take torch's arguments, shapes and parameter names,
 so ``load_state_dict(torch_module.state_dict())`` works and outputs match torch. A ``variant``
 (preset name or :class:`~lstmkit.cells.CellSpec`) selects the cell. Beyond torch: ``lengths=``
-for right-padded batches, ``return_cell_states=True`` for every step's cell state, and a
-``forget_bias`` initialisation.
+for right-padded batches, ``return_cell_states=True`` for every step's cell state, and two
+initialisations of the forget gate: a constant ``forget_bias`` or ``chrono_init=T_max``.
 
 This module owns the parameters and torch compatibility; the rest of a call is delegated:
 :mod:`lstmkit._layer_io` reads the input and initial state and shapes the output,
@@ -53,6 +53,7 @@ class _Recurrent(nn.Module):
         *,
         variant: str | CellSpec | None = None,
         forget_bias: float | None = None,
+        chrono_init: int | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -105,12 +106,22 @@ class _Recurrent(nn.Module):
                 per_dir.append(names)
             self._param_names.append(per_dir)
         self.forget_bias = None if forget_bias is None else _checks.real("forget_bias", forget_bias)
+        if chrono_init is not None:
+            chrono_init = _checks.positive_int("chrono_init", chrono_init)
+            if chrono_init < 2:
+                raise ValueError(f"chrono_init: expected an int T_max >= 2 (the longest "
+                                 f"dependency, in steps), got {chrono_init}")
+            if self.forget_bias is not None:
+                raise ValueError(f"chrono_init: sets the forget-gate bias itself, so expected "
+                                 f"forget_bias=None, got forget_bias={forget_bias}")
+        self.chrono_init = chrono_init
         self.reset_parameters()
 
     # -- parameters ------------------------------------------------------------------------
 
     def reset_parameters(self) -> None:
-        """torch's initialisation, U(-1/sqrt(H), 1/sqrt(H)), then ``forget_bias`` if given.
+        """torch's initialisation, U(-1/sqrt(H), 1/sqrt(H)), then ``forget_bias`` or
+        ``chrono_init`` if given (a fresh draw from torch's global generator each call).
 
         Layer-norm gains start at 1 and shifts at 0.
         """
@@ -123,14 +134,16 @@ class _Recurrent(nn.Module):
                     param.uniform_(-bound, bound)
             if self.forget_bias is not None:
                 self._set_forget_bias(self.forget_bias)
+            if self.chrono_init is not None:
+                self._set_chrono(self.chrono_init)
 
-    def _set_forget_bias(self, value: float) -> None:
-        """Give the forget gate (GRU: update gate z) a total bias of ``value``.
-
-        With torch's two bias vectors the whole value goes into ``bias_ih`` and the matching
-        part of ``bias_hh`` is zeroed. For CIFG (f = 1 - i) the input gate gets ``-value``.
-        """
+    def _forget_target(self, option: str, value: object) -> tuple[str, float]:
+        """The bias block that sets the forget gate, and the sign that turns a forget-gate bias
+        into that block's bias: ``("f", 1)``; GRU ``("z", 1)``; CIFG, where f = 1 - i and so
+        σ(-b_i) is the forget gate, ``("i", -1)``. Refuses cells without one or without its
+        bias, naming ``option`` (given ``value``)."""
         spec = self.spec
+        target: str | None
         target, sign = {"lstm": ("f", 1.0), "gru": ("z", 1.0)}.get(spec.family, (None, 1.0))
         if spec.coupled:
             target, sign = "i", -1.0
@@ -138,19 +151,56 @@ class _Recurrent(nn.Module):
             target = None
         if target is None:
             raise ValueError(
-                f"forget_bias: the {spec.name!r} cell has no forget gate, got forget_bias={value}"
+                f"{option}: the {spec.name!r} cell has no forget gate, got {option}={value}"
             )
         if not self.bias or target not in spec.biased_blocks():
             raise ValueError(
-                f"forget_bias: the layer has no bias for the {target!r} gate (bias={self.bias},"
-                f" bias_units={spec.bias_units!r}), got forget_bias={value}"
+                f"{option}: the layer has no bias for the {target!r} gate (bias={self.bias},"
+                f" bias_units={spec.bias_units!r}), got {option}={value}"
             )
-        rows = self.layout.bias_slice(target)
+        return target, sign
+
+    def _set_block_bias(self, block: str, values: list[Tensor] | float) -> None:
+        """Give ``block`` a total bias of ``values`` (one tensor per layer-direction, or one
+        number for all): with torch's two bias vectors the whole value goes into ``bias_ih``
+        and the block's part of ``bias_hh`` is zeroed, so that their sum is the value."""
+        rows = self.layout.bias_slice(block)
+        k = 0
         for per_dir in self._param_names:
             for names in per_dir:
-                getattr(self, names["bias_ih"])[rows] = sign * value
+                value = values if isinstance(values, float) else values[k]
+                getattr(self, names["bias_ih"])[rows] = value
                 if "bias_hh" in names:
                     getattr(self, names["bias_hh"])[rows] = 0.0
+                k += 1
+
+    def _set_forget_bias(self, value: float) -> None:
+        """Give the forget gate (GRU: update gate z) a total bias of ``value``; for CIFG
+        (f = 1 - i) the input gate gets ``-value``."""
+        target, sign = self._forget_target("forget_bias", value)
+        self._set_block_bias(target, sign * value)
+
+    def _set_chrono(self, t_max: int) -> None:
+        """Chrono initialisation (Tallec & Ollivier 2018): forget-gate bias b_f = log(u), u
+        uniform in [1, T_max - 1] drawn per gate row and layer-direction, and b_i = -b_f.
+
+        The forget gate then starts at σ(b_f) = u / (1 + u), a memory of about u steps, spread
+        over the time scales up to T_max. Cells without an input gate (``nig``) get b_f only;
+        CIFG, whose forget gate is 1 - i, gets b_i = -log(u), which is both rules at once; GRU's
+        update gate z keeps the old state (h = z h + (1 - z) n, torch's convention), so z plays
+        f and 1 - z plays i: b_z = log(u), and 1 - z = σ(-b_z) follows by itself.
+        """
+        target, sign = self._forget_target("chrono_init", t_max)
+        rows = self.layout.bias_slice(target)
+        ref = self._ref_param()
+        draws = [torch.log(torch.empty(rows.stop - rows.start, dtype=ref.dtype,
+                                       device=ref.device).uniform_(1.0, t_max - 1.0))
+                 for _ in range(self.num_layers * self._directions)]
+        self._set_block_bias(target, [sign * d for d in draws])
+        spec = self.spec
+        if spec.family == "lstm" and not spec.coupled and spec.input_gate:
+            # bias_units "gates" and "all" both bias i whenever they bias f.
+            self._set_block_bias("i", [-d for d in draws])
 
     def cell_params(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
         """One layer-direction's parameters keyed by their short names (``weight_ih``, ...)."""
@@ -284,10 +334,23 @@ class LSTM(_Recurrent):
 
     Same arguments, shapes, return values and parameter names as ``torch.nn.LSTM``; extra
     keyword-only arguments: ``variant`` (default ``"lstm"``, numerically torch's),
-    ``forget_bias`` and ``backend``. Extra parameters (peepholes ``weight_ci_l0``, gate recurrence
-    ``weight_gh_l0``, layer norm ``ln_*_l0``) have their own names. Cells whose pre-activation
-    blocks differ (missing or coupled gates, memory blocks) have correspondingly fewer rows in
-    ``weight_ih``/``weight_hh``/biases, in the order i, f, g, o.
+    ``forget_bias``, ``chrono_init`` and ``backend``. Extra parameters (peepholes
+    ``weight_ci_l0``, gate recurrence ``weight_gh_l0``, layer norm ``ln_*_l0``) have their own
+    names. Cells whose pre-activation blocks differ (missing or coupled gates, memory blocks)
+    have correspondingly fewer rows in ``weight_ih``/``weight_hh``/biases, in the order i, f, g,
+    o.
+
+    ``forget_bias=b`` sets every forget-gate bias to ``b`` (1 is the usual choice).
+    ``chrono_init=T_max`` is chrono initialisation (Tallec & Ollivier 2018), for dependencies
+    of up to about ``T_max`` steps: forget-gate biases b_f = log(u), u uniform in
+    [1, T_max - 1] drawn per gate, and input-gate biases b_i = -b_f, so the gates start with
+    memories spread over time scales up to T_max steps instead of the few steps that
+    σ(1) ≈ 0.73 keeps. Cells without an input gate get b_f only; coupled cells (``cifg``,
+    f = 1 - i) get b_i = -log(u), which is both. Either option applies at construction and at
+    every :meth:`reset_parameters` (``chrono_init`` draws afresh from torch's generator) and
+    puts the whole value into ``bias_ih``, zeroing the gate's rows of ``bias_hh`` so that the
+    sum is the value. They exclude each other, need a forget gate and ``bias=True``, and
+    ``chrono_init`` takes an int >= 2.
     """
 
     family = "lstm"
@@ -297,8 +360,12 @@ class LSTM(_Recurrent):
 class GRU(_Recurrent):
     """``torch.nn.GRU`` (``variant="gru"``) or Cho et al.'s ordering (``variant="gru_cho"``).
 
-    Takes ``torch.nn.GRU``'s arguments (``proj_size`` is refused, as torch does).
-    ``forget_bias`` initialises the update gate z, whose value near 1 keeps the old state.
+    Takes ``torch.nn.GRU``'s arguments (``proj_size`` is refused, as torch does). In torch's
+    convention h = z h + (1 - z) n, the update gate z keeps the old state, so z plays the LSTM's
+    forget gate and 1 - z its input gate: ``forget_bias=b`` sets z's bias to b, and
+    ``chrono_init=T_max`` draws z's bias as log(u), u uniform in [1, T_max - 1] per unit (so
+    1 - z gets -log(u) by itself), as :class:`LSTM` does with its forget gate. The whole value
+    goes into ``bias_ih``; z's rows of ``bias_hh`` are zeroed.
     """
 
     family = "gru"
