@@ -31,12 +31,12 @@ def _model(kind: str, seed: int, outputs: int = 2, inputs: int = 3) -> SequenceM
     torch.manual_seed(seed)
     layer = {
         "lstm": lambda: LSTM(inputs, 5),
-        "peephole": lambda: LSTM(3, 4, variant="peephole"),
-        "cifg": lambda: LSTM(3, 4, variant="cifg", bias=False),
-        "lstm1997": lambda: LSTM(3, 4, variant="lstm1997"),
-        "gru": lambda: GRU(3, 4),
-        "gru_cho": lambda: GRU(3, 4, variant="gru_cho"),
-        "rnn": lambda: RNN(3, 4),
+        "peephole": lambda: LSTM(inputs, 4, variant="peephole"),
+        "cifg": lambda: LSTM(inputs, 4, variant="cifg", bias=False),
+        "lstm1997": lambda: LSTM(inputs, 4, variant="lstm1997"),
+        "gru": lambda: GRU(inputs, 4),
+        "gru_cho": lambda: GRU(inputs, 4, variant="gru_cho"),
+        "rnn": lambda: RNN(inputs, 4),
     }[kind]()
     shortcut = kind in ("lstm1997", "rnn")
     return SequenceModel(layer, outputs, input_shortcut=shortcut,
@@ -166,3 +166,22 @@ def test_train_trials_refuses_trainers_that_differ_in_their_recipe():
     b.config.lr = 0.5
     with pytest.raises(ValueError, match=r"trainers\[1\]: expected the optimiser"):
         train_trials([a, b])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "peephole", "cifg", "lstm1997"])
+def test_the_direct_kernel_gradient_equals_autograd_through_the_merged_network(kind):
+    engine_or_skip()
+    from lstmkit.engine import _build
+
+    task = make("two_sequence", variant="a", T=8, N=2)
+    models = [_model(kind, seed, outputs=1, inputs=1) for seed in range(3)]
+    group = TrialGroup(models[0], 3, optimizer="sgd", lr=0.1, clip_norm=None)
+    for k, m in enumerate(models):
+        group.attach(k, m)
+    batch = Batch.cat([task.sample(2, torch.Generator().manual_seed(k)) for k in range(3)])
+    by_autograd = group._autograd_gradient(batch.inputs, batch, task.group_loss)
+    by_kernels = group._kernel_gradient(_build.load(), batch.inputs, batch,
+                                        task.group_loss_grad)
+    for a, b in zip(by_autograd, by_kernels):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    assert by_kernels[2].abs().max() > 0

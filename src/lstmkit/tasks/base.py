@@ -402,6 +402,26 @@ class Task(TrainingTask):
             return total / size
         return total / mask.sum(0).view(groups, size).sum(1)
 
+    def group_loss_grad(self, outputs: Tensor, batch: Batch, groups: int
+                        ) -> tuple[Tensor, Tensor]:
+        """:meth:`group_loss` and its gradient; the squared-error losses by their formula."""
+        if self.loss_kind == "ce":
+            return super().group_loss_grad(outputs, batch, groups)
+        outputs = self._check_outputs(outputs, batch)
+        size = batch.batch_size // groups
+        if size * groups != batch.batch_size:
+            raise ValueError(f"groups: expected a divisor of the batch size {batch.batch_size}, "
+                             f"got {groups}")
+        mask = batch.mask.to(outputs.device)
+        diff = (outputs - batch.targets.to(outputs)) * mask.unsqueeze(-1)
+        total = diff.pow(2).sum((0, 2)).view(groups, size).sum(1)
+        if self.loss_kind == "sse":
+            scale = outputs.new_full((groups,), 1.0 / size)
+        else:
+            scale = 1.0 / mask.sum(0).view(groups, size).sum(1).to(outputs.dtype)
+        per_column = scale.repeat_interleave(size)
+        return total * scale, diff * (2.0 * per_column).view(1, -1, 1)
+
     def _eval_mask(self, batch: Batch) -> Tensor:
         return batch.mask
 

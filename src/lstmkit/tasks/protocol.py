@@ -173,6 +173,17 @@ class TrainingTask(abc.ABC):
                                       batch.columns(g * size, (g + 1) * size))
                             for g in range(groups)])
 
+    def group_loss_grad(self, outputs: Tensor, batch: Batch, groups: int
+                        ) -> tuple[Tensor, Tensor]:
+        """:meth:`group_loss` and the gradient of its sum with respect to ``outputs``.
+
+        Default: by autograd through :meth:`group_loss`; a task may give the formula."""
+        leaf = outputs.detach().requires_grad_(True)
+        with torch.enable_grad():
+            losses = self.group_loss(leaf, batch, groups)
+            (grad,) = torch.autograd.grad(losses.sum(), leaf)
+        return losses.detach(), grad
+
     def sequence_errors(self, outputs: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         """Each sequence's error over its masked steps: (summed squared error ``[B]``, mean
         absolute error ``[B]``), which the stopping rules bound.

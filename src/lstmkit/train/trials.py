@@ -34,6 +34,8 @@ from torch import Tensor
 from .. import engine
 from ..cells.layout import layout
 from ..cells.reference import activation
+from ..engine import _build
+from ..engine import _function as kernels
 from ..models import SequenceModel
 from ..tasks.protocol import Batch
 from .config import TrainResult
@@ -170,11 +172,14 @@ class BlockDiagonal:
         self.size = offset
         self.numels = [math.prod(s) for s in self.shapes]
         self.weights = self.index.shape[1]
-        self._flat_index = self.index.reshape(-1)
+        self.flat_index = self.index.reshape(-1)
 
     def merge(self, packed: Tensor) -> dict[str, Tensor]:
         """The merged network's parameters from ``packed`` ``[slots, N]`` (differentiable)."""
-        flat = packed.new_zeros(self.size).index_copy(0, self._flat_index, packed.reshape(-1))
+        if self.slots == 1:  # one trial's weights are the network's, in the same order
+            flat = packed.reshape(-1)
+        else:
+            flat = packed.new_zeros(self.size).index_copy(0, self.flat_index, packed.reshape(-1))
         return {name: part.view(shape) for name, part, shape in
                 zip(self.names, flat.split(self.numels), self.shapes)}
 
@@ -199,11 +204,29 @@ class BlockDiagonal:
         return x.view(steps, self.slots, batch, width).transpose(1, 2).reshape(
             steps, batch, self.slots * width)
 
+    def to_merged_outputs(self, y: Tensor) -> Tensor:
+        """The inverse of :meth:`to_columns`."""
+        steps, columns, width = y.shape
+        batch = columns // self.slots
+        return y.view(steps, self.slots, batch, width).transpose(1, 2).reshape(
+            steps, batch, self.slots * width)
+
     def to_columns(self, y: Tensor) -> Tensor:
         """The merged outputs ``[T, B, slots * out]`` as ``[T, slots * B, out]``."""
         steps, batch, _ = y.shape
         return y.view(steps, batch, self.slots, self.solo_outputs).transpose(1, 2).reshape(
             steps, self.slots * batch, self.solo_outputs)
+
+
+def _activation_slope(name: str, y: Tensor) -> Tensor | float:
+    """d act / d z of the readout's activation, from its output ``y``."""
+    if name == "sigmoid":
+        return y * (1.0 - y)
+    if name == "tanh":
+        return 1.0 - y * y
+    if name == "identity":
+        return 1.0
+    raise ValueError(f"output_activation: expected identity, sigmoid or tanh, got {name!r}")
 
 
 @dataclass
@@ -228,6 +251,8 @@ class TrialGroup:
                  clip_norm: float | None) -> None:
         self.blocks = BlockDiagonal(model, slots)
         self.slots = slots
+        self._call = kernels.Call(self.blocks.spec, self.blocks.layout, False)
+        self._zero_carry: dict[int, dict[str, Tensor | None]] = {}
         self.optimizer, self.lr, self.clip_norm = optimizer, float(lr), clip_norm
         n = self.blocks.weights
         self.packed = torch.zeros(slots, n)
@@ -275,15 +300,20 @@ class TrialGroup:
     # -- one step ------------------------------------------------------------------------------
 
     def step(self, x: Tensor, batch: Batch, loss_fn: Callable[[Tensor, Batch, int], Tensor],
-             update: bool = True) -> StepResult:
+             update: bool = True,
+             loss_grad: Callable[[Tensor, Batch, int], tuple[Tensor, Tensor]] | None = None
+             ) -> StepResult:
         """Forward ``x`` (``[T, slots * B, in]``, trial-major) and ``batch`` (the same columns)
-        through every slot, and update each live slot whose loss and gradient are finite."""
-        packed = self.packed.detach().requires_grad_(True)
-        with torch.enable_grad():
-            y = self.blocks.forward(packed, self.blocks.to_merged_inputs(x))
-            outputs = self.blocks.to_columns(y)
-            losses = loss_fn(outputs, batch, self.slots)
-            (grad,) = torch.autograd.grad(losses.sum(), packed)
+        through every slot, and update each live slot whose loss and gradient are finite.
+
+        ``loss_fn`` gives each trial's loss (:meth:`TrainingTask.group_loss`); with
+        ``loss_grad`` (:meth:`TrainingTask.group_loss_grad`) an LSTM-family group runs without
+        autograd."""
+        ext = _build.load() if self.blocks.spec.family == "lstm" else None
+        if ext is not None and loss_grad is not None:
+            outputs, losses, grad = self._kernel_gradient(ext, x, batch, loss_grad)
+        else:
+            outputs, losses, grad = self._autograd_gradient(x, batch, loss_fn)
         norms = grad.norm(dim=1)
         finite_t = torch.isfinite(losses.detach()) & torch.isfinite(norms)
         finite = finite_t.tolist()
@@ -291,6 +321,73 @@ class TrialGroup:
             live = torch.tensor(self.live) & finite_t
             self._update(grad, norms, live)
         return StepResult(outputs.detach(), losses.detach().tolist(), finite)
+
+    def _autograd_gradient(self, x: Tensor, batch: Batch, loss_fn: Callable[..., Tensor]
+                           ) -> tuple[Tensor, Tensor, Tensor]:
+        """Outputs, per-trial losses and ``[slots, N]`` gradient, by autograd end to end."""
+        packed = self.packed.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = self.blocks.forward(packed, self.blocks.to_merged_inputs(x))
+            outputs = self.blocks.to_columns(y)
+            losses = loss_fn(outputs, batch, self.slots)
+            (grad,) = torch.autograd.grad(losses.sum(), packed)
+        return outputs.detach(), losses.detach(), grad
+
+    def _kernel_gradient(self, ext: Any, x: Tensor, batch: Batch,
+                         loss_grad: Callable[..., tuple[Tensor, Tensor]]
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+        """The same as :meth:`_autograd_gradient` for the LSTM family, with the engine's
+        kernels called directly and the readout differentiated by hand (``loss_grad`` gives the
+        losses and their gradient with respect to the outputs): no autograd graph at all. Per
+        step this saves most of the fixed cost that dominates a small net's training step."""
+        blocks = self.blocks
+        p = blocks.merge(self.packed)
+        params = {n: None for n in kernels.LSTM_PARAMS}
+        params.update({n.removeprefix("layer.").removesuffix("_l0"): t for n, t in p.items()
+                       if n.startswith("layer.")})
+        xm = blocks.to_merged_inputs(x)
+        batch_size = xm.shape[1]
+        carry = self._zero_carry.get(batch_size)
+        if carry is None:  # read only by the kernels, so one set per batch size serves
+            sizes = blocks.layout.state_sizes
+            carry = self._zero_carry[batch_size] = {
+                name: (xm.new_zeros(batch_size, size) if k < len(sizes) else None)
+                for k, (name, size) in enumerate(zip(kernels.LSTM_CARRY, (*sizes, 0, 0)))}
+        call = self._call
+        res = kernels.lstm_forward(ext, call, xm, carry, params, None, True)
+        hidden = res["y"]
+        weight, bias = p["readout.weight"], p.get("readout.bias")
+        feats = torch.cat([hidden, xm], -1) if blocks.input_shortcut else hidden
+        y = activation(blocks.output_activation)(F.linear(feats, weight, bias))
+        outputs = blocks.to_columns(y)
+        losses, d_outputs = loss_grad(outputs, batch, self.slots)
+        # Back through the readout by hand: its activation, then the linear map.
+        d_y = blocks.to_merged_outputs(d_outputs) * _activation_slope(blocks.output_activation, y)
+        d_y2 = d_y.reshape(-1, d_y.shape[-1])
+        found_out = [torch.mm(d_y2, weight[:, : hidden.shape[-1]]).view_as(hidden),
+                     torch.mm(d_y2.t(), feats.reshape(-1, feats.shape[-1]))]
+        if bias is not None:
+            found_out.append(d_y2.sum(0))
+        wcat, peep = kernels.lstm_recurrent(call, params, xm)
+        kernel = kernels.lstm_backward(
+            ext, call, res, wcat, peep, params["weight_hr"], None,
+            {"y": found_out[0], "h": None, "c": None, "a": None, "cells": None})
+        names = ("x", *kernels.LSTM_CARRY, *kernels.LSTM_PARAMS)
+        values = (xm, *(carry[n] for n in kernels.LSTM_CARRY),
+                  *(params[n] for n in kernels.LSTM_PARAMS))
+        needs = (False,) * (1 + len(kernels.LSTM_CARRY)) + tuple(
+            params[n] is not None for n in kernels.LSTM_PARAMS)
+        found = kernels.lstm_grads(call, kernels.Inputs(names, values, needs), res, kernel)
+        found["readout.weight"] = found_out[1]
+        if bias is not None:
+            found["readout.bias"] = found_out[2]
+        flat = torch.cat([found[n.removeprefix("layer.").removesuffix("_l0")
+                                if n.startswith("layer.") else n].reshape(-1)
+                          for n in blocks.names])
+        if self.slots > 1:
+            flat = flat.index_select(0, blocks.flat_index)
+        grad = flat.view(self.slots, -1)
+        return outputs.detach(), losses.detach(), grad
 
     def _update(self, grad: Tensor, norms: Tensor, live: Tensor) -> None:
         grad = torch.where(live.unsqueeze(1), grad, 0.0)
@@ -522,7 +619,7 @@ def _guarded_step(group: TrialGroup, batch: Batch, task: Any, current: list[int 
     """One group step. Where some trial's loss is not finite, its overflowing activations may
     have reached the others through the zero blocks (0 * inf is NaN): the step is then redone
     one trial at a time, so a trial is never judged by another's divergence."""
-    res = group.step(batch.inputs, batch, task.group_loss)
+    res = group.step(batch.inputs, batch, task.group_loss, loss_grad=task.group_loss_grad)
     if all(res.finite[s] for s, i in enumerate(current) if i is not None):
         return res
     # Undo nothing: step() left slots with a non-finite loss or gradient unchanged, but it did
@@ -540,7 +637,7 @@ def _guarded_step(group: TrialGroup, batch: Batch, task: Any, current: list[int 
             solo.exp_avg[0], solo.exp_avg_sq[0] = group.exp_avg[s], group.exp_avg_sq[s]
             solo.steps[0] = group.steps[s]
         cols = batch.columns(s * size, (s + 1) * size)
-        alone = solo.step(cols.inputs, cols, task.group_loss)
+        alone = solo.step(cols.inputs, cols, task.group_loss, loss_grad=task.group_loss_grad)
         if alone.finite[0]:
             group.packed[s] = solo.packed[0]
             if group.optimizer == "adam":
