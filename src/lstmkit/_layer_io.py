@@ -63,12 +63,30 @@ def read_input(
             x = x.transpose(0, 1)
         form = InputForm(batched=batched, batch_first=batch_first)
         lengths_out = None
+    x = _autocast_input(x, ref)
     _checks.same_float("input", x, ref.dtype, ref.device)
     if x.shape[-1] != input_size:
         raise ValueError(f"input: expected {input_size} features (input_size), got {x.shape[-1]}")
     if lengths is not None:
-        lengths_out = _checks.lengths(lengths, x.shape[1], x.shape[0])
+        if torch.compiler.is_compiling() and isinstance(lengths, Tensor):
+            lengths_out = _compiled_lengths(lengths, x.shape[1], x.shape[0])
+        else:
+            lengths_out = _checks.lengths(lengths, x.shape[1], x.shape[0])
     return x, lengths_out, form
+
+
+def _compiled_lengths(lengths: Tensor, batch: int, steps: int) -> Tensor:
+    """:func:`lstmkit._checks.lengths` inside a compiled graph, which cannot branch on tensor
+    values: the range check becomes an assertion the graph makes when it runs."""
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths: expected an integer tensor, got dtype {lengths.dtype}")
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"lengths: expected {batch} lengths (one per sequence in the batch), "
+                         f"got shape {tuple(lengths.shape)}")
+    out = lengths.detach().to("cpu", torch.int64)
+    torch._assert_async(((out >= 1) & (out <= steps)).all(),
+                        "lengths: expected every length in [1, the input's time steps]")
+    return out
 
 
 def initial_state(hx: Any, sizes: tuple[int, ...], rows: int, x: Tensor, form: InputForm,
@@ -76,7 +94,9 @@ def initial_state(hx: Any, sizes: tuple[int, ...], rows: int, x: Tensor, form: I
     """The carried state tensors ``[rows, B, size]`` each: ``hx`` checked, or zeros.
 
     ``sizes`` are the feature sizes of h, c and the carried gate activations (as far as the cell
-    has them); an LSTM's ``hx`` gives at least h and c, and may leave the gate activations out.
+    has them); ``hx`` gives every one of them. A cell that carries its gate activations (a third
+    size) refuses ``(h_0, c_0)`` alone: starting the gate activations from zero would silently
+    change the outputs of a continued sequence.
     """
     batch = x.shape[1]
     if hx is None:
@@ -87,21 +107,40 @@ def initial_state(hx: Any, sizes: tuple[int, ...], rows: int, x: Tensor, form: I
         raise TypeError("hx: expected a tuple (h_0, c_0) for an LSTM, got a single tensor")
     given = (hx,) if isinstance(hx, Tensor) else tuple(hx)
     names = ["h_0", "c_0", "a_0"][: len(sizes)]
-    need = 2 if lstm else 1
-    if not need <= len(given) <= len(sizes):
-        raise ValueError(
-            f"hx: expected {' or '.join(str(n) for n in sorted({need, len(sizes)}))} "
-            f"tensors ({', '.join(names)}), got {len(given)}"
-        )
+    if len(given) != len(sizes):
+        note = ""
+        if len(sizes) == 3:
+            note = ("; this cell carries its previous gate activations as a third state "
+                    "tensor: pass all three states a previous call returned, or None to start "
+                    "from zeros")
+        raise ValueError(f"hx: expected {len(sizes)} tensors ({', '.join(names)}), "
+                         f"got {len(given)}{note}")
     states = []
     for name, state, size in zip(names, given, sizes):
         _checks.tensor(f"hx ({name})", state)
+        state = _autocast_input(state, ref)
         _checks.same_float(f"hx ({name})", state, ref.dtype, ref.device)
         expected = (rows, batch, size) if form.batched else (rows, size)
         _checks.shape(f"hx ({name})", state, expected)
         states.append(state if form.batched else state.unsqueeze(1))
-    states += [x.new_zeros(rows, batch, size) for size in sizes[len(given):]]
     return tuple(states)
+
+
+_AUTOCAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _autocast_input(value: Tensor, ref: Tensor) -> Tensor:
+    """Under ``torch.autocast``, ``value`` in the parameters' dtype.
+
+    An autocast region hands a layer reduced-precision tensors (another op's output), which
+    torch's RNN layers accept; the recurrence then computes in the parameters' dtype (see
+    :mod:`lstmkit.stack`). Outside autocast a dtype mismatch is an error, as in torch.
+    """
+    if (value.dtype != ref.dtype and value.dtype in _AUTOCAST_DTYPES
+            and ref.dtype in _AUTOCAST_DTYPES and value.device == ref.device
+            and torch.is_autocast_enabled(value.device.type)):
+        return value.to(ref.dtype)
+    return value
 
 
 def _repack(out: Tensor, lengths: Tensor | None, like: PackedSequence) -> PackedSequence:

@@ -8,13 +8,19 @@ saves the activated gates; backward walks the steps in reverse with one fused el
 and one state-gradient GEMM per step, then forms the weight, bias and input gradients as a few
 GEMMs over all steps.
 
+Each layer-direction is one PyTorch operator (``torch.ops.lstmkit.lstm_scan``, ``gru_scan``,
+``rnn_scan``; see :mod:`lstmkit.engine._ops`) with a schema, a fake kernel and registered
+autograd, so ``torch.compile`` (``fullgraph=True``), ``torch.export`` and ``torch.jit.trace``
+capture it as one node that works for any length and batch size.
+
 Covered: the LSTM family with every flag (missing or coupled gates, peepholes, any activations,
 gate recurrence ``"gates"``/``"all"``, memory blocks, the 1997 truncated gradient, no hidden
 recurrence, projections), GRU in both reset placements, the Elman RNN; lengths and both
-directions; float32 and float64. Not covered: ``layer_norm`` (:func:`supports` is False),
-tensors that are not on the CPU, other dtypes, and calls inside ``torch.func`` transforms or
-forward-mode AD: :func:`unsupported` names the reason, :func:`scan` refuses such calls, and the
-layers' dispatch (:mod:`lstmkit.dispatch`) sends them to the reference.
+directions; float32 and float64, and float16/bfloat16 computed in float32 (results rounded to
+the input's dtype). Not covered: ``layer_norm`` (:func:`supports` is False), tensors that are
+not on the CPU, and calls inside ``torch.func`` transforms or forward-mode AD:
+:func:`unsupported` names the reason, :func:`scan` refuses such calls, and the layers' dispatch
+(:mod:`lstmkit.dispatch`) sends them to the reference.
 
 Higher-order gradients: a backward that builds a graph (``create_graph=True``, as a gradient
 penalty does) recomputes the layer-direction with the reference and differentiates that, so
@@ -35,25 +41,20 @@ from torch import Tensor
 
 from ..cells import reference
 from ..cells.spec import CellSpec
-from . import _build
-from ._function import (
-    GRU_PARAMS,
-    LSTM_PARAMS,
-    Call,
-    GRUFunction,
-    LSTMFunction,
-    RNNFunction,
-    gru_run,
-    lstm_run,
-    rnn_run,
-)
+from . import _build, _ops
+from ._function import GRU_PARAMS, LSTM_PARAMS, cell_key
 
 __all__ = ["available", "build_error", "scan", "supports", "unsupported"]
 
 Carry = tuple[Tensor, ...]
 _DTYPES = (torch.float32, torch.float64)
+#: Reduced-precision dtypes the engine computes in float32 (it has no half-precision kernels).
+_HALF = (torch.float16, torch.bfloat16)
 
 
+# The build status does not change once known, and compiling a call must not trace the build
+# (file locks, subprocesses): under torch.compile these two are evaluated once, as constants.
+@torch.compiler.assume_constant_result
 def available() -> bool:
     """Whether the compiled engine can run (builds it on the first call).
 
@@ -77,8 +78,8 @@ def _transformed(tensors: list[Tensor]) -> bool:
     """Whether a ``torch.func`` transform or forward-mode AD sees this call.
 
     The compiled kernels read raw memory, which the wrapped tensors of ``vmap``/``grad`` do not
-    have, and the autograd Functions define neither a vmap rule nor a jvp; the reference is
-    plain torch code, which every transform handles.
+    have, and the operators define neither a vmap rule nor a jvp; the reference is plain torch
+    code, which every transform handles.
     """
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     if active is not None and active():
@@ -103,8 +104,9 @@ def unsupported(spec: CellSpec, x: Tensor | None, return_cells: bool = False,
         return None
     if x.device.type != "cpu":
         return f"the engine runs on the CPU, the input is on {x.device}"
-    if x.dtype not in _DTYPES:
-        return f"the engine computes in float32 or float64, the input is {x.dtype}"
+    if x.dtype not in _DTYPES + _HALF:
+        return (f"the engine computes in float32 or float64 (float16 and bfloat16 in float32), "
+                f"the input is {x.dtype}")
     if any(t.device != x.device or t.dtype != x.dtype for t in tensors):
         return "the carry and parameters must have the input's device and dtype"
     if _transformed([x, *tensors]):
@@ -126,9 +128,10 @@ def scan(
     """Run one layer-direction over ``x`` (``[T, B, in]``) from ``carry``; see
     :func:`lstmkit.cells.reference.scan` for the meaning of every argument and result.
 
-    Raises ``ValueError`` where the engine cannot run the call (:func:`unsupported`) and
-    ``RuntimeError`` where it is not built; the layers' dispatch (:mod:`lstmkit.dispatch`)
-    sends such calls to the reference instead.
+    float16 and bfloat16 operands are computed in float32 and the results returned in the
+    input's dtype. Raises ``ValueError`` where the engine cannot run the call
+    (:func:`unsupported`) and ``RuntimeError`` where it is not built; the layers' dispatch
+    (:mod:`lstmkit.dispatch`) sends such calls to the reference instead.
     """
     if x.dim() != 3:
         raise ValueError(f"x: expected [T, B, in], got shape {tuple(x.shape)}")
@@ -139,27 +142,40 @@ def scan(
         # Nothing to compute: the reference returns the empty output and the initial carry.
         return reference.scan(spec, p, x, carry, hidden_size=hidden_size, lengths=lengths,
                               reverse=reverse, return_cells=return_cells)
-    ext = _build.load()
-    if ext is None:
+    if not available():
         raise RuntimeError(f"engine.scan: the engine could not be built ({build_error()})")
-    tensors = [x, *carry, *p.values()]
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    proj = p["weight_hr"].shape[0] if p.get("weight_hr") is not None else 0
-    call = Call(ext, spec, spec.layout(hidden_size, proj), bool(reverse), bool(return_cells))
+    if x.dtype in _HALF:
+        def up(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.float()
+
+        y, final, cells = _run(spec, {k: up(v) for k, v in p.items()}, x.float(),
+                               tuple(t.float() for t in carry), hidden_size, lengths, reverse,
+                               return_cells)
+        return (y.to(x.dtype), tuple(t.to(x.dtype) for t in final),
+                None if cells is None else cells.to(x.dtype))
+    return _run(spec, p, x, carry, hidden_size, lengths, reverse, return_cells)
+
+
+def _run(spec: CellSpec, p: dict[str, Tensor | None], x: Tensor, carry: Carry, hidden_size: int,
+         lengths: Tensor | None, reverse: bool,
+         return_cells: bool) -> tuple[Tensor, Carry, Tensor | None]:
+    """One call of the family's operator (``torch.ops.lstmkit.*_scan``)."""
+    tensors = [x, *carry, *(t for t in p.values() if t is not None)]
+    # Saving for backward costs memory; only a call that records a graph needs it. A trace
+    # records one call whatever the grad mode (its check reruns the module without grad).
+    save = ((torch.is_grad_enabled() or torch.jit.is_tracing())
+            and any(t.requires_grad for t in tensors))
+    key = cell_key(spec)
     if spec.family == "lstm":
-        state = (carry[0], carry[1], carry[2] if spec.carries_gates else None)
-        flat = [p.get(n) for n in LSTM_PARAMS]
-        if grad:
-            outs = LSTMFunction.apply(call, lengths, x, *state, *flat)
-        else:
-            outs = lstm_run(call, x, state, lengths, dict(zip(LSTM_PARAMS, flat)))
-        n_state = len(call.layout.state_sizes)
-        cells = outs[1 + n_state] if return_cells else None
-        return outs[0], tuple(outs[1 : 1 + n_state]), cells
-    flat = [p.get(n) for n in GRU_PARAMS]
-    function, run = (GRUFunction, gru_run) if spec.family == "gru" else (RNNFunction, rnn_run)
-    if grad:
-        y, h_t = function.apply(call, lengths, x, carry[0], *flat)
-    else:
-        y, h_t = run(call, x, carry[0], lengths, dict(zip(GRU_PARAMS, flat)))
-    return y, (h_t,), None
+        w_hr = p.get("weight_hr")
+        proj = w_hr.shape[0] if w_hr is not None else 0
+        a0 = carry[2] if spec.carries_gates else None
+        outs = _ops.lstm_scan(x, carry[0], carry[1], a0, lengths,
+                              *(p.get(n) for n in LSTM_PARAMS), key, hidden_size, proj,
+                              bool(reverse), bool(return_cells), save)
+        final = (outs[1], outs[2], outs[3]) if spec.carries_gates else (outs[1], outs[2])
+        return outs[0], final, outs[4] if return_cells else None
+    op = _ops.gru_scan if spec.family == "gru" else _ops.rnn_scan
+    outs = op(x, carry[0], lengths, *(p.get(n) for n in GRU_PARAMS), key, hidden_size,
+              bool(reverse), save)
+    return outs[0], (outs[1],), None

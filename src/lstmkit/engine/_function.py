@@ -1,4 +1,4 @@
-"""The fused engine's autograd Functions: per-sequence glue around the C++ time loops.
+"""The fused engine's Python glue around the C++ time loops, and its gradient formulas.
 
 Per call, in Python (a handful of large torch operations, independent of the sequence length):
 the input projection of all steps as one GEMM with every foldable bias folded in, the recurrent
@@ -9,18 +9,26 @@ state-gradient GEMM.
 
 The seam is named on both sides: the configuration is built from the cell's layout
 (:meth:`lstmkit.cells.layout.Layout.engine_config`) and passed as ``ext.LstmConfig(**fields)``,
-operands go by keyword, results come back as dicts, and each Function's inputs and gradients
-are matched by name (:class:`_Inputs`), never by position.
+operands go by keyword, results come back as dicts, and each operator's inputs and gradients
+are matched by name (:class:`Inputs`), never by position.
+
+The functions here are registered as PyTorch operators in :mod:`lstmkit.engine._ops`: the
+``*_forward``/``*_backward`` kernels (which run the C++ code and so are opaque to tracing) and
+the ``*_grads`` formulas (plain torch operations that compile and export can trace).
 
 Higher-order gradients: a backward asked to build a graph (``create_graph=True``, e.g. a
 gradient penalty) cannot use the hand-written kernels, whose results have no graph. It recomputes
 the layer-direction with :func:`lstmkit.cells.reference.scan` from the saved inputs and
-differentiates that instead, so second and higher derivatives are those of the reference
-equations (the 1997 truncated gradient included). The ordinary backward is unaffected.
+differentiates that instead (:func:`reference_backward`), so second and higher derivatives are
+those of the reference equations (the 1997 truncated gradient included). The ordinary backward
+is unaffected.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,21 +44,19 @@ LSTM_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_gh", "wei
 GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 LSTM_CARRY = ("h0", "c0", "a0")
 GRU_CARRY = ("h0",)
+#: What each family's forward kernel returns: the results, then what its backward reads.
+LSTM_RESULTS = ("y", "h", "c", "a", "cells")
+LSTM_SAVED = ("gates", "rec_in", "c_all", "m_all")
+GRU_SAVED = ("gates", "h_all", "aux")
+RNN_SAVED = ("hact", "h_all")
 
-_EMPTY: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 _NO_LENGTHS = torch.empty(0, dtype=torch.int64)
-
-
-def _empty(like: Tensor) -> Tensor:
-    key = (like.dtype, like.device)
-    if key not in _EMPTY:
-        _EMPTY[key] = like.new_empty(0)
-    return _EMPTY[key]
+Named = dict[str, Tensor | None]
 
 
 def _c(t: Tensor | None, like: Tensor) -> Tensor:
     """A contiguous tensor for C++, or an empty one standing for "absent"."""
-    return _empty(like) if t is None else t.contiguous()
+    return like.new_empty(0) if t is None else t.contiguous()
 
 
 def _lengths(lengths: Tensor | None) -> Tensor:
@@ -60,20 +66,49 @@ def _lengths(lengths: Tensor | None) -> Tensor:
     return lengths.to(device="cpu", dtype=torch.int64).contiguous()
 
 
+def _present(t: Tensor | None) -> Tensor | None:
+    """None for an absent operand (None, or the empty tensor an operator returns instead)."""
+    return None if t is None or t.numel() == 0 else t
+
+
+# -------------------------------------------------------------------------------------------
+# The cell as an operator argument
+
+# A pure function of the spec: under torch.compile it is evaluated once, as a constant.
+@torch.compiler.assume_constant_result
+def cell_key(spec: CellSpec) -> str:
+    """``spec`` as the string an operator takes: every field as JSON, so that a traced or
+    exported graph holds the whole cell and needs no registry to run."""
+    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
+
+
+@functools.lru_cache(maxsize=256)
+def spec_of(key: str) -> CellSpec:
+    """The :class:`CellSpec` a :func:`cell_key` string describes."""
+    return CellSpec(**json.loads(key))
+
+
 @dataclass(frozen=True)
 class Call:
-    """What a Function needs besides tensors: the extension, the cell and its layout."""
+    """What a kernel needs besides tensors: the cell, its layout and the direction."""
 
-    ext: Any
     spec: CellSpec
     layout: Layout
     reverse: bool
     return_cells: bool = False
 
-    def config(self) -> Any:
+    @staticmethod
+    @functools.lru_cache(maxsize=512)
+    def of(key: str, hidden_size: int, proj_size: int, reverse: bool,
+           return_cells: bool = False) -> Call:
+        """The call an operator's non-tensor arguments describe."""
+        spec = spec_of(key)
+        return Call(spec, spec.layout(hidden_size, proj_size), reverse, return_cells)
+
+    def config(self, ext: Any) -> Any:
         """The extension's named configuration for this layer-direction: sizes and offsets
         from the layout, and every field named like a spec attribute from the spec."""
-        return engine_config(self.ext, self.spec, self.layout, self.reverse)
+        return engine_config(ext, self.spec, self.layout, self.reverse)
 
 
 _CONFIGS: dict[tuple[int, CellSpec, int, int, bool], Any] = {}
@@ -104,9 +139,9 @@ def _build_config(ext: Any, spec: CellSpec, lay: Layout, reverse: bool) -> Any:
     return cls(**fields)
 
 
-class _Inputs:
-    """A Function's tensor inputs by name (``x``, the carry, then the parameters), with which of
-    them need a gradient; ``grads(found)`` lays named gradients out in the Function's order."""
+class Inputs:
+    """An operator's tensor inputs by name (``x``, the carry, then the parameters), with which
+    of them need a gradient."""
 
     def __init__(self, names: tuple[str, ...], values: tuple[Tensor | None, ...],
                  needs: tuple[bool, ...]) -> None:
@@ -114,10 +149,14 @@ class _Inputs:
         self.values = dict(zip(names, values))
         self.need = {n: bool(k) and self.values[n] is not None for n, k in zip(names, needs)}
 
-    def grads(self, found: dict[str, Tensor | None]) -> tuple[Tensor | None, ...]:
-        # The two leading Nones are the Function's non-tensor arguments (call, lengths).
-        return (None, None, *(found.get(n) if self.need[n] else None for n in self.names))
+    def params(self) -> Named:
+        """The parameters (every input that is neither ``x`` nor a carried state)."""
+        return {n: t for n, t in self.values.items()
+                if n != "x" and n not in LSTM_CARRY}
 
+
+# -------------------------------------------------------------------------------------------
+# Shared pieces
 
 def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     """``x W_ih^T + bias`` for all steps in one GEMM, as a fresh contiguous ``[T, B, rows]``."""
@@ -140,17 +179,17 @@ def _folded_bias(lay: Layout, b_ih: Tensor | None, b_hh: Tensor | None) -> Tenso
     return total
 
 
-def _input_grads(inp: _Inputs, dz: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor]:
+def _input_grads(inp: Inputs, dz: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor]:
     """dx, dW_ih and the pre-activation gradient as ``[T*B, rows]``, each only when needed."""
     x, w_ih = inp.values["x"], inp.values["weight_ih"]
     steps, batch, n_in = x.shape
-    dz2 = dz.view(steps * batch, -1)
+    dz2 = dz.reshape(steps * batch, -1)
     dx = torch.mm(dz2, w_ih).view(steps, batch, n_in) if inp.need["x"] else None
     dw = torch.mm(dz2.t(), x.reshape(steps * batch, n_in)) if inp.need["weight_ih"] else None
     return dx, dw, dz2
 
 
-def _bias_grads(inp: _Inputs, lay: Layout, dz_sum: Tensor, found: dict[str, Tensor | None],
+def _bias_grads(inp: Inputs, lay: Layout, dz_sum: Tensor, found: Named,
                 names: tuple[str, ...] = ("bias_ih", "bias_hh")) -> None:
     """The gradient of each bias in ``names`` from the summed pre-activation gradient."""
     if any(inp.need[n] for n in names):
@@ -159,13 +198,15 @@ def _bias_grads(inp: _Inputs, lay: Layout, dz_sum: Tensor, found: dict[str, Tens
             found[n] = grad
 
 
-def _reference_backward(call: Call, inp: _Inputs, lengths: Tensor | None,
-                        outputs: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
+def reference_backward(call: Call, inp: Inputs, lengths: Tensor | None,
+                       outputs: tuple[Tensor | None, ...]) -> Named:
     """The backward as a differentiable graph: recompute with the reference and differentiate.
 
-    ``inp`` holds the Function's own inputs as saved in forward, so the graph built here reaches
-    the caller's tensors. Each differentiated input enters through its own alias: an input
-    passed twice (``h0 is c0``) then gets the gradient of each use, as autograd sums them.
+    ``inp`` holds the operator's own inputs as saved in forward, so the graph built here reaches
+    the caller's tensors; ``outputs`` are the gradients of the results (y, the final carry, the
+    cell states), None where a result got none. Each differentiated input enters through its own
+    alias: an input passed twice (``h0 is c0``) then gets the gradient of each use, as autograd
+    sums them.
     """
     carry_names = LSTM_CARRY if call.spec.family == "lstm" else GRU_CARRY
     with torch.enable_grad():
@@ -177,22 +218,26 @@ def _reference_backward(call: Call, inp: _Inputs, lengths: Tensor | None,
                                          hidden_size=call.layout.hidden_size, lengths=lengths,
                                          reverse=call.reverse, return_cells=call.return_cells)
         outs = [y, *final] + ([cells] if call.return_cells else [])
-        pairs = [(o, g) for o, g in zip(outs, outputs) if o.requires_grad]
+        pairs = [(o, g) for o, g in zip(outs, outputs) if o.requires_grad and g is not None]
         wrt = [n for n in inp.names if inp.need[n]]
         found = torch.autograd.grad([o for o, _ in pairs], [alias[n] for n in wrt],
                                     [g for _, g in pairs], create_graph=True,
                                     allow_unused=True) if pairs else [None] * len(wrt)
-    return inp.grads(dict(zip(wrt, found)))
+    return dict(zip(wrt, found))
+
+
+def _grad_or_zeros(grad: Tensor | None, shape: Any, like: Tensor) -> Tensor:
+    """A result's gradient for the kernels, which read every one: zeros where none came."""
+    return like.new_zeros(shape) if grad is None else grad.contiguous()
 
 
 # -------------------------------------------------------------------------------------------
 # LSTM family
 
-def _lstm_prepare(call: Call, x: Tensor, params: dict[str, Tensor | None]):
-    """Input projection, the recurrent weight ``[W_hh | G_full]`` and the peephole matrix."""
+def lstm_recurrent(call: Call, params: Named, like: Tensor) -> tuple[Tensor | None,
+                                                                     Tensor | None]:
+    """The recurrent weight ``[W_hh | G_full]`` and the peephole matrix ``[3, H]``."""
     spec, lay = call.spec, call.layout
-    bias = _folded_bias(lay, params["bias_ih"], params["bias_hh"])
-    xg = _project(x, params["weight_ih"], bias)
     parts = []
     if spec.hidden_recurrence:
         parts.append(params["weight_hh"])
@@ -206,105 +251,78 @@ def _lstm_prepare(call: Call, x: Tensor, params: dict[str, Tensor | None]):
         wcat = torch.cat(parts, 1)
     peep = None
     if spec.peephole:
-        zeros = x.new_zeros(lay.hidden_size)
+        zeros = like.new_zeros(lay.hidden_size)
         peep = torch.stack([params[f"weight_c{g}"] if params[f"weight_c{g}"] is not None
                             else zeros for g in "ifo"])
-    return xg, wcat, peep
+    return wcat, peep
 
 
-def _lstm_forward(call: Call, x: Tensor, carry: dict[str, Tensor | None],
-                  params: dict[str, Tensor | None], lengths: Tensor | None,
-                  save: bool) -> tuple[dict[str, Tensor | None], Tensor, Tensor | None,
-                                       Tensor | None]:
-    xg, wcat, peep = _lstm_prepare(call, x, params)
-    res = call.ext.lstm_forward(
-        cfg=call.config(), xg=xg, wcat=_c(wcat, x), peep=_c(peep, x),
+def lstm_forward(ext: Any, call: Call, x: Tensor, carry: Named, params: Named,
+                 lengths: Tensor | None, save: bool) -> Named:
+    """Run the kernel: the :data:`LSTM_RESULTS`, and with ``save`` the :data:`LSTM_SAVED`
+    tensors backward reads (``gates``: the activated gates, written over the projection)."""
+    bias = _folded_bias(call.layout, params["bias_ih"], params["bias_hh"])
+    xg = _project(x, params["weight_ih"], bias)
+    wcat, peep = lstm_recurrent(call, params, x)
+    res = ext.lstm_forward(
+        cfg=call.config(ext), xg=xg, wcat=_c(wcat, x), peep=_c(peep, x),
         w_hr=_c(params["weight_hr"], x), h0=carry["h0"].contiguous(),
         c0=carry["c0"].contiguous(), a0=_c(carry["a0"], x), lengths=_lengths(lengths),
         save=save, return_cells=call.return_cells)
-    return res, xg, wcat, peep
+    res["gates"] = xg if save else None
+    return res
 
 
-def _lstm_outputs(call: Call, res: dict[str, Tensor | None]) -> tuple[Tensor, ...]:
-    """``(y, h_T, c_T[, a_T][, cells])``: the carry as the cell has it, then the cells."""
-    names = ["y", "h", "c"] + (["a"] if call.spec.carries_gates else [])
-    names += ["cells"] if call.return_cells else []
-    return tuple(res[n] for n in names)
+def lstm_backward(ext: Any, call: Call, saved: Named, wcat: Tensor | None, peep: Tensor | None,
+                  w_hr: Tensor | None, lengths: Tensor | None, grads: Named) -> Named:
+    """Run the backward kernel: ``dz`` (the pre-activation gradient of every step), the
+    initial carry's gradients, ``dh_all`` (projection only) and ``dpeep``."""
+    gates = saved["gates"]
+    steps, batch, _ = gates.shape
+    lay = call.layout
+    dh = _grad_or_zeros(grads["h"], (batch, lay.out_size), gates)
+    return ext.lstm_backward(
+        cfg=call.config(ext), gates=gates, wcat=_c(wcat, gates), peep=_c(peep, gates),
+        w_hr=_c(w_hr, gates), c_all=saved["c_all"], lengths=_lengths(lengths),
+        dy=_grad_or_zeros(grads["y"], (steps, batch, lay.out_size), gates), dh=dh,
+        dc=_grad_or_zeros(grads["c"], (batch, lay.hidden_size), gates),
+        da=(_grad_or_zeros(grads["a"], (batch, lay.carried_size), gates)
+            if lay.carried_size else _c(None, gates)),
+        dcells=_c(grads["cells"], gates))
 
 
-def lstm_run(call: Call, x: Tensor, carry: tuple[Tensor | None, ...], lengths: Tensor | None,
-             params: dict[str, Tensor | None]) -> tuple[Tensor, ...]:
-    """Forward only (no graph): ``(y, h_T, c_T[, a_T][, cells])``."""
-    res, _, _, _ = _lstm_forward(call, x, dict(zip(LSTM_CARRY, carry)), params, lengths, False)
-    return _lstm_outputs(call, res)
-
-
-class LSTMFunction(torch.autograd.Function):
-    """Whole-sequence LSTM-family layer-direction with the hand-written backward.
-
-    Inputs: ``(call, lengths, x, h0, c0, a0, *params)`` with the parameters in
-    :data:`LSTM_PARAMS` order (None where the cell has none).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, call: Call, lengths: Tensor | None, x: Tensor, h0: Tensor, c0: Tensor,
-                a0: Tensor | None, *flat: Tensor | None) -> tuple[Tensor, ...]:
-        params = dict(zip(LSTM_PARAMS, flat))
-        carry = {"h0": h0, "c0": c0, "a0": a0}
-        res, xg, wcat, peep = _lstm_forward(call, x, carry, params, lengths, True)
-        ctx.call, ctx.lengths = call, lengths
-        ctx.names = ("x", *LSTM_CARRY, *LSTM_PARAMS)
-        # The kernels' saved state first, then the inputs themselves: the backward reads the
-        # parameters from them, and a backward that builds a graph recomputes from them.
-        ctx.save_for_backward(xg, res["rec_in"], res["c_all"], _c(wcat, x), _c(peep, x),
-                              _c(res["m_all"], x), _lengths(lengths), x, h0, c0, a0, *flat)
-        return _lstm_outputs(call, res)
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        call: Call = ctx.call
-        spec, lay = call.spec, call.layout
-        saved = ctx.saved_tensors
-        inp = _Inputs(ctx.names, saved[7:], ctx.needs_input_grad[2:])
-        if torch.is_grad_enabled():
-            return _reference_backward(call, inp, ctx.lengths, grads)
-        gates, rin, c_all, wcat, peep, m_all, lengths = saved[:7]
-        x = inp.values["x"]
-        outs = dict(zip(["y", "h", "c"] + (["a"] if spec.carries_gates else [])
-                        + (["cells"] if call.return_cells else []), grads))
-        res = call.ext.lstm_backward(
-            cfg=call.config(), gates=gates, wcat=wcat, peep=peep,
-            w_hr=_c(inp.values["weight_hr"], x), c_all=c_all, lengths=lengths,
-            dy=outs["y"].contiguous(), dh=outs["h"].contiguous(), dc=outs["c"].contiguous(),
-            da=_c(outs.get("a"), x), dcells=_c(outs.get("cells"), x))
-        steps, batch, _ = x.shape
-        found: dict[str, Tensor | None] = {"h0": res["dh0"], "c0": res["dc0"], "a0": res["da0"]}
-        found["x"], found["weight_ih"], dz2 = _input_grads(inp, res["dz"])
-        _bias_grads(inp, lay, dz2.sum(0), found)
-        if inp.need["weight_hh"] or inp.need["weight_gh"]:
-            # The recurrent input of each step, [h(t-1) | a(t-1)], as the GEMM saw it.
-            prev = rin[1:] if call.reverse else rin[:-1]
-            koff = 0 if spec.hidden_recurrence else lay.out_size
-            dwcat = torch.mm(dz2.t(), prev.reshape(steps * batch, -1)[:, koff:])
-            if spec.hidden_recurrence:
-                found["weight_hh"] = dwcat[:, : lay.out_size]
-            if spec.carries_gates:
-                col = lay.out_size if spec.hidden_recurrence else 0
-                found["weight_gh"] = lay.select(dwcat[:, col:], spec.gate_recurrent_blocks(),
-                                                dim=0)
-        if spec.peephole:
-            for row, gate in enumerate("ifo"):
-                found[f"weight_c{gate}"] = res["dpeep"][row]
-        if inp.need["weight_hr"]:
-            found["weight_hr"] = torch.mm(res["dh_all"].view(steps * batch, -1).t(),
-                                          m_all.view(steps * batch, -1))
-        return inp.grads(found)
+def lstm_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
+    """Every input's gradient from the backward kernel's results, as GEMMs over all steps."""
+    spec, lay = call.spec, call.layout
+    x = inp.values["x"]
+    steps, batch, _ = x.shape
+    found: Named = {"h0": kernel["dh0"], "c0": kernel["dc0"], "a0": kernel["da0"]}
+    found["x"], found["weight_ih"], dz2 = _input_grads(inp, kernel["dz"])
+    _bias_grads(inp, lay, dz2.sum(0), found)
+    if inp.need["weight_hh"] or inp.need["weight_gh"]:
+        # The recurrent input of each step, [h(t-1) | a(t-1)], as the GEMM saw it.
+        rin = saved["rec_in"]
+        prev = rin[1:] if call.reverse else rin[:-1]
+        koff = 0 if spec.hidden_recurrence else lay.out_size
+        dwcat = torch.mm(dz2.t(), prev.reshape(steps * batch, -1)[:, koff:])
+        if spec.hidden_recurrence:
+            found["weight_hh"] = dwcat[:, : lay.out_size]
+        if spec.carries_gates:
+            col = lay.out_size if spec.hidden_recurrence else 0
+            found["weight_gh"] = lay.select(dwcat[:, col:], spec.gate_recurrent_blocks(), dim=0)
+    if spec.peephole:
+        for row, gate in enumerate("ifo"):
+            found[f"weight_c{gate}"] = kernel["dpeep"][row]
+    if inp.need["weight_hr"]:
+        found["weight_hr"] = torch.mm(kernel["dh_all"].reshape(steps * batch, -1).t(),
+                                      saved["m_all"].reshape(steps * batch, -1))
+    return found
 
 
 # -------------------------------------------------------------------------------------------
 # GRU and RNN
 
-def _gru_prepare(call: Call, x: Tensor, params: dict[str, Tensor | None]):
+def _gru_prepare(call: Call, x: Tensor, params: Named) -> tuple[Tensor, Tensor | None]:
     """The input projection and, in torch's placement, the candidate's recurrent bias b_hn
     (which the reset gate multiplies, so it cannot be folded into the projection)."""
     lay, hidden = call.layout, call.layout.hidden_size
@@ -319,110 +337,88 @@ def _gru_prepare(call: Call, x: Tensor, params: dict[str, Tensor | None]):
     return _project(x, params["weight_ih"], bias), b_hn
 
 
-def gru_run(call: Call, x: Tensor, h0: Tensor, lengths: Tensor | None,
-            params: dict[str, Tensor | None]) -> tuple[Tensor, Tensor]:
-    """Forward only (no graph): ``(y, h_T)``."""
+def gru_forward(ext: Any, call: Call, x: Tensor, h0: Tensor, params: Named,
+                lengths: Tensor | None, save: bool) -> Named:
+    """Run the kernel: ``y``, ``h`` and with ``save`` the :data:`GRU_SAVED` tensors."""
     xg, b_hn = _gru_prepare(call, x, params)
-    res = call.ext.gru_forward(cfg=call.config(), xg=xg, w_hh=params["weight_hh"].contiguous(),
-                               b_hn=_c(b_hn, x), h0=h0.contiguous(), lengths=_lengths(lengths),
-                               save=False)
-    return res["y"], res["h"]
+    res = ext.gru_forward(cfg=call.config(ext), xg=xg, w_hh=params["weight_hh"].contiguous(),
+                          b_hn=_c(b_hn, x), h0=h0.contiguous(), lengths=_lengths(lengths),
+                          save=save)
+    res["gates"] = xg if save else None
+    return res
 
 
-class GRUFunction(torch.autograd.Function):
-    """Whole-sequence GRU layer-direction: inputs ``(call, lengths, x, h0, *params)``."""
-
-    @staticmethod
-    def forward(ctx: Any, call: Call, lengths: Tensor | None, x: Tensor, h0: Tensor,
-                *flat: Tensor | None) -> tuple[Tensor, ...]:
-        params = dict(zip(GRU_PARAMS, flat))
-        xg, b_hn = _gru_prepare(call, x, params)
-        w_hh = params["weight_hh"].contiguous()
-        len_c = _lengths(lengths)
-        res = call.ext.gru_forward(cfg=call.config(), xg=xg, w_hh=w_hh, b_hn=_c(b_hn, x),
-                                   h0=h0.contiguous(), lengths=len_c, save=True)
-        ctx.call, ctx.lengths, ctx.names = call, lengths, ("x", *GRU_CARRY, *GRU_PARAMS)
-        ctx.save_for_backward(xg, res["h_all"], res["aux"], w_hh, len_c, x, h0, *flat)
-        return res["y"], res["h"]
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor, dh_t: Tensor) -> tuple[Tensor | None, ...]:
-        call: Call = ctx.call
-        lay, hidden = call.layout, call.layout.hidden_size
-        saved = ctx.saved_tensors
-        inp = _Inputs(ctx.names, saved[5:], ctx.needs_input_grad[2:])
-        if torch.is_grad_enabled():
-            return _reference_backward(call, inp, ctx.lengths, (dy, dh_t))
-        gates, hs, aux, w_hh, lengths = saved[:5]
-        res = call.ext.gru_backward(cfg=call.config(), gates=gates, w_hh=w_hh, h_all=hs, aux=aux,
-                                    lengths=lengths, dy=dy.contiguous(), dh=dh_t.contiguous())
-        found: dict[str, Tensor | None] = {"h0": res["dh0"]}
-        found["x"], found["weight_ih"], dz2 = _input_grads(inp, res["dz"])
-        n = dz2.shape[0]
-        h_prev = (hs[1:] if call.reverse else hs[:-1]).reshape(n, hidden)
-        if call.spec.reset_after:
-            # The recurrent pre-activations R h + b_hh have their own gradient (drec).
-            drec2 = res["drec"].view(n, -1)
-            if inp.need["weight_hh"]:
-                found["weight_hh"] = torch.mm(drec2.t(), h_prev)
-            _bias_grads(inp, lay, drec2.sum(0), found, ("bias_hh",))
-            _bias_grads(inp, lay, dz2.sum(0), found, ("bias_ih",))
-        else:
-            if inp.need["weight_hh"]:
-                two = 2 * hidden
-                found["weight_hh"] = torch.cat([torch.mm(dz2[:, :two].t(), h_prev),
-                                                torch.mm(dz2[:, two:].t(), aux.view(n, hidden))])
-            _bias_grads(inp, lay, dz2.sum(0), found)
-        return inp.grads(found)
+def gru_backward(ext: Any, call: Call, saved: Named, w_hh: Tensor, lengths: Tensor | None,
+                 grads: Named) -> Named:
+    """Run the backward kernel: ``dz``, ``drec`` (torch's placement) and ``dh0``."""
+    gates = saved["gates"]
+    steps, batch, _ = gates.shape
+    hidden = call.layout.hidden_size
+    return ext.gru_backward(
+        cfg=call.config(ext), gates=gates, w_hh=w_hh.contiguous(), h_all=saved["h_all"],
+        aux=saved["aux"], lengths=_lengths(lengths),
+        dy=_grad_or_zeros(grads["y"], (steps, batch, hidden), gates),
+        dh=_grad_or_zeros(grads["h"], (batch, hidden), gates))
 
 
-def _rnn_prepare(call: Call, x: Tensor, params: dict[str, Tensor | None]) -> Tensor:
-    bias = _folded_bias(call.layout, params["bias_ih"], params["bias_hh"])
-    return _project(x, params["weight_ih"], bias)
-
-
-def rnn_run(call: Call, x: Tensor, h0: Tensor, lengths: Tensor | None,
-            params: dict[str, Tensor | None]) -> tuple[Tensor, Tensor]:
-    """Forward only (no graph): ``(y, h_T)``."""
-    res = call.ext.rnn_forward(cfg=call.config(), xg=_rnn_prepare(call, x, params),
-                               w_hh=params["weight_hh"].contiguous(), h0=h0.contiguous(),
-                               lengths=_lengths(lengths), save=False)
-    return res["y"], res["h"]
-
-
-class RNNFunction(torch.autograd.Function):
-    """Whole-sequence Elman RNN layer-direction: inputs ``(call, lengths, x, h0, *params)``."""
-
-    @staticmethod
-    def forward(ctx: Any, call: Call, lengths: Tensor | None, x: Tensor, h0: Tensor,
-                *flat: Tensor | None) -> tuple[Tensor, ...]:
-        params = dict(zip(GRU_PARAMS, flat))
-        w_hh = params["weight_hh"].contiguous()
-        len_c = _lengths(lengths)
-        xg = _rnn_prepare(call, x, params)
-        res = call.ext.rnn_forward(cfg=call.config(), xg=xg, w_hh=w_hh, h0=h0.contiguous(),
-                                   lengths=len_c, save=True)
-        ctx.call, ctx.lengths, ctx.names = call, lengths, ("x", *GRU_CARRY, *GRU_PARAMS)
-        # The kernel overwrote the projection xg with h(t) of every step: backward's hact.
-        ctx.save_for_backward(xg, res["h_all"], w_hh, len_c, x, h0, *flat)
-        return res["y"], res["h"]
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor, dh_t: Tensor) -> tuple[Tensor | None, ...]:
-        call: Call = ctx.call
-        saved = ctx.saved_tensors
-        inp = _Inputs(ctx.names, saved[4:], ctx.needs_input_grad[2:])
-        if torch.is_grad_enabled():
-            return _reference_backward(call, inp, ctx.lengths, (dy, dh_t))
-        hact, hs, w_hh, lengths = saved[:4]
-        hidden = call.layout.hidden_size
-        res = call.ext.rnn_backward(cfg=call.config(), hact=hact, w_hh=w_hh, lengths=lengths,
-                                    dy=dy.contiguous(), dh=dh_t.contiguous())
-        found: dict[str, Tensor | None] = {"h0": res["dh0"]}
-        found["x"], found["weight_ih"], dz2 = _input_grads(inp, res["dz"])
-        n = dz2.shape[0]
+def gru_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
+    """Every input's gradient from the backward kernel's results."""
+    lay, hidden = call.layout, call.layout.hidden_size
+    found: Named = {"h0": kernel["dh0"]}
+    found["x"], found["weight_ih"], dz2 = _input_grads(inp, kernel["dz"])
+    n = dz2.shape[0]
+    hs = saved["h_all"]
+    h_prev = (hs[1:] if call.reverse else hs[:-1]).reshape(n, hidden)
+    if call.spec.reset_after:
+        # The recurrent pre-activations R h + b_hh have their own gradient (drec).
+        drec2 = kernel["drec"].reshape(n, -1)
         if inp.need["weight_hh"]:
-            h_prev = (hs[1:] if call.reverse else hs[:-1]).reshape(n, hidden)
-            found["weight_hh"] = torch.mm(dz2.t(), h_prev)
-        _bias_grads(inp, lay=call.layout, dz_sum=dz2.sum(0), found=found)
-        return inp.grads(found)
+            found["weight_hh"] = torch.mm(drec2.t(), h_prev)
+        _bias_grads(inp, lay, drec2.sum(0), found, ("bias_hh",))
+        _bias_grads(inp, lay, dz2.sum(0), found, ("bias_ih",))
+    else:
+        if inp.need["weight_hh"]:
+            two = 2 * hidden
+            found["weight_hh"] = torch.cat([torch.mm(dz2[:, :two].t(), h_prev),
+                                            torch.mm(dz2[:, two:].t(),
+                                                     saved["aux"].reshape(n, hidden))])
+        _bias_grads(inp, lay, dz2.sum(0), found)
+    return found
+
+
+def rnn_forward(ext: Any, call: Call, x: Tensor, h0: Tensor, params: Named,
+                lengths: Tensor | None, save: bool) -> Named:
+    """Run the kernel: ``y``, ``h`` and with ``save`` the :data:`RNN_SAVED` tensors."""
+    bias = _folded_bias(call.layout, params["bias_ih"], params["bias_hh"])
+    xg = _project(x, params["weight_ih"], bias)
+    res = ext.rnn_forward(cfg=call.config(ext), xg=xg, w_hh=params["weight_hh"].contiguous(),
+                          h0=h0.contiguous(), lengths=_lengths(lengths), save=save)
+    # The kernel overwrote the projection xg with h(t) of every step: backward's hact.
+    res["hact"] = xg if save else None
+    return res
+
+
+def rnn_backward(ext: Any, call: Call, saved: Named, w_hh: Tensor, lengths: Tensor | None,
+                 grads: Named) -> Named:
+    """Run the backward kernel: ``dz`` and ``dh0``."""
+    hact = saved["hact"]
+    steps, batch, _ = hact.shape
+    hidden = call.layout.hidden_size
+    return ext.rnn_backward(cfg=call.config(ext), hact=hact, w_hh=w_hh.contiguous(),
+                            lengths=_lengths(lengths),
+                            dy=_grad_or_zeros(grads["y"], (steps, batch, hidden), hact),
+                            dh=_grad_or_zeros(grads["h"], (batch, hidden), hact))
+
+
+def rnn_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
+    """Every input's gradient from the backward kernel's results."""
+    hidden = call.layout.hidden_size
+    found: Named = {"h0": kernel["dh0"]}
+    found["x"], found["weight_ih"], dz2 = _input_grads(inp, kernel["dz"])
+    n = dz2.shape[0]
+    if inp.need["weight_hh"]:
+        hs = saved["h_all"]
+        h_prev = (hs[1:] if call.reverse else hs[:-1]).reshape(n, hidden)
+        found["weight_hh"] = torch.mm(dz2.t(), h_prev)
+    _bias_grads(inp, lay=call.layout, dz_sum=dz2.sum(0), found=found)
+    return found
