@@ -315,12 +315,12 @@ class TrialGroup:
         else:
             outputs, losses, grad = self._autograd_gradient(x, batch, loss_fn)
         norms = grad.norm(dim=1)
-        finite_t = torch.isfinite(losses.detach()) & torch.isfinite(norms)
-        finite = finite_t.tolist()
+        finite = torch.isfinite(losses + norms).tolist()
         if update:
-            live = torch.tensor(self.live) & finite_t
-            self._update(grad, norms, live)
-        return StepResult(outputs.detach(), losses.detach().tolist(), finite)
+            live = [a and b for a, b in zip(self.live, finite)]
+            if any(live):
+                self._update(grad, norms, None if all(live) else torch.tensor(live))
+        return StepResult(outputs, losses.tolist(), finite)
 
     def _autograd_gradient(self, x: Tensor, batch: Batch, loss_fn: Callable[..., Tensor]
                            ) -> tuple[Tensor, Tensor, Tensor]:
@@ -389,18 +389,21 @@ class TrialGroup:
         grad = flat.view(self.slots, -1)
         return outputs.detach(), losses.detach(), grad
 
-    def _update(self, grad: Tensor, norms: Tensor, live: Tensor) -> None:
-        grad = torch.where(live.unsqueeze(1), grad, 0.0)
+    def _update(self, grad: Tensor, norms: Tensor, live: Tensor | None) -> None:
+        """One optimiser step of the slots ``live`` (bool ``[slots]``; None: every slot)."""
+        if live is not None:
+            grad = torch.where(live.unsqueeze(1), grad, 0.0)
         if self.clip_norm is not None:
             # As torch.nn.utils.clip_grad_norm_, but each trial by its own norm.
             coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
-            grad = grad * torch.where(live, coef, 0.0).unsqueeze(1)
+            grad = grad * coef.unsqueeze(1)
         with torch.no_grad():
             if self.optimizer == "sgd":
                 self.packed.sub_(grad, alpha=self.lr)
                 return
             b1, b2 = _ADAM_BETAS
-            keep = live.unsqueeze(1)
+            keep = (live if live is not None else torch.ones(self.slots, dtype=torch.bool)
+                    ).unsqueeze(1)
             self.steps += keep.to(self.steps.dtype)
             self.exp_avg.copy_(torch.where(keep, self.exp_avg * b1 + grad * (1 - b1),
                                            self.exp_avg))
