@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .experiments import EXPERIMENTS, get
+from .nets import SETTINGS
 from .records import load_results
 from .report import markdown, table
 from .runner import Terminated, compare, default_budget
@@ -84,8 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--summarize", metavar="DIR", default=None,
                    help="print the Markdown table of every results.json under DIR and exit")
-    p.add_argument("--setting", choices=("paper", "modern"), default="paper",
-                   help="paper: lstm1997 net, on-line SGD; modern: lstm, Adam, minibatches")
+    p.add_argument("--setting", choices=SETTINGS, default="paper",
+                   help="paper: lstm1997 net, on-line SGD; modern: lstm of 16-64 units, Adam, "
+                   "minibatches, clipping, chrono initialisation; modern-fb1: the modern net "
+                   "with forget-gate bias 1 instead")
     p.add_argument("--cell", action="append",
                    help="cell preset (default lstm1997/lstm); repeat to compare, e.g. --cell rnn")
     p.add_argument("--trials", type=int, default=1, help="independent trials (default 1)")

@@ -6,16 +6,24 @@
   paper's error E = sum_k (t_k - y_k)^2 is differentiated as in its appendix, whose error signal
   is f'(net_k) (t_k - y_k) without the factor 2; with the task's SSE loss that is learning rate
   α / 2, which is what we use.
-* ``modern``: the default ``lstm`` cell (forget gate, forget-gate bias 1), Adam, minibatches,
-  gradient clipping, the hidden size whose weight count is closest to the paper's net but at
-  least the paper's number of memory cells.
+* ``modern``: what a practitioner would train today: the default ``lstm`` cell with the hidden
+  size of :data:`MODERN_HIDDEN` for the row (the smallest of 16, 32, 64 that solved the row in a
+  short pilot run), chrono initialisation for dependencies as long as the row's longest
+  sequence (``chrono_init``, see :class:`lstmkit.LSTM`), Adam at 1e-2, minibatches of 16,
+  gradient clipping at norm 1.
+* ``modern-fb1``: the ``modern`` net and training with the older default initialisation, a
+  forget-gate bias of 1 (Gers et al. 2000; Jozefowicz et al. 2015), so that a comparison of the
+  two shows what the initialisation alone does.
 * Any other ``--cell`` (``rnn`` for the plain-RNN baseline) uses the same setting's optimiser
-  and budget with a layer of that cell sized to the same weight count.
+  and budget with a layer of that cell sized to the weight count of the setting's own net (the
+  paper's net; under the modern settings the modern LSTM). Cells with a forget gate (GRU: the
+  update gate) get the setting's initialisation; the others torch's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,12 +33,27 @@ from ..models import SequenceModel
 from ..tasks.base import PaperSetting, Task
 from ..train.trainer import TrainConfig
 
-SETTINGS = ("paper", "modern")
+SETTINGS = ("paper", "modern", "modern-fb1")
+#: The settings that train :func:`modern_hidden`'s net with Adam, minibatches and clipping.
+MODERN_SETTINGS = ("modern", "modern-fb1")
+
+#: The modern LSTM's hidden size per Table 10 row: the smallest of 16, 32, 64 that solved the
+#: row in a pilot run (docs/modern-setting-notes.md has the runs); rows not listed get
+#: :data:`DEFAULT_MODERN_HIDDEN`. Each pilot was, for each size H tried,
+#: ``run(EXP, setting="modern", trials=K, workers=1, max_sequences=N, progress=False)`` with
+#: this table set to H for the row.
+MODERN_HIDDEN: dict[str, int] = {}
+DEFAULT_MODERN_HIDDEN = 32
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to train one trial: the network, the optimiser, the batch size."""
+    """How to train one trial: the network, the optimiser, the batch size.
+
+    ``init`` is how the forget gates start beyond the layer's default: ``"paper"`` (the
+    paper's per-row weights and gate biases, ``init_range``), ``"chrono"`` (chrono
+    initialisation for the row's longest sequence), ``"forget_bias_1"`` or ``None`` (torch's).
+    """
 
     setting: str
     cell: str
@@ -39,6 +62,7 @@ class Recipe:
     batch_size: int
     clip_norm: float | None
     init_range: float | None
+    init: str | None = None
 
 
 def paper_spec(setting: PaperSetting) -> CellSpec:
@@ -56,19 +80,52 @@ def paper_spec(setting: PaperSetting) -> CellSpec:
 
 
 def _layer(spec: CellSpec, input_size: int, hidden: int,
-           forget_bias: float | None = None) -> LSTM | GRU | RNN:
+           gate_init: dict[str, Any] | None = None) -> LSTM | GRU | RNN:
+    kwargs = gate_init if gate_init and has_forget_gate(spec) else {}
     if spec.family == "lstm":
-        return LSTM(input_size, hidden, variant=spec, forget_bias=forget_bias)
-    return {"gru": GRU, "rnn": RNN}[spec.family](input_size, hidden, variant=spec)
+        return LSTM(input_size, hidden, variant=spec, **kwargs)
+    return {"gru": GRU, "rnn": RNN}[spec.family](input_size, hidden, variant=spec, **kwargs)
 
 
 def _model(task: Task, spec: CellSpec, hidden: int, setting: PaperSetting | None,
-           forget_bias: float | None = None) -> SequenceModel:
+           gate_init: dict[str, Any] | None = None) -> SequenceModel:
     output_bias = setting.output_bias if setting is not None else True
     shortcut = setting.input_shortcut if setting is not None else False
-    return SequenceModel(_layer(spec, task.input_size, hidden, forget_bias), task.output_size,
+    return SequenceModel(_layer(spec, task.input_size, hidden, gate_init), task.output_size,
                          output_bias=output_bias, input_shortcut=shortcut,
                          output_activation=task.output_activation)
+
+
+def has_forget_gate(spec: CellSpec) -> bool:
+    """Whether the layer's ``forget_bias``/``chrono_init`` apply to ``spec``: an LSTM-family
+    cell with a forget gate (or one coupled to its input gate) and a bias on it, or a GRU (its
+    update gate)."""
+    if spec.family == "gru":
+        return spec.bias_units != "none"
+    if spec.family != "lstm" or not (spec.forget_gate or spec.coupled):
+        return False
+    return ("i" if spec.coupled else "f") in spec.biased_blocks()
+
+
+_LONGEST: dict[tuple[str, str], int] = {}
+
+
+def longest_sequence(task: Task, sample: int = 128) -> int:
+    """The longest of ``sample`` sequences of ``task`` drawn from a fixed generator (seed 0):
+    the row's longest sequence for tasks whose lengths lie in a short range (the paper's tasks:
+    T to T + T/10, 100 to 110), a typical long one for the open-ended Reber strings. Drawn in
+    small batches, since some rows have thousand-step, thousand-wide inputs."""
+    key = (type(task).__qualname__, repr(sorted(task.params.items())))
+    if key not in _LONGEST:
+        gen = torch.Generator().manual_seed(0)
+        _LONGEST[key] = max(int(task.sample(8, generator=gen).lengths.max())
+                            for _ in range(max(1, sample // 8)))
+    return _LONGEST[key]
+
+
+def modern_hidden(setting: PaperSetting) -> int:
+    """The modern LSTM's hidden size for ``setting``'s row (:data:`MODERN_HIDDEN`)."""
+    return MODERN_HIDDEN.get(setting.row, DEFAULT_MODERN_HIDDEN)
 
 
 def matched_hidden(task: Task, spec: CellSpec, weights: int,
@@ -119,17 +176,21 @@ def build(task: Task, setting: PaperSetting, recipe: Recipe) -> SequenceModel:
         _init_paper(model, setting)
         return model
     spec = get_spec(recipe.cell)
+    if recipe.setting in MODERN_SETTINGS:
+        gate_init: dict[str, Any] | None = None
+        if recipe.init == "chrono" and has_forget_gate(spec):
+            gate_init = {"chrono_init": max(2, longest_sequence(task))}
+        elif recipe.init == "forget_bias_1":
+            gate_init = {"forget_bias": 1.0}
+        hidden = modern_hidden(setting)
+        if recipe.cell != "lstm":
+            # Another cell gets the modern LSTM net's weight count.
+            target = _model(task, get_spec("lstm"), hidden, None).num_weights()
+            hidden = matched_hidden(task, spec, target)
+        return _model(task, spec, hidden, None, gate_init)
     target = setting.weights or 100
-    paper_like = setting if recipe.setting == "paper" else None
-    # The modern recipe's forget-gate bias of 1 (Gers et al. 2000; Jozefowicz et al. 2015).
-    forget_bias = 1.0 if recipe.init_range is None and spec.forget_gate else None
-    hidden = matched_hidden(task, spec, target, paper_like)
-    if recipe.setting == "modern":
-        # At least as many units as the paper's net has memory cells: matching the weight
-        # count alone gives the adding problem's modern LSTM 3 units, which fails where 4 learn.
-        cells = setting.blocks * setting.cells_per_block
-        hidden = max(hidden, -(-cells // spec.block_size) * spec.block_size)
-    model = _model(task, spec, hidden, paper_like, forget_bias)
+    hidden = matched_hidden(task, spec, target, setting)
+    model = _model(task, spec, hidden, setting)
     if recipe.init_range is not None:
         with torch.no_grad():
             for p in model.parameters():
@@ -138,17 +199,18 @@ def build(task: Task, setting: PaperSetting, recipe: Recipe) -> SequenceModel:
 
 
 def recipe_for(setting_name: str, cell: str | None, setting: PaperSetting) -> Recipe:
-    """The training recipe of ``setting_name`` (``paper``/``modern``) for ``cell``."""
+    """The training recipe of ``setting_name`` (one of :data:`SETTINGS`) for ``cell``."""
     if setting_name not in SETTINGS:
         raise ValueError(f"setting: expected one of {SETTINGS}, got {setting_name!r}")
     if setting_name == "paper":
         cell = cell or "lstm1997"
         get_spec(cell)  # unknown names fail here, listing the valid ones
         return Recipe("paper", cell, "sgd", setting.learning_rate / 2, 1, None,
-                      setting.init_range)
+                      setting.init_range, "paper")
     cell = cell or "lstm"
     get_spec(cell)
-    return Recipe("modern", cell, "adam", 1e-2, 16, 1.0, None)
+    init = "chrono" if setting_name == "modern" else "forget_bias_1"
+    return Recipe(setting_name, cell, "adam", 1e-2, 16, 1.0, None, init)
 
 
 def train_config(recipe: Recipe, *, max_sequences: int, seed: int, test_size: int,

@@ -1,0 +1,125 @@
+"""The modern settings of ``lstmkit reproduce``: the chosen hidden size, chrono initialisation for
+the row's longest sequence (``modern``) or forget-gate bias 1 (``modern-fb1``) on the same net,
+the plain-RNN baseline sized to the same weight count, and one short real run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lstmkit.cells.spec import PRESETS
+from lstmkit.reproduce import run
+from lstmkit.reproduce.experiments import EXPERIMENTS
+from lstmkit.reproduce.nets import (
+    SETTINGS,
+    build,
+    has_forget_gate,
+    longest_sequence,
+    modern_hidden,
+    recipe_for,
+)
+
+
+def _row(name, **params):
+    exp = EXPERIMENTS[name]
+    task = exp.make_task(params or None)
+    return task, exp.setting(task)
+
+
+def _forget_bias(model):
+    layer = model.layer
+    return layer.bias_ih_l0[layer.layout.bias_slice("f")].detach()
+
+
+def test_settings_and_recipes():
+    assert SETTINGS == ("paper", "modern", "modern-fb1")
+    _, setting = _row("exp4-T100")
+    modern, fb1 = recipe_for("modern", None, setting), recipe_for("modern-fb1", None, setting)
+    assert (modern.cell, modern.optimizer, modern.init) == ("lstm", "adam", "chrono")
+    assert fb1.init == "forget_bias_1"
+    # The same training apart from the initialisation.
+    assert (modern.lr, modern.batch_size, modern.clip_norm) == (fb1.lr, fb1.batch_size,
+                                                                fb1.clip_norm)
+    assert modern.clip_norm is not None
+    with pytest.raises(ValueError, match="setting: expected one of"):
+        recipe_for("modern-fb2", None, setting)
+
+
+def test_modern_net_has_chrono_biases_for_the_longest_sequence():
+    task, setting = _row("exp4-T100")
+    t_max = longest_sequence(task)
+    assert t_max == 110  # lengths T to T + T/10
+    torch.manual_seed(0)
+    model = build(task, setting, recipe_for("modern", None, setting))
+    layer = model.layer
+    assert layer.hidden_size == modern_hidden(setting)
+    assert 16 <= layer.hidden_size <= 64
+    assert layer.chrono_init == t_max and layer.forget_bias is None
+    b_f = _forget_bias(model)
+    assert b_f.min() >= 0.0 and b_f.max() <= math.log(t_max - 1)
+    assert b_f.mean() > 2.0  # far above the bias of 1 that forgets within a few steps
+    assert torch.equal(layer.bias_ih_l0[layer.layout.bias_slice("i")].detach(), -b_f)
+
+
+def test_fb1_is_the_same_net_with_forget_bias_one():
+    task, setting = _row("exp3a")
+    torch.manual_seed(0)
+    modern = build(task, setting, recipe_for("modern", None, setting))
+    torch.manual_seed(0)
+    fb1 = build(task, setting, recipe_for("modern-fb1", None, setting))
+    assert modern.num_weights() == fb1.num_weights()
+    assert fb1.layer.hidden_size == modern.layer.hidden_size
+    assert fb1.layer.chrono_init is None
+    assert torch.equal(_forget_bias(fb1), torch.ones(fb1.layer.hidden_size))
+    assert torch.equal(fb1.layer.weight_hh_l0, modern.layer.weight_hh_l0)
+
+
+@pytest.mark.parametrize("setting_name", ["modern", "modern-fb1"])
+def test_other_cells_get_the_modern_weight_count(setting_name):
+    task, setting = _row("exp4-T100")
+    lstm = build(task, setting, recipe_for(setting_name, None, setting))
+    rnn = build(task, setting, recipe_for(setting_name, "rnn", setting))
+    gru = build(task, setting, recipe_for(setting_name, "gru", setting))
+    for other in (rnn, gru):
+        assert abs(other.num_weights() - lstm.num_weights()) < 0.05 * lstm.num_weights()
+    # The GRU's update gate gets the setting's initialisation; the plain RNN has no gate.
+    z = gru.layer.bias_ih_l0[gru.layer.layout.bias_slice("z")].detach()
+    if setting_name == "modern":
+        assert gru.layer.chrono_init == 110 and z.min() >= 0.0 and z.mean() > 2.0
+    else:
+        assert torch.equal(z, torch.ones_like(z))
+    assert rnn.layer.spec.name == "rnn"
+
+
+def test_which_cells_take_a_forget_gate_initialisation():
+    assert has_forget_gate(PRESETS["lstm"]) and has_forget_gate(PRESETS["gru"])
+    assert has_forget_gate(PRESETS["cifg"])
+    assert not has_forget_gate(PRESETS["nfg"]) and not has_forget_gate(PRESETS["rnn"])
+    assert not has_forget_gate(PRESETS["lstm1997"])
+    task, setting = _row("exp3a")
+    nfg = build(task, setting, recipe_for("modern", "nfg", setting))  # no chrono, no error
+    assert nfg.layer.chrono_init is None
+
+
+def test_longest_sequence_follows_task_params():
+    task, _ = _row("exp4-T100", T=20)
+    assert longest_sequence(task) == 22
+
+
+def test_short_modern_adding_run_succeeds():
+    """The modern net solves the adding problem at T=20 well within the budget."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        results = run("exp4-T100", setting="modern", trials=1, seed=7, max_sequences=12_000,
+                      workers=1, progress=False, task_params={"T": 20})
+    finally:
+        torch.set_num_threads(threads)
+    trial = results.trials[0]
+    assert trial.success, trial.test
+    assert trial.sequences < 12_000
+    assert results.settings.weights == build(*_row("exp4-T100"),
+                                             recipe_for("modern", None,
+                                                        _row("exp4-T100")[1])).num_weights()
