@@ -6,6 +6,10 @@ measurements behind the rule are ``benchmarks/bench_default_path.py``'s."""
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,3 +211,26 @@ def test_variants_shows_the_path_of_each_kind_of_call_and_why(monkeypatch, capsy
         if k == has_kernel:
             assert choice.reason in why, (family, choice)
     assert "layer normalisation" in why
+
+
+# -- the benchmark script --------------------------------------------------------------------
+
+
+def test_default_path_benchmark_script_writes_its_record(tmp_path):
+    """``benchmarks/bench_default_path.py`` runs end to end and names each call's path."""
+    engine_or_skip()
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_default_path.py"
+    out = tmp_path / "record.md"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--shapes", "3x2x2x4",
+                           "--families", "gru", "--paths", "--out", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "| gru | (3, 2, 2, 4) |" in text and "engine / torch" in text
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["train", "infer"]
+    train = rows[0]
+    assert train["path"]["default"] == "engine"  # a GRU's training step
+    assert set(train["ratio"]) == {"default", "default+len", "engine", "native", "engine+len",
+                                   "native+len"}
+    assert all(r > 0 for r in train["ratio"].values())
