@@ -130,8 +130,17 @@ def criteria_for(setting: PaperSetting) -> dict[str, RecentSequences | TestSet]:
     """The paper's stopping rules for ``setting`` as named trainer criteria.
 
     Where the paper only stops after a fixed budget (Exp. 2: "after 5 million exemplars"), the
-    success criterion decides when a trial counts as solved: ABS(β) for ``successive`` random
-    training sequences is a window over the training stream.
+    success criterion decides when a trial counts as solved. Its wording decides the rule:
+
+    * Exps. 2a/2b: "after training, during 10,000 successive, randomly chosen input sequences,
+      the maximal absolute error of all output units is always below 0.25" is a test of the
+      frozen net (``ABS`` with ``after_training``): a :class:`TestSet` of ``successive``
+      sequences with no wrong one, checked while training goes on. For 2a the task's test batch
+      is its two sequences, which 10,000 random draws from two contain (with probability
+      1 - 2^-9999), so the frozen net is judged on both.
+    * Exp. 2c: "prediction error ... always below 0.2, for 10,000 successive, randomly chosen
+      input sequences" says nothing of frozen weights: a window of ``successive`` training
+      sequences (:class:`RecentSequences`).
     """
     out: dict[str, RecentSequences | TestSet] = {}
     for rule in setting.stopping:
@@ -150,7 +159,11 @@ def criteria_for(setting: PaperSetting) -> dict[str, RecentSequences | TestSet]:
             out["ALL_CORRECT"] = TestSet(size=setting.test_set_size or 256, max_wrong=0)
     success = setting.success
     if not out and success.name == "ABS" and success.params.get("successive"):
-        out["ABS"] = RecentSequences(window=int(success.params["successive"]), max_wrong=0)
+        successive = int(success.params["successive"])
+        if success.params.get("after_training"):
+            out["ABS"] = TestSet(size=successive, max_wrong=0)
+        else:
+            out["ABS"] = RecentSequences(window=successive, max_wrong=0)
     if not out:
         raise ValueError(f"setting {setting.row}: no stopping criterion lstmkit can run")
     return out
@@ -193,6 +206,13 @@ def describe_criteria(setting: PaperSetting) -> dict[str, str]:
                 text += f", their mean squared error < {rule.max_mean_error:g}"
         elif name == "ALL_CORRECT":
             text = "every training and test sequence predicted correctly"
+        elif name == "ABS" and setting.test_set_size is None:
+            # Exp. 2a: the task has two sequences, so 10,000 random draws are both of them.
+            text = (f"with the weights frozen, {rule.size:,} successive random sequences "
+                    f"correct ({correct}): both of the task's sequences")
+        elif name == "ABS":
+            text = (f"with the weights frozen, all of {rule.size:,} successive random "
+                    f"sequences correct ({correct})")
         else:
             if rule.max_wrong == 0:
                 text = f"all of {rule.size:,} fresh test sequences correct ({correct})"

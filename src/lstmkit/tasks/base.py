@@ -44,7 +44,10 @@ class Criterion:
     Names used in this package (H&S 1997 Table 11 and text, Gers et al. 2000/2002):
 
     * ``ABS``: absolute error of every output unit below ``beta`` (at ``where``: ``"end"``,
-      ``"every_step"`` or ``"spikes"``), for ``successive`` random sequences when given.
+      ``"every_step"`` or ``"spikes"``), for ``successive`` random sequences when given; with
+      ``after_training`` those sequences are a test of the net with its weights frozen (H&S
+      1997 Exps. 2a/2b: "after training, during 10,000 successive, randomly chosen input
+      sequences"), without it the most recent training sequences (Exp. 2c).
     * ``ABS_CLEAN``: H&S Exp. 3c, |output - noise-free target| at most ``beta`` at the end.
     * ``ST1``: at most ``max_wrong`` of ``test_size`` test sequences misclassified.
     * ``ST2``: ST1 and mean absolute test-set error below ``beta``.

@@ -36,7 +36,10 @@ def _setting_2ab(p: int, b: bool) -> PaperSetting:
         output_gate_bias="none", input_gate_bias="none", biased="none", output_gate=False,
         output_from_cells_only=False, input_shortcut=True, h="identity", g="sigmoid",
         stopping=(_FIVE_MILLION,), sequential_construction=True,
-        success=abs_criterion(0.25, "end" if b else "every_step", successive=10_000),
+        # "after training, during 10,000 successive, randomly chosen input sequences": a test
+        # of the frozen net, not a window over the training stream.
+        success=abs_criterion(0.25, "end" if b else "every_step", successive=10_000,
+                              after_training=True),
         test_set_size=10_000 if b else None, selection="t2" if b else "t1", trials=18,
         notes="sequential construction: the memory cell and input gate are added once the "
               "error has stopped decreasing; no hidden-to-hidden weights",
@@ -71,9 +74,19 @@ class NoiselessLag(Task):
         """Table 10's LSTM setting; the weight count is Table 10's formula at this p."""
         return _setting_2ab(self.p, self.random_middle)
 
+    def test_batch(self) -> Batch | None:
+        """Exp. 2a's whole sequence set: its two sequences, x first (``None`` for 2b, whose
+        sequences are drawn). Testing the frozen net on both is testing it on 10,000 random
+        draws from the two, the paper's success test."""
+        if self.random_middle:
+            return None
+        return self._symbols(torch.tensor([0, 1]), torch.Generator())
+
     def _sample(self, batch_size: int, gen: torch.Generator) -> Batch:
-        p, B = self.p, batch_size
-        label = torch.randint(0, 2, (B,), generator=gen)
+        return self._symbols(torch.randint(0, 2, (batch_size,), generator=gen), gen)
+
+    def _symbols(self, label: Tensor, gen: torch.Generator) -> Batch:
+        p, B = self.p, label.shape[0]
         if self.random_middle:
             middle = torch.randint(0, p - 1, (p - 1, B), generator=gen)
         else:
