@@ -244,14 +244,28 @@ class _Recurrent(nn.Module):
         activations as far as the cell has them."""
         return self.layout.state_sizes
 
-    def route(self, input: Tensor | None = None, *, return_cell_states: bool = False) -> Route:
+    def route(self, input: Tensor | None = None, *, return_cell_states: bool = False,
+              lengths: object = None, training: bool | None = None) -> Route:
         """Which path a call with ``input`` would take (torch's kernel, the engine or the
-        reference) and why; without ``input``, for CPU float32 input. Runs nothing."""
-        x = None
+        reference) and why; without ``input``, for CPU float32 input. ``lengths``: anything
+        but None for a call with lengths (or a ``PackedSequence`` input); ``training``: whether
+        the call records gradients (None: as a call here and now would). Runs nothing."""
+        x, packed = None, False
         if input is not None:
+            packed = isinstance(input, PackedSequence)
             x, _, _ = _layer_io.read_input(input, None, self.batch_first, self.input_size,
                                            self._ref_param())
-        return dispatch.route(self.spec, self.backend, x, return_cells=return_cell_states)
+        if training is None:
+            training = self._records_gradients(x)
+        return dispatch.route(self.spec, self.backend, x, return_cells=return_cell_states,
+                              lengths=lengths is not None or packed, grad=bool(training))
+
+    def _records_gradients(self, x: Tensor | None, states: tuple[Tensor, ...] = ()) -> bool:
+        """Whether a call on ``x`` from ``states`` is a training step (records a gradient)."""
+        if not torch.is_grad_enabled():
+            return False
+        tensors = [*self.parameters(), *states] + ([x] if x is not None else [])
+        return any(t.requires_grad for t in tensors)
 
     def _ref_param(self) -> Tensor:
         return next(iter(self.parameters()))
@@ -296,7 +310,10 @@ class _Recurrent(nn.Module):
             )
         states = _layer_io.initial_state(hx, self.state_sizes, self.num_layers * self._directions,
                                          x, form, self.spec.family == "lstm", ref)
-        path = dispatch.route(self.spec, self.backend, x, return_cells=return_cell_states).path
+        path = dispatch.route(
+            self.spec, self.backend, x, return_cells=return_cell_states,
+            lengths=lengths is not None or form.packed is not None,
+            grad=self._records_gradients(x, states)).path
         steps = x.shape[0]
         # Valid steps of right-padded input (a PackedSequence's padding is zeros already).
         valid = None
