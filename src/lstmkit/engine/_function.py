@@ -79,7 +79,14 @@ def _present(t: Tensor | None) -> Tensor | None:
 def cell_key(spec: CellSpec) -> str:
     """``spec`` as the string an operator takes: every field as JSON, so that a traced or
     exported graph holds the whole cell and needs no registry to run."""
-    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    return _cell_key(spec)
+
+
+@functools.lru_cache(maxsize=256)
+def _cell_key(spec: CellSpec) -> str:
+    # The one-line equation is documentation, not part of the cell.
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "doc"}
+    return json.dumps(fields, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=256)

@@ -2,22 +2,27 @@
 ``torch.export`` and ``torch.jit.trace`` see one opaque operator per layer-direction.
 
 Each family has a forward operator (``lstm_scan``, ``gru_scan``, ``rnn_scan``) and a backward
-operator (``*_scan_backward``), registered with :func:`torch.library.custom_op`: a schema, the
-CPU kernel (the C++ time loop and its Python glue in :mod:`lstmkit.engine._function`), a fake
+operator (``*_scan_backward``), defined with :func:`torch.library.define`: a schema, the CPU
+kernel (the C++ time loop and its Python glue in :mod:`lstmkit.engine._function`), a fake
 kernel that gives the output shapes from the input shapes (symbolic sizes included, so compiled
 and exported graphs work for any length and batch size) and, for the forward operators, the
-autograd formula. The cell travels as a string (:func:`~lstmkit.engine._function.cell_key`,
-every field of the spec) next to the sizes, so a traced or exported graph holds all it needs.
+autograd formula as the operator's Autograd kernel. The cell travels as a string
+(:func:`~lstmkit.engine._function.cell_key`, every field of the spec) next to the sizes, so a
+traced or exported graph holds all it needs.
 
 A forward operator returns its results (absent ones as empty tensors) followed by the tensors
-its backward reads, which are not differentiable; :func:`run` hides them. Results are computed
-without autocast (the engine has no reduced-precision kernels; :func:`lstmkit.engine.scan` casts
-float16/bfloat16 operands to float32).
+its backward reads, which are not differentiable; :func:`lstmkit.engine.scan` hides them.
+Kernels compute without autocast (the engine has no reduced-precision kernels;
+:func:`lstmkit.engine.scan` computes float16/bfloat16 operands in float32).
 
 The autograd formula is the hand-written backward: the backward operator's kernel, then the
 weight, bias and input gradients as GEMMs over all steps in plain torch. A backward that builds a
 graph (``create_graph=True``) instead recomputes with the reference equations and differentiates
 them (:func:`~lstmkit.engine._function.reference_backward`), so double backward is exact.
+
+``reference_scan`` (with ``reference_scan_backward``) is :func:`lstmkit.cells.reference.scan` as
+one operator, for the cells and calls the engine does not run: capturing the reference as a
+graph would unroll its time loop into a graph of one fixed length.
 """
 
 from __future__ import annotations
@@ -58,7 +63,6 @@ _PARAMS_SCHEMA = {
     "lstm": ", ".join(f"Tensor{'' if n == 'weight_ih' else '?'} {n}" for n in LSTM_PARAMS),
     "gru": "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh",
 }
-_N_SAVED = {"lstm": len(LSTM_SAVED), "gru": 3, "rnn": 2}
 
 
 def _returns(n: int) -> str:
@@ -81,12 +85,63 @@ def _out(t: Tensor | None, like: Tensor) -> Tensor:
     return _absent(like) if t is None else t
 
 
+_LIB = torch.library.Library("lstmkit", "FRAGMENT")
+
+
+class _Operator:
+    """An engine operator: ``torch.library.define`` with its CPU kernel, then its fake kernel
+    and (forward operators) its autograd formula.
+
+    The autograd formula is an :class:`torch.autograd.Function` registered as the operator's
+    Autograd kernel (not ``register_autograd``, whose per-call argument handling costs more than
+    a small layer's whole step); ``function_name`` names its nodes in a graph's ``grad_fn``.
+    """
+
+    def __init__(self, name: str, schema: str, kernel: Any) -> None:
+        self.name = f"lstmkit::{name}"
+        torch.library.define(self.name, schema, lib=_LIB)
+        torch.library.impl(self.name, "cpu", kernel, lib=_LIB)
+        self.op = getattr(torch.ops.lstmkit, name).default
+
+    def __call__(self, *args: Any) -> Any:
+        return self.op(*args)
+
+    def register_fake(self, fake: Any) -> Any:
+        torch.library.register_fake(self.name, fake, lib=_LIB)
+        return fake
+
+    def register_autograd(self, function_name: str, setup_context: Any, backward: Any) -> None:
+        op = self.op
+
+        def forward(ctx: Any, *args: Any) -> Any:
+            with torch._C._AutoDispatchBelowAutograd():
+                out = op(*args)
+            setup_context(ctx, args, out)
+            return out
+
+        function = type(function_name, (torch.autograd.Function,), {
+            "forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+        def autograd_kernel(*args: Any) -> Any:
+            if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+                return function.apply(*args)
+            with torch._C._AutoDispatchBelowAutograd():
+                return op(*args)
+
+        _LIB.impl(self.name.split("::")[1], autograd_kernel, "Autograd")
+
+
+def _operator(name: str, schema: str) -> Any:
+    """Decorator: define ``lstmkit::name`` with ``schema`` and the function as its CPU kernel."""
+    return lambda kernel: _Operator(name, schema, kernel)
+
+
 # -------------------------------------------------------------------------------------------
 # LSTM family
 
-@torch.library.custom_op(
-    "lstmkit::lstm_scan", mutates_args=(), device_types="cpu",
-    schema="(Tensor x, Tensor h0, Tensor c0, Tensor? a0, Tensor? lengths, "
+@_operator(
+    "lstm_scan",
+    "(Tensor x, Tensor h0, Tensor c0, Tensor? a0, Tensor? lengths, "
     f"{_PARAMS_SCHEMA['lstm']}, str cell, int hidden_size, int proj_size, bool reverse, "
     f"bool return_cells, bool save) -> {_returns(len(LSTM_RESULTS) + len(LSTM_SAVED))}")
 def lstm_scan(x: Tensor, h0: Tensor, c0: Tensor, a0: Tensor | None, lengths: Tensor | None,
@@ -117,9 +172,9 @@ def _(x: Tensor, h0: Tensor, c0: Tensor, a0: Tensor | None, lengths: Tensor | No
             new(steps, batch, hidden) if save and out != hidden else none)
 
 
-@torch.library.custom_op(
-    "lstmkit::lstm_scan_backward", mutates_args=(), device_types="cpu",
-    schema="(Tensor gates, Tensor? wcat, Tensor? peep, Tensor? w_hr, Tensor c_all, "
+@_operator(
+    "lstm_scan_backward",
+    "(Tensor gates, Tensor? wcat, Tensor? peep, Tensor? w_hr, Tensor c_all, "
     "Tensor? lengths, Tensor? dy, Tensor? dh, Tensor? dc, Tensor? da, Tensor? dcells, str cell, "
     f"int hidden_size, int proj_size, bool reverse) -> {_returns(6)}")
 def lstm_scan_backward(gates: Tensor, wcat: Tensor | None, peep: Tensor | None,
@@ -183,7 +238,7 @@ def _lstm_backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]
         wcat, peep = lstm_recurrent(call, params, values[0])
         if call.spec.truncated_gradient:
             wcat = None  # the kernel does not read it: no error flows through the recurrence
-        kernel = torch.ops.lstmkit.lstm_scan_backward(
+        kernel = lstm_scan_backward(
             saved["gates"], wcat, peep, params["weight_hr"], saved["c_all"], lengths,
             named["y"], named["h"], named["c"], named["a"] if lay.carried_size else None,
             named["cells"] if call.return_cells else None, *ctx.args)
@@ -200,7 +255,7 @@ def _layout_grads(inp: Inputs, found: Named, lengths_at: int,
     return (*grads[:lengths_at], None, *grads[lengths_at:], *([None] * n_config))
 
 
-lstm_scan.register_autograd(_lstm_backward, setup_context=_lstm_setup)
+lstm_scan.register_autograd("LSTMFunction", _lstm_setup, _lstm_backward)
 
 
 # -------------------------------------------------------------------------------------------
@@ -235,8 +290,7 @@ _SMALL_SCHEMA = (f"(Tensor x, Tensor h0, Tensor? lengths, {_PARAMS_SCHEMA['gru']
                  "int hidden_size, bool reverse, bool save) -> ")
 
 
-@torch.library.custom_op("lstmkit::gru_scan", mutates_args=(), device_types="cpu",
-                         schema=_SMALL_SCHEMA + _returns(5))
+@_operator("gru_scan", _SMALL_SCHEMA + _returns(5))
 def gru_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor,
              weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, cell: str,
              hidden_size: int, reverse: bool, save: bool) -> tuple[Tensor, ...]:
@@ -251,8 +305,7 @@ def _(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor, weight_h
     return _small_fake("gru", x, hidden_size, save)
 
 
-@torch.library.custom_op("lstmkit::rnn_scan", mutates_args=(), device_types="cpu",
-                         schema=_SMALL_SCHEMA + _returns(4))
+@_operator("rnn_scan", _SMALL_SCHEMA + _returns(4))
 def rnn_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor,
              weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, cell: str,
              hidden_size: int, reverse: bool, save: bool) -> tuple[Tensor, ...]:
@@ -267,9 +320,9 @@ def _(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor, weight_h
     return _small_fake("rnn", x, hidden_size, save)
 
 
-@torch.library.custom_op(
-    "lstmkit::gru_scan_backward", mutates_args=(), device_types="cpu",
-    schema="(Tensor gates, Tensor weight_hh, Tensor h_all, Tensor aux, Tensor? lengths, "
+@_operator(
+    "gru_scan_backward",
+    "(Tensor gates, Tensor weight_hh, Tensor h_all, Tensor aux, Tensor? lengths, "
     f"Tensor? dy, Tensor? dh, str cell, int hidden_size, bool reverse) -> {_returns(3)}")
 def gru_scan_backward(gates: Tensor, weight_hh: Tensor, h_all: Tensor, aux: Tensor,
                       lengths: Tensor | None, dy: Tensor | None, dh: Tensor | None, cell: str,
@@ -290,9 +343,9 @@ def _(gates: Tensor, weight_hh: Tensor, h_all: Tensor, aux: Tensor, lengths: Ten
             gates.new_empty(gates.shape[1], hidden_size))
 
 
-@torch.library.custom_op(
-    "lstmkit::rnn_scan_backward", mutates_args=(), device_types="cpu",
-    schema="(Tensor hact, Tensor weight_hh, Tensor? lengths, Tensor? dy, Tensor? dh, str cell, "
+@_operator(
+    "rnn_scan_backward",
+    "(Tensor hact, Tensor weight_hh, Tensor? lengths, Tensor? dy, Tensor? dh, str cell, "
     f"int hidden_size, bool reverse) -> {_returns(2)}")
 def rnn_scan_backward(hact: Tensor, weight_hh: Tensor, lengths: Tensor | None,
                       dy: Tensor | None, dh: Tensor | None, cell: str, hidden_size: int,
@@ -334,18 +387,17 @@ def _small_backward(ctx: Any, dy: Tensor | None, dh: Tensor | None,
     else:
         w_hh = inp.values["weight_hh"]
         if family == "gru":
-            kernel = torch.ops.lstmkit.gru_scan_backward(
+            kernel = gru_scan_backward(
                 saved["gates"], w_hh, saved["h_all"], saved["aux"], lengths, dy, dh, *ctx.args)
             found = gru_grads(call, inp, saved, dict(zip(("dz", "drec", "dh0"), kernel)))
         else:
-            kernel = torch.ops.lstmkit.rnn_scan_backward(saved["hact"], w_hh, lengths, dy, dh,
-                                                         *ctx.args)
+            kernel = rnn_scan_backward(saved["hact"], w_hh, lengths, dy, dh, *ctx.args)
             found = rnn_grads(call, inp, saved, dict(zip(("dz", "dh0"), kernel)))
     return _layout_grads(inp, found, lengths_at=2, n_config=4)
 
 
-gru_scan.register_autograd(_small_backward, setup_context=_small_setup)
-rnn_scan.register_autograd(_small_backward, setup_context=_small_setup)
+gru_scan.register_autograd("GRUFunction", _small_setup, _small_backward)
+rnn_scan.register_autograd("RNNFunction", _small_setup, _small_backward)
 
 
 # -------------------------------------------------------------------------------------------
