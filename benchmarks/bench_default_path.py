@@ -21,10 +21,11 @@ watching which runner the layer called) and the reason :func:`lstmkit.dispatch.r
 Targets: a training step of ``default`` at most 1.0x ``torch`` on every shape, and of
 ``default+len`` at most 1.0x ``torch`` (without lengths) on every shape.
 
-Run from the repository root (one thread; about ten minutes with ``--paths``)::
+Run from the repository root (one thread; about ten minutes on a loaded 2-core machine, and
+about twice that with ``--paths``, which can be run a family or two at a time)::
 
-    .venv/bin/python benchmarks/bench_default_path.py --paths \
-        --out benchmarks/results-default-path.md
+    .venv/bin/python benchmarks/bench_default_path.py --out benchmarks/results-default-path.md
+    .venv/bin/python benchmarks/bench_default_path.py --paths --families lstm --repeats 5
 
 Options: ``--quick``, ``--shapes``, ``--families``, ``--repeats``, ``--threads``, ``--paths``,
 ``--out`` (Markdown; the numbers go to a ``.json`` beside it).

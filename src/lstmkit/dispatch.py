@@ -56,41 +56,41 @@ _Key = tuple[str, bool, bool, bool]
 _PACKED = Choice("engine", "lengths given: torch's kernel would run a packed sequence, slower "
                  "than the fused engine")
 _FASTER = Choice("engine", "a training step: the fused engine is faster than torch's kernel")
-_TORCH = Choice("native", "inference without lengths: torch's kernel is as fast as the engine "
-                "or faster")
+_TORCH = Choice("native", "inference without lengths: the engine is not faster than torch's "
+                "kernel on every shape, so torch's kernel is kept")
 
 # Per kind of call (family, training step, lengths given): the choice without the engine's
-# packed AVX-512 step kernel, then with it. The numbers are time ratios at the five benchmark
-# shapes, one thread, float32. Without the step kernel they come from
-# ``benchmarks/bench_default_path.py --paths`` (``benchmarks/results-default-path.md``), each
-# path against torch's kernel without lengths. With it they come from the engine record in
-# BENCHMARKS.md (a CPU with AVX-512, two threads; "vanilla" is lstm plus peepholes); kinds of
-# call that were not measured with it keep the choice made without it.
+# packed AVX-512 step kernel, then with it. The numbers are time ratios to torch's kernel
+# without lengths at the five benchmark shapes, one thread, float32. Without the step kernel
+# they come from ``benchmarks/bench_default_path.py --paths`` (``results-default-path.md`` in
+# ``benchmarks/``, where each choice's whole row is). With it they come from the engine record in
+# BENCHMARKS.md (a CPU with AVX-512, two threads; "vanilla" is lstm plus peepholes). Kinds of
+# call not measured with the step kernel keep the choice made without it.
 _MEASURED: dict[tuple[str, bool, bool], tuple[Choice, Choice]] = {
-    # Engine 0.94-1.23x; torch's kernel through the layer 0.96-1.11x (the same kernel: the
-    # spread is the machine's noise). With the step kernel the engine takes 0.56-0.86x
-    # ("vanilla": 0.58-0.98x).
+    # Engine 1.05-1.53x; torch's kernel through the layer 0.95-1.04x (the same kernel: the
+    # spread is the machine's noise). With the step kernel "vanilla", which does more work than
+    # lstm, takes 0.58-0.98x.
     ("lstm", True, False): (
         Choice("native", "a training step without lengths: torch's oneDNN kernel is faster "
                "than the engine without its AVX-512 step kernel"), _FASTER),
-    # Engine 0.89-1.24x, torch's packed kernel 3.2-7.0x.
+    # Engine 0.89-1.31x, torch's packed kernel 3.7-9.6x.
     ("lstm", True, True): (_PACKED, _PACKED),
-    # Engine 1.7-2.9x. With the step kernel ("vanilla") 0.73-1.12x: no path wins every shape.
+    # Engine 1.5-2.4x. With the step kernel ("vanilla") 0.73-1.12x: faster on some shapes only.
     ("lstm", False, False): (_TORCH, _TORCH),
-    # Engine 1.45-2.14x, torch's packed kernel 1.17-1.96x, lower on every shape. With the step
-    # kernel the engine's inference ("vanilla", without lengths) is 0.73-1.12x.
+    # Engine 1.52-2.04x, torch's packed kernel 1.23-2.51x, lower on four shapes of five. With
+    # the step kernel the engine's inference without lengths ("vanilla") is 0.73-1.12x.
     ("lstm", False, True): (
         Choice("native", "inference with lengths: torch's packed kernel is faster than the "
                "engine without its AVX-512 step kernel"), _PACKED),
-    # torch has no oneDNN kernel for GRU and RNN. Training: engine 0.35-0.96x; with lengths
-    # 0.23-0.98x against torch's packed kernel's 1.1-5.2x.
+    # torch has no oneDNN kernel for GRU and RNN. Training: engine 0.32-0.88x; with lengths
+    # 0.42-0.86x against torch's packed kernel's 1.27-5.37x.
     ("gru", True, False): (_FASTER, _FASTER),
     ("gru", True, True): (_PACKED, _PACKED),
     ("rnn", True, False): (_FASTER, _FASTER),
     ("rnn", True, True): (_PACKED, _PACKED),
-    # Inference: engine and torch's kernel within the noise of each other (0.78-1.17x against
-    # 0.86-1.22x); with lengths the engine is lower at most shapes (geometric means 0.86-1.1x
-    # against 0.92-1.16x for torch's packed kernel).
+    # Inference: engine 0.77-1.17x, torch's kernel through the layer 0.88-1.14x: each is faster
+    # on some shapes. With lengths the engine is lower on most shapes (0.58-1.21x against
+    # 0.76-1.31x for torch's packed kernel).
     ("gru", False, False): (_TORCH, _TORCH),
     ("gru", False, True): (_PACKED, _PACKED),
     ("rnn", False, False): (_TORCH, _TORCH),
