@@ -275,3 +275,11 @@ def test_reference_operator_passes_opcheck():
         x, h0, c0, None, None, list(p.values()), ",".join(p), cell_key(PRESETS["layernorm"]),
         H, 0, False, True), test_utils=("test_schema", "test_autograd_registration",
                                         "test_faketensor", "test_aot_dispatch_static"))
+
+
+def test_an_operator_run_without_saving_refuses_backward():
+    args = list(_lstm_args("peephole"))
+    args[-1] = False  # save
+    out = torch.ops.lstmkit.lstm_scan(*args)
+    with pytest.raises(RuntimeError, match="lstmkit::lstm_scan: called with save=False"):
+        out[0].sum().backward()

@@ -207,9 +207,10 @@ def _(gates: Tensor, wcat: Tensor | None, peep: Tensor | None, w_hr: Tensor | No
 
 def _lstm_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     x, h0, c0, a0, lengths, *rest = inputs
-    flat, (cell, hidden, proj, reverse, return_cells, _) = rest[:-6], rest[-6:]
+    flat, (cell, hidden, proj, reverse, return_cells, save) = rest[:-6], rest[-6:]
     ctx.call = Call.of(cell, hidden, proj, reverse, return_cells)
     ctx.args = (cell, hidden, proj, reverse)
+    ctx.saved = save
     n = len(LSTM_RESULTS)
     ctx.mark_non_differentiable(*output[n:])
     # Gradients of results nobody used stay None instead of zero tensors the size of the output.
@@ -234,6 +235,7 @@ def _lstm_backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]
         outs += [named["cells"]] if call.return_cells else []
         found = reference_backward(call, inp, lengths, tuple(outs))
     else:
+        _check_saved(ctx, "lstm_scan")
         params = inp.params()
         wcat, peep = lstm_recurrent(call, params, values[0])
         if call.spec.truncated_gradient:
@@ -245,6 +247,12 @@ def _lstm_backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]
         kernel = dict(zip(("dz", "dh0", "dc0", "da0", "dh_all", "dpeep"), kernel))
         found = lstm_grads(call, inp, saved, kernel)
     return _layout_grads(inp, found, lengths_at=4, n_config=6)
+
+
+def _check_saved(ctx: Any, op: str) -> None:
+    if not ctx.saved:
+        raise RuntimeError(f"lstmkit::{op}: called with save=False, which keeps nothing for "
+                           "backward; call it with save=True to differentiate it")
 
 
 def _layout_grads(inp: Inputs, found: Named, lengths_at: int,
@@ -364,9 +372,10 @@ def _(hact: Tensor, weight_hh: Tensor, lengths: Tensor | None, dy: Tensor | None
 
 
 def _small_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    x, h0, lengths, *flat, cell, hidden, reverse, _ = inputs
+    x, h0, lengths, *flat, cell, hidden, reverse, save = inputs
     ctx.call = Call.of(cell, hidden, 0, reverse)
     ctx.args = (cell, hidden, reverse)
+    ctx.saved = save
     ctx.mark_non_differentiable(*output[2:])
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*output[2:], lengths, x, h0, *flat)
@@ -385,6 +394,7 @@ def _small_backward(ctx: Any, dy: Tensor | None, dh: Tensor | None,
     if torch.is_grad_enabled():
         found = reference_backward(call, inp, lengths, (dy, dh))
     else:
+        _check_saved(ctx, f"{family}_scan")
         w_hh = inp.values["weight_hh"]
         if family == "gru":
             kernel = gru_scan_backward(
