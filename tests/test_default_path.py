@@ -123,6 +123,18 @@ def test_calls_the_engine_cannot_run_keep_torchs_kernel():
             assert route.path == "native" and "meta" in route.reason, (name, route)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_keeps_torchs_kernel(dtype):
+    """The rule is measured in float32; in half precision torch's kernel computes the dtype
+    itself, the engine in float32 on cast copies."""
+    x = torch.randn(5, 3, 2, dtype=dtype)
+    for name in TORCH_CELLS:
+        for grad, lengths in itertools.product((True, False), (True, False)):
+            route = _route(name, grad=grad, lengths=lengths, x=x)
+            assert route.path == "native" and str(dtype) in route.reason, (name, route)
+    assert _route("peephole", grad=True, lengths=False, x=x).path != "native"
+
+
 def test_empty_sequences_and_forced_backends_are_unchanged():
     engine_or_skip()
     empty = torch.randn(0, 3, 2)

@@ -7,7 +7,8 @@ path that computes exactly the requested cell:
   the readable reference;
 * a cell torch has a kernel for (``lstm``, ``gru``, ``rnn``, ``rnn_relu``) runs on torch's kernel
   where the engine cannot run the call (another device or dtype, a ``torch.func`` transform, an
-  engine that could not be built); otherwise :func:`auto_choice` picks between torch's kernel and
+  engine that could not be built) and in half precision, which the engine computes in float32;
+  otherwise :func:`auto_choice` picks between torch's kernel and
   the engine from what is known when the call is made: the cell family, whether it is a training
   step (gradients recorded), whether ``lengths`` were given, the dtype, and whether the engine has
   its packed AVX-512 step kernel on this CPU. The rule, with the measurements behind it, is
@@ -32,6 +33,8 @@ from .cells.spec import CellSpec
 
 Path = Literal["native", "engine", "reference"]
 BACKENDS = ("auto", "native", "engine", "reference")
+#: The dtypes :data:`RULE` decides for (the engine's own); torch's kernel keeps the others.
+_RULE_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,11 @@ def route(spec: CellSpec, backend: str, x: Tensor | None, *, return_cells: bool 
         if not_engine:
             # Decided before the build: a call the engine cannot take never waits for it.
             return Route("native", f"torch has a kernel for this cell; {not_engine}")
+        if x is not None and x.dtype not in _RULE_DTYPES:
+            # The rule was measured in float32; in half precision the engine computes in
+            # float32 on cast copies, while torch's kernel computes the dtype itself.
+            return Route("native", f"torch has a kernel for this cell in {x.dtype}; the engine "
+                         "would compute it in float32 on cast copies")
         grad = torch.is_grad_enabled() if grad is None else bool(grad)
         dtype = torch.float32 if x is None else x.dtype
         choice = auto_choice(spec, grad=grad, lengths=bool(lengths), dtype=dtype)
