@@ -147,6 +147,20 @@ def test_empty_sequences_and_forced_backends_are_unchanged():
             assert dispatch.route(spec, "reference", X, lengths=lengths).path == "reference"
 
 
+def test_the_rule_is_read_inside_torch_compile():
+    """torch.compile traces the dispatch; the step-kernel question must not call into the
+    extension under the trace (a graph break, an error with ``fullgraph=True``)."""
+    engine_or_skip()
+
+    def step(x):
+        route = dispatch.route(PRESETS["lstm"], "auto", x, grad=True, lengths=False)
+        return x + (1.0 if route.path == "engine" else 2.0)
+
+    x = torch.randn(5, 3, 2)
+    want = step(x)
+    torch.testing.assert_close(torch.compile(step, fullgraph=True, backend="eager")(x), want)
+
+
 def test_auto_choice_refuses_a_cell_torch_has_no_kernel_for():
     with pytest.raises(ValueError, match="spec: expected a cell torch has a kernel for, got "
                                          "'peephole'"):

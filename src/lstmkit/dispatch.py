@@ -133,6 +133,13 @@ def step_kernel(dtype: torch.dtype = torch.float32) -> bool:
     (float32 on a CPU with AVX-512; otherwise they call the BLAS). Builds the engine if needed."""
     if dtype != torch.float32 or not engine.available():
         return False
+    return _compiled_with_kernel()
+
+
+# A property of the build, fixed for the process; marked constant so that torch.compile reads it
+# once instead of tracing into the extension (which it cannot).
+@torch.compiler.assume_constant_result
+def _compiled_with_kernel() -> bool:
     has_kernel = getattr(engine._build.load(), "has_kernel", None)
     return has_kernel is not None and bool(has_kernel())
 
