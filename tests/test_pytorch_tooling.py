@@ -165,6 +165,15 @@ def test_autocast_bfloat16_runs_in_float32(name):
     _assert_same(got, want)
 
 
+@pytest.mark.parametrize("name", ["lstm", "peephole", "layernorm", "gru"])
+def test_devices_without_autocast_run(name):
+    """The autocast handling asks only devices that have autocast (``meta`` has none)."""
+    spec = PRESETS[name]
+    layer = CLASSES[spec.family](I, H, variant=name, device="meta")
+    out = _flatten(layer(torch.empty(5, 2, I, device="meta")))
+    assert out[0].shape == (5, 2, H) and out[0].device.type == "meta"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ALL)
 def test_half_precision_tensors(name, dtype):

@@ -138,6 +138,7 @@ def _autocast_input(value: Tensor, ref: Tensor) -> Tensor:
     """
     if (value.dtype != ref.dtype and value.dtype in _AUTOCAST_DTYPES
             and ref.dtype in _AUTOCAST_DTYPES and value.device == ref.device
+            and torch.amp.is_autocast_available(value.device.type)
             and torch.is_autocast_enabled(value.device.type)):
         return value.to(ref.dtype)
     return value

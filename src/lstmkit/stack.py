@@ -116,8 +116,9 @@ def _compiling() -> bool:
 @contextlib.contextmanager
 def _full_precision(x: Tensor) -> Iterator[None]:
     """Autocast off for ``x``'s device while the recurrence runs (see the module docstring)."""
-    if torch.is_autocast_enabled(x.device.type):
-        with torch.autocast(x.device.type, enabled=False):
+    kind = x.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        with torch.autocast(kind, enabled=False):
             yield
     else:
         yield
