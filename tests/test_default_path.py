@@ -161,6 +161,18 @@ def test_the_rule_is_read_inside_torch_compile():
     torch.testing.assert_close(torch.compile(step, fullgraph=True, backend="eager")(x), want)
 
 
+@pytest.mark.parametrize("cls", [lstmkit.LSTM, lstmkit.GRU, lstmkit.RNN])
+def test_a_trace_does_not_depend_on_the_grad_mode(cls):
+    """torch.jit.trace checks its graph by tracing again without gradients: the path of a
+    torch cell must not change with the grad mode there."""
+    engine_or_skip()
+    layer = cls(2, 4)
+    x = torch.randn(5, 3, 2)
+    traced = torch.jit.trace(layer, (x,))  # check_trace=True: raises if the graphs differ
+    assert "aten::" + cls.__name__.lower().replace("rnn", "rnn_tanh") in str(traced.graph)
+    torch.testing.assert_close(traced(x)[0], layer(x)[0])
+
+
 def test_auto_choice_refuses_a_cell_torch_has_no_kernel_for():
     with pytest.raises(ValueError, match="spec: expected a cell torch has a kernel for, got "
                                          "'peephole'"):

@@ -7,8 +7,9 @@ path that computes exactly the requested cell:
   the readable reference;
 * a cell torch has a kernel for (``lstm``, ``gru``, ``rnn``, ``rnn_relu``) runs on torch's kernel
   where the engine cannot run the call (another device or dtype, a ``torch.func`` transform, an
-  engine that could not be built) and in half precision, which the engine computes in float32;
-  otherwise :func:`auto_choice` picks between torch's kernel and
+  engine that could not be built), in half precision, which the engine computes in float32, and
+  under ``torch.jit.trace``, whose graph must not depend on the grad mode; otherwise
+  :func:`auto_choice` picks between torch's kernel and
   the engine from what is known when the call is made: the cell family, whether it is a training
   step (gradients recorded), whether ``lengths`` were given, the dtype, and whether the engine has
   its packed AVX-512 step kernel on this CPU. The rule, with the measurements behind it, is
@@ -205,6 +206,11 @@ def route(spec: CellSpec, backend: str, x: Tensor | None, *, return_cells: bool 
         if not_engine:
             # Decided before the build: a call the engine cannot take never waits for it.
             return Route("native", f"torch has a kernel for this cell; {not_engine}")
+        if torch.jit.is_tracing():
+            # A trace records one path for every later call, training or not, and torch's own
+            # operator keeps a saved trace loadable without lstmkit.
+            return Route("native", "torch.jit.trace records torch's own kernel for this cell, "
+                         "the same for training and inference")
         if x is not None and x.dtype not in _RULE_DTYPES:
             # The rule was measured in float32; in half precision the engine computes in
             # float32 on cast copies, while torch's kernel computes the dtype itself.
