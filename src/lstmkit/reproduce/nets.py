@@ -37,12 +37,23 @@ SETTINGS = ("paper", "modern", "modern-fb1")
 #: The settings that train :func:`modern_hidden`'s net with Adam, minibatches and clipping.
 MODERN_SETTINGS = ("modern", "modern-fb1")
 
-#: The modern LSTM's hidden size per Table 10 row: the smallest of 16, 32, 64 that solved the
-#: row in a pilot run (docs/modern-setting-notes.md has the runs); rows not listed get
-#: :data:`DEFAULT_MODERN_HIDDEN`. Each pilot was, for each size H tried,
-#: ``run(EXP, setting="modern", trials=K, workers=1, max_sequences=N, progress=False)`` with
-#: this table set to H for the row.
-MODERN_HIDDEN: dict[str, int] = {}
+#: The modern LSTM's hidden size per Table 10 row: the smallest of 16, 32, 64 whose pilot run
+#: solved every trial (docs/modern-setting-notes.md has the runs). Each pilot, per size H, was
+#: ``run(EXP, setting="modern", trials=K, seed=S, workers=1, max_sequences=N, progress=False)``
+#: on one thread with this table's entry set to H. Rows without a pilot get
+#: :data:`DEFAULT_MODERN_HIDDEN`, the middle of the sweep.
+MODERN_HIDDEN: dict[str, int] = {
+    # exp1, one by one (group=False): K=4, S=100 and K=8, S=200, N=20,000. 16: 2 of 4;
+    # 32: 12 of 12, mean 10,400; 64: 10 of 12, mean 7,200.
+    "1-5": 32,
+    # exp3a: K=4, S=100, N=40,000. 16: 4 of 4, mean 4,000.
+    "3a": 16,
+    # exp4-T100: K=4, S=100, N=40,000, and K=10, S=1000, N=148,000 (the default budget).
+    # 16: 4 of 4, mean 32,000; 10 of 10, mean 30,300.
+    "4-1": 16,
+    # exp6a: K=4, S=100, N=40,000. 16: 4 of 4, mean 8,900.
+    "6a": 16,
+}
 DEFAULT_MODERN_HIDDEN = 32
 
 
