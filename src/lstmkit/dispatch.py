@@ -69,7 +69,7 @@ _TORCH = Choice("native", "inference without lengths: the engine is not faster t
 # they come from ``benchmarks/bench_default_path.py --paths`` (``results-default-path.md`` in
 # ``benchmarks/``, where each choice's whole row is). With it they come from the engine record in
 # BENCHMARKS.md (a CPU with AVX-512, two threads; "vanilla" is lstm plus peepholes). Kinds of
-# call not measured with the step kernel keep the choice made without it.
+# call the record does not settle keep the choice made without the step kernel.
 _MEASURED: dict[tuple[str, bool, bool], tuple[Choice, Choice]] = {
     # Engine 1.05-1.53x; torch's kernel through the layer 0.95-1.04x (the same kernel: the
     # spread is the machine's noise). With the step kernel "vanilla", which does more work than
