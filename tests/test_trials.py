@@ -185,3 +185,25 @@ def test_the_direct_kernel_gradient_equals_autograd_through_the_merged_network(k
     for a, b in zip(by_autograd, by_kernels):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
     assert by_kernels[2].abs().max() > 0
+
+
+def test_every_experiments_batches_go_side_by_side():
+    """Batches of different lengths from every row's task concatenate, padded along time
+    (``info`` laid out along time included), and the task evaluates the result."""
+    from lstmkit.reproduce.experiments import EXPERIMENTS
+
+    seen = set()
+    for exp in EXPERIMENTS.values():
+        task = exp.make_task()
+        if task.name in seen or "q" in task.params and task.params["q"] > 100:
+            continue
+        seen.add(task.name)
+        parts = [task.sample(3, torch.Generator().manual_seed(k)) for k in range(4)]
+        both = Batch.cat(parts)
+        assert both.batch_size == 12 and both.steps == max(p.steps for p in parts)
+        for k, part in enumerate(parts):
+            again = both.columns(3 * k, 3 * k + 3)
+            assert torch.equal(again.inputs[: part.steps], part.inputs), task.name
+            outputs = torch.rand(both.steps, 12, task.output_size)
+            assert task.evaluate(outputs, both).shape == (12,)
+    assert {"reber", "adding1997", "two_sequence", "very_long_lag"} <= seen

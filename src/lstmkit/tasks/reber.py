@@ -108,6 +108,7 @@ def encode(strings: list[str] | tuple[str, ...]) -> Batch:
         possible[t] = POSSIBLE[node] & valid[:, None]
     batch = next_symbol_batch(torch.from_numpy(symbols), len(SYMBOLS))
     batch.info["possible"] = torch.from_numpy(possible[: batch.steps])
+    batch.time_info = ("possible",)
     return batch
 
 
@@ -203,6 +204,7 @@ class Reber(_ReberTask):
         return Batch(
             full.inputs[:steps, pick], full.targets[:steps, pick], full.mask[:steps, pick],
             full.lengths[pick], {k: v[:steps, pick] for k, v in full.info.items()},
+            full.time_info,
         )
 
     def train_batch(self) -> Batch:
