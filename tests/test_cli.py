@@ -75,7 +75,7 @@ def test_float_choice_and_missing_value_errors_are_one_line(capsys) -> None:
         "lstmkit gradflow: error: --forget-bias: expected a number, got 'big'")
     line = _one_line_error(capsys, ["reproduce", "exp1", "--setting", "fast"])
     assert line.startswith("lstmkit reproduce: error: --setting: expected one of paper, modern, "
-                           "got 'fast'")
+                           "modern-fb1, got 'fast'")
     assert _one_line_error(capsys, ["inspect", "--steps"]).startswith(
         "lstmkit inspect: error: --steps: expected a value")
     line = _one_line_error(capsys, ["frobnicate"])

@@ -134,7 +134,7 @@ def markdown(results: list[RunResult]) -> str:
                            + (f", {paper.test}" if paper.test else ""))
         if res.setting == "paper" and res.cell == "lstm1997":
             column = "paper setting"
-        elif res.cell == "lstm":
+        elif res.cell == "lstm" and res.setting == "modern":
             column = "modern lstm"
         else:
             column = f"{res.cell} ({res.setting})"
