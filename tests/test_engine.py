@@ -412,17 +412,27 @@ def test_scan_refuses_what_it_cannot_run_and_auto_takes_the_reference():
     p = {k: v.detach() for k, v in layer.cell_params(0).items()}
     x = torch.randn(3, 2, 2, dtype=torch.float16)
     carry = (torch.zeros(2, 3, dtype=torch.float16),) * 2
-    with pytest.raises(ValueError, match="float32 or float64"):
-        engine.scan(PRESETS["peephole"], p, x, carry, hidden_size=3)
-    for variant, dtype, reason in (("layernorm", torch.float32, "layer normalisation"),
-                                   ("peephole", torch.float16, "float32 or float64")):
-        forced = lstmkit.LSTM(2, 3, variant=variant, dtype=dtype, backend="engine")
-        with pytest.raises(ValueError, match=f"'engine' cannot run this call: .*{reason}"):
-            forced(torch.randn(3, 2, 2, dtype=dtype))
-        auto = lstmkit.LSTM(2, 3, variant=variant, dtype=dtype)
-        route = auto.route(torch.randn(3, 2, 2, dtype=dtype))
-        assert route.path == "reference" and reason in route.reason
-        assert auto(torch.randn(3, 2, 2, dtype=dtype))[0].shape == (3, 2, 3)
+    with pytest.raises(ValueError, match="the carry and parameters must have the input's"):
+        engine.scan(PRESETS["peephole"], p, x.float(), carry, hidden_size=3)
+    forced = lstmkit.LSTM(2, 3, variant="layernorm", backend="engine")
+    with pytest.raises(ValueError, match="'engine' cannot run this call: .*layer normalisation"):
+        forced(torch.randn(3, 2, 2))
+    auto = lstmkit.LSTM(2, 3, variant="layernorm")
+    route = auto.route(torch.randn(3, 2, 2))
+    assert route.path == "reference" and "layer normalisation" in route.reason
+    assert auto(torch.randn(3, 2, 2))[0].shape == (3, 2, 3)
+
+
+def test_half_precision_runs_on_the_engine_in_float32():
+    engine_or_skip()
+    layer = lstmkit.LSTM(2, 3, variant="peephole", dtype=torch.float16, backend="engine")
+    wide = lstmkit.LSTM(2, 3, variant="peephole", backend="reference")
+    wide.load_state_dict({k: v.float() for k, v in layer.state_dict().items()})
+    x = torch.randn(3, 2, 2, dtype=torch.float16)
+    assert layer.route(x).path == "engine"
+    y = layer(x)[0]
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), wide(x.float())[0], atol=2e-3, rtol=2e-3)
 
 
 def test_route_names_the_path_and_why():

@@ -245,9 +245,10 @@ def _check_lengths_semantics(layer, x, hx, lengths):
             torch.testing.assert_close(got[:, b], want[:, 0], **TOL)
 
 
-def _initial(layer, batch, generator, dtype=torch.float32, gates=False):
-    """Random (h_0, c_0) or (h_0,); with ``gates`` also a_0 for cells that carry gates."""
-    sizes = layer.state_sizes[: 3 if gates else 2]
+def _initial(layer, batch, generator, dtype=torch.float32, gates=True):
+    """Random (h_0, c_0) or (h_0,), and a_0 for cells that carry gates (unless ``gates`` is
+    False: then only the first two)."""
+    sizes = layer.state_sizes if gates else layer.state_sizes[:2]
     rows = layer.num_layers * (2 if layer.bidirectional else 1)
     return tuple(torch.randn(rows, batch, n, generator=generator, dtype=dtype) for n in sizes)
 
