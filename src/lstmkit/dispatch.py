@@ -120,9 +120,23 @@ def requested(backend: str) -> str:
     return backend
 
 
+# ``spec.torch_native`` compares the whole spec with torch's cells (tens of microseconds, on
+# every layer call); specs are frozen, so the answer is kept per spec.
+_TORCH_NATIVE: dict[CellSpec, bool] = {}
+
+
+def _torch_native(spec: CellSpec) -> bool:
+    if torch.compiler.is_compiling():  # traced once per graph: no cache for the tracer to follow
+        return spec.torch_native
+    known = _TORCH_NATIVE.get(spec)
+    if known is None:
+        known = _TORCH_NATIVE[spec] = spec.torch_native
+    return known
+
+
 def native_reason(spec: CellSpec, return_cells: bool) -> str | None:
     """Why torch's kernels cannot compute this call (None when they can)."""
-    if not spec.torch_native:
+    if not _torch_native(spec):
         return f"torch has no kernel for variant {spec.name!r}"
     if return_cells:
         return "torch's kernels do not return the cell states"
@@ -152,7 +166,7 @@ def auto_choice(spec: CellSpec, *, grad: bool, lengths: bool,
 
     Asks about the engine's step kernel (building the engine) only where the rule depends on it.
     """
-    if not spec.torch_native:
+    if not _torch_native(spec):
         raise ValueError(f"spec: expected a cell torch has a kernel for, got {spec.name!r}")
     family = spec.family
     without = RULE[(family, grad, lengths, False)]
