@@ -203,7 +203,7 @@ def _outer_handler(signum, frame):
     raise _OuterHandlerRan
 
 
-def _terminated_trial(**job):
+def _terminated_trial(*args, **job):
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(30)  # the handler interrupts this
     raise AssertionError("SIGTERM was not handled")
@@ -211,7 +211,7 @@ def _terminated_trial(**job):
 
 def test_sigterm_during_an_in_process_run_is_status_143_and_the_handler_is_restored(
         tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runner, "run_trial", _terminated_trial)
+    monkeypatch.setattr(runner, "run_group", _terminated_trial)
     previous = signal.signal(signal.SIGTERM, _outer_handler)
     try:
         status = main([*_RUN, "--workers", "1", "--out", str(tmp_path)])
@@ -389,14 +389,14 @@ def test_a_damaged_results_file_is_one_line_naming_the_key(finished_run, tmp_pat
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def _no_trial(**job):
+def _no_trial(*args, **job):
     raise AssertionError("a trial started although its results could not be drawn")
 
 
 def test_a_run_that_writes_results_checks_matplotlib_before_any_trial(tmp_path, capsys,
                                                                       monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as in a broken installation
-    monkeypatch.setattr(runner, "run_trial", _no_trial)
+    monkeypatch.setattr(runner, "run_group", _no_trial)
     out = tmp_path / "run"
     status = main([*_RUN, "--workers", "1", "--out", str(out)])
     err = _one_line_error(capsys)

@@ -21,6 +21,7 @@ from lstmkit.reproduce.nets import recipe_for
 from lstmkit.reproduce.runner import run_trial
 from lstmkit.train import TrainConfig, Trainer, TrainingDiverged
 from lstmkit.train.checkpoint import load_checkpoint
+from lstmkit.train.trials import StepResult, TrialGroup
 
 LAYERS = {"lstm": lstmkit.LSTM, "gru": lstmkit.GRU, "rnn": lstmkit.RNN}
 
@@ -242,7 +243,13 @@ def test_a_diverged_trial_counts_as_a_failed_trial(capsys, monkeypatch):
                                "training sequences; no checkpoint is written (no checkpoint "
                                "path)")
 
+    def diverge_in_a_group(self, x, batch, loss_fn, update=True, loss_grad=None):
+        steps, columns, _ = x.shape
+        return StepResult(torch.zeros(steps, columns, 1), [float("nan")] * self.slots,
+                          [False] * self.slots)
+
     monkeypatch.setattr(Trainer, "_step", diverge)
+    monkeypatch.setattr(TrialGroup, "step", diverge_in_a_group)
     code, err = _cli(capsys, "reproduce", "exp3a", "--task-param", "T=12", "--trials", "1",
                      "--max-sequences", "5", "--quiet", "--workers", "1")
     assert code == 0, err
@@ -252,6 +259,9 @@ def test_a_diverged_trial_counts_as_a_failed_trial(capsys, monkeypatch):
     assert not trial.success and "loss became nan" in trial.diverged
     assert results.summary.diverged == 1
     assert trial.test.wrong == trial.test.size
+    alone = lstmkit.reproduce.run("exp3a", task_params={"T": 12}, max_sequences=5, workers=1,
+                                  progress=False, group=False)
+    assert "loss became nan" in alone.trials[0].diverged
 
 
 def test_unknown_task_and_task_parameter_are_named():
