@@ -3,16 +3,14 @@ half-precision tensors, torch.func, DDP and higher-order gradients.
 
 Each row of the README's "Works with" table is a test here (ONNX export has its own). The
 engine's kernels are ``torch.library`` operators (``torch.ops.lstmkit.*``), checked with
-``torch.library.opcheck``. Compiling is slow on small machines, so ``torch.compile`` runs with
-the ``aot_eager`` backend (Dynamo with ``fullgraph=True`` and AOTAutograd, which run the
-operators' fake kernels and registered autograd; inductor only generates code from the same
-graph) on a few presets per family and path; ``LSTMKIT_TEST_COMPILE_ALL=1`` compiles every
-preset.
+``torch.library.opcheck``. Compiling with inductor is slow on small machines, so
+``torch.compile`` runs with the ``aot_eager`` backend (Dynamo with ``fullgraph=True`` and
+AOTAutograd, which run the operators' fake kernels and registered autograd; inductor only
+generates code from the same graph), on every preset.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import pytest
@@ -29,8 +27,7 @@ CLASSES = {"lstm": lstmkit.LSTM, "gru": lstmkit.GRU, "rnn": lstmkit.RNN}
 ALL = list(PRESETS)
 # torch's kernel (lstm, rnn), the engine with peepholes, with carried gates and the truncated
 # gradient, and with Cho's GRU, and the reference (layer norm).
-COMPILED = ALL if os.environ.get("LSTMKIT_TEST_COMPILE_ALL") else [
-    "lstm", "peephole", "lstm1997", "layernorm", "gru_cho", "rnn"]
+COMPILED = ALL
 ENGINE_CELLS = [n for n, s in PRESETS.items() if not s.torch_native and not s.layer_norm]
 I, H = 3, 4
 TOL = {"atol": 1e-5, "rtol": 1e-5}
