@@ -207,3 +207,22 @@ def test_every_experiments_batches_go_side_by_side():
             outputs = torch.rand(both.steps, 12, task.output_size)
             assert task.evaluate(outputs, both).shape == (12,)
     assert {"reber", "adding1997", "two_sequence", "very_long_lag"} <= seen
+
+
+def test_a_large_fresh_test_is_drawn_in_parts_and_counts_every_sequence(monkeypatch):
+    from lstmkit.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "_TEST_PART", 40)
+    tr = _stream_trainer(0, 10)
+    seen = []
+    sample = tr.task.sample
+
+    def counted(n, generator=None):
+        seen.append(n)
+        return sample(n, generator=generator)
+
+    tr.task.sample = counted
+    correct, squared, absolute, loss = tr._test(100)
+    assert seen == [40, 40, 20]
+    assert correct.shape == squared.shape == absolute.shape == (100,)
+    assert torch.isfinite(torch.as_tensor(loss))

@@ -35,6 +35,10 @@ from .state_check import StateCheck, one_line
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingDiverged"]
 
 
+#: Fresh test sequences drawn and evaluated at a time.
+_TEST_PART = 1000
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint (if any) is kept."""
 
@@ -295,7 +299,15 @@ class Trainer:
         fixed = self.task.test_batch()
         if fixed is not None:
             return self._evaluate(fixed)
-        return self._evaluate(self.task.sample(size, generator=self.test_gen))
+        # In parts: 10,000 sequences of Exp. 2b at once would take about a gigabyte.
+        parts, losses = [], []
+        for start in range(0, size, _TEST_PART):
+            n = min(_TEST_PART, size - start)
+            *found, loss = self._evaluate(self.task.sample(n, generator=self.test_gen))
+            parts.append(found)
+            losses.append(loss * n)
+        correct, squared, absolute = (torch.cat(t) for t in zip(*parts))
+        return correct, squared, absolute, sum(losses) / size
 
     def _check_test_rule(self, rule: TestSet) -> bool:
         """A test-set rule; with both fixed splits it must hold on training and test set."""
