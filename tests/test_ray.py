@@ -22,6 +22,10 @@ def _essentials(result):
 @pytest.fixture(scope="module")
 def local_cluster():
     cluster.shutdown()
+    try:
+        cluster.run_on_ray("local", runner.run_group, [], cpus=2)  # starts it, 2 CPUs
+    except Exception as err:  # noqa: BLE001 - a machine where Ray cannot start at all
+        pytest.skip(f"a local Ray cluster cannot start here: {type(err).__name__}: {err}")
     yield
     cluster.shutdown()
 
