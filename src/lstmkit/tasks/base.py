@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .protocol import Batch, TrainingTask
+from .protocol import Batch, TrainingTask, group_width
 
 # ----------------------------------------------------------------------------------------------
 # The paper as data
@@ -389,10 +389,7 @@ class Task(TrainingTask):
     def group_loss(self, outputs: Tensor, batch: Batch, groups: int) -> Tensor:
         """:meth:`loss` of each of ``groups`` consecutive groups of sequences, in one pass."""
         outputs = self._check_outputs(outputs, batch)
-        size = batch.batch_size // groups
-        if size * groups != batch.batch_size:
-            raise ValueError(f"groups: expected a divisor of the batch size {batch.batch_size}, "
-                             f"got {groups}")
+        size = group_width(batch, groups)
         mask = batch.mask.to(outputs.device)
         if self.loss_kind == "ce":
             per_step = F.cross_entropy(
@@ -411,10 +408,7 @@ class Task(TrainingTask):
         if self.loss_kind == "ce":
             return super().group_loss_grad(outputs, batch, groups)
         outputs = self._check_outputs(outputs, batch)
-        size = batch.batch_size // groups
-        if size * groups != batch.batch_size:
-            raise ValueError(f"groups: expected a divisor of the batch size {batch.batch_size}, "
-                             f"got {groups}")
+        size = group_width(batch, groups)
         mask = batch.mask.to(outputs.device)
         diff = (outputs - batch.targets.to(outputs)) * mask.unsqueeze(-1)
         total = diff.pow(2).sum((0, 2)).view(groups, size).sum(1)

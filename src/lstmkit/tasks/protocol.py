@@ -119,6 +119,15 @@ class Batch:
                      along_batch(self.mask, 1), on_lengths(self.lengths), info, self.time_info)
 
 
+def group_width(batch: Batch, groups: int) -> int:
+    """Sequences per group when ``batch`` is ``groups`` equal, consecutive groups."""
+    size = batch.batch_size // groups if isinstance(groups, int) and groups > 0 else 0
+    if size * groups != batch.batch_size or size == 0:
+        raise ValueError(f"groups: expected a divisor of the batch size {batch.batch_size}, "
+                         f"got {groups}")
+    return size
+
+
 class TrainingTask(abc.ABC):
     """Everything a trainer and its stopping rules may ask of a task.
 
@@ -165,10 +174,7 @@ class TrainingTask(abc.ABC):
 
         Default: :meth:`loss` per group; a task may override it with one computation.
         """
-        size = batch.batch_size // groups
-        if size * groups != batch.batch_size:
-            raise ValueError(f"groups: expected a divisor of the batch size {batch.batch_size}, "
-                             f"got {groups}")
+        size = group_width(batch, groups)
         return torch.stack([self.loss(outputs[:, g * size:(g + 1) * size],
                                       batch.columns(g * size, (g + 1) * size))
                             for g in range(groups)])
