@@ -39,9 +39,10 @@ from ..engine import _function as kernels
 from ..models import SequenceModel
 from ..tasks.protocol import Batch
 from .config import TrainResult
-from .trainer import Trainer, TrainingDiverged
+from .trainer import Trainer
 
-__all__ = ["BlockDiagonal", "TrialGroup", "group_size", "mergeable", "train_trials"]
+__all__ = ["BlockDiagonal", "StepResult", "Trial", "TrialGroup", "group_size", "mergeable",
+           "train_trials"]
 
 #: Sequences each trial draws from its generator at a time (a trial's data depends on it).
 CHUNK = 50
@@ -668,6 +669,3 @@ def _first_steps(batch: Batch, steps: int) -> Batch:
     info = {k: (v[:steps] if k in batch.time_info else v) for k, v in batch.info.items()}
     return Batch(batch.inputs[:steps], batch.targets[:steps], batch.mask[:steps], batch.lengths,
                  info, batch.time_info)
-
-
-__all__ += ["Trial", "TrainingDiverged"]
