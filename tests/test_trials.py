@@ -161,6 +161,14 @@ def test_a_diverging_trial_ends_alone_and_the_others_are_unaffected():
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_train_trials_refuses_two_trainers_of_one_model():
+    a = _stream_trainer(0, 100)
+    b = _stream_trainer(1, 100)
+    b.model = a.model
+    with pytest.raises(ValueError, match=r"trainers\[1\]: expected a model of its own"):
+        train_trials([a, b])
+
+
 def test_train_trials_refuses_trainers_that_differ_in_their_recipe():
     a, b = _stream_trainer(0, 100), _stream_trainer(1, 100)
     b.config.lr = 0.5

@@ -500,6 +500,11 @@ def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: in
         reason = mergeable(tr.model)
         if reason is not None:
             raise ValueError(f"trainers[{i}].model: {reason}")
+    models = [id(tr.model) for tr in trainers]
+    if len(set(models)) != len(models):
+        first_shared = next(i for i, m in enumerate(models) if models.index(m) != i)
+        raise ValueError(f"trainers[{first_shared}]: expected a model of its own, got the "
+                         f"model of trainers[{models.index(models[first_shared])}]")
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk: expected a positive int, got {chunk!r}")
     slots = slots or group_size(first.model, len(trainers), cfg0.batch_size)
