@@ -234,3 +234,23 @@ def test_a_large_fresh_test_is_drawn_in_parts_and_counts_every_sequence(monkeypa
     assert seen == [40, 40, 20]
     assert correct.shape == squared.shape == absolute.shape == (100,)
     assert torch.isfinite(torch.as_tensor(loss))
+
+
+def test_a_task_with_its_own_loss_is_asked_for_it_group_by_group():
+    """A subclass that changes ``loss`` must not get the suite's squared-error formula."""
+    base = make("two_sequence", variant="a", T=8, N=2)
+
+    class Doubled(type(base)):
+        def loss(self, outputs, batch):
+            return 2.0 * super().loss(outputs, batch)
+
+    task = Doubled(variant="a", T=8, N=2)
+    batch = Batch.cat([task.sample(2, torch.Generator().manual_seed(k)) for k in range(3)])
+    outputs = torch.rand(batch.steps, 6, 1)
+    losses, grad = task.group_loss_grad(outputs, batch, 3)
+    expected = torch.stack([task.loss(outputs[:, 2 * g:2 * g + 2], batch.columns(2 * g, 2 * g + 2))
+                            for g in range(3)])
+    torch.testing.assert_close(losses, expected)
+    torch.testing.assert_close(task.group_loss(outputs, batch, 3), expected)
+    _, plain_grad = base.group_loss_grad(outputs, batch, 3)
+    torch.testing.assert_close(grad, 2.0 * plain_grad)

@@ -388,6 +388,8 @@ class Task(TrainingTask):
 
     def group_loss(self, outputs: Tensor, batch: Batch, groups: int) -> Tensor:
         """:meth:`loss` of each of ``groups`` consecutive groups of sequences, in one pass."""
+        if type(self).loss is not Task.loss:  # a subclass's own loss: ask it group by group
+            return super().group_loss(outputs, batch, groups)
         outputs = self._check_outputs(outputs, batch)
         size = group_width(batch, groups)
         mask = batch.mask.to(outputs.device)
@@ -405,7 +407,7 @@ class Task(TrainingTask):
     def group_loss_grad(self, outputs: Tensor, batch: Batch, groups: int
                         ) -> tuple[Tensor, Tensor]:
         """:meth:`group_loss` and its gradient; the squared-error losses by their formula."""
-        if self.loss_kind == "ce":
+        if self.loss_kind == "ce" or type(self).loss is not Task.loss:
             return super().group_loss_grad(outputs, batch, groups)
         outputs = self._check_outputs(outputs, batch)
         size = group_width(batch, groups)
