@@ -92,6 +92,12 @@ def test_mergeable_names_what_cannot_train_in_a_group():
     normed = SequenceModel(LSTM(2, 4, variant="layernorm"), 1)
     assert "layer normalisation" in mergeable(normed)
 
+    class Scaled(SequenceModel):
+        def forward(self, x, lengths=None, **kwargs):
+            return 2.0 * super().forward(x, lengths, **kwargs)
+
+    assert "changes SequenceModel.forward" in mergeable(Scaled(LSTM(2, 4), 1))
+
 
 def _job(seed, budget, **extra):
     return dict(experiment="exp3a", setting="paper", cell=None, seed=seed,

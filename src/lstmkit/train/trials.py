@@ -62,6 +62,8 @@ def mergeable(model: Any) -> str | None:
     """Why ``model`` cannot train in a group (None when it can)."""
     if not isinstance(model, SequenceModel):
         return f"expected a lstmkit.models.SequenceModel, got {type(model).__name__}"
+    if type(model).forward is not SequenceModel.forward:
+        return "a model that changes SequenceModel.forward computes what a group cannot know"
     layer = model.layer
     if layer.num_layers != 1 or layer.bidirectional:
         return "only single-layer, unidirectional nets train in groups"
