@@ -13,7 +13,7 @@ from lstmkit.reproduce import runner
 from lstmkit.tasks import make
 from lstmkit.tasks.protocol import Batch
 from lstmkit.train import TrainConfig, Trainer
-from lstmkit.train.criteria import RecentSequences
+from lstmkit.train.criteria import RecentSequences, TestSet
 from lstmkit.train.trials import BlockDiagonal, TrialGroup, mergeable, train_trials
 
 
@@ -260,3 +260,102 @@ def test_a_task_with_its_own_loss_is_asked_for_it_group_by_group():
     torch.testing.assert_close(task.group_loss(outputs, batch, 3), expected)
     _, plain_grad = base.group_loss_grad(outputs, batch, 3)
     torch.testing.assert_close(grad, 2.0 * plain_grad)
+
+
+# -- the compiled step loop ---------------------------------------------------------------------
+
+def _recipe_trainer(kind: str, seed: int, budget: int, criterion, *, optimizer: str = "sgd",
+                    clip: float | None = None, batch: int = 1, check_every: int = 100,
+                    activation: str = "sigmoid") -> Trainer:
+    task = make("adding1997", T=20)
+    torch.manual_seed(seed)
+    layer = {
+        "lstm": lambda: LSTM(2, 4),
+        "peephole": lambda: LSTM(2, 3, variant="peephole"),
+        "cifg": lambda: LSTM(2, 3, variant="cifg", bias=False),
+        "lstm1997": lambda: LSTM(2, 4, variant="lstm1997"),
+        "proj": lambda: LSTM(2, 5, proj_size=2),
+    }[kind]()
+    model = SequenceModel(layer, 1, input_shortcut=kind == "lstm1997",
+                          output_bias=kind != "cifg", output_activation=activation)
+    cfg = TrainConfig(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 0.01,
+                      batch_size=batch, max_sequences=budget, clip_norm=clip,
+                      check_every=check_every, test_size=8, seed=seed, log_every=50)
+    return Trainer(model, task, cfg, criterion, meta={"seed": seed})
+
+
+def _params(trainer: Trainer) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+
+
+@pytest.mark.parametrize("kind,optimizer,clip,activation", [
+    ("lstm", "sgd", None, "sigmoid"), ("peephole", "adam", 1.0, "identity"),
+    ("cifg", "sgd", 0.5, "tanh"), ("lstm1997", "sgd", None, "sigmoid"),
+    ("proj", "adam", None, "identity")])
+def test_the_compiled_step_loop_trains_as_the_python_step(kind, optimizer, clip, activation):
+    engine_or_skip()
+    runs = {}
+    for compiled in (False, True):
+        trainers = [_recipe_trainer(kind, s, 120, RecentSequences(window=50, max_wrong=0),
+                                    optimizer=optimizer, clip=clip, batch=2,
+                                    activation=activation) for s in (0, 1, 2)]
+        train_trials(trainers, chunk=20, compiled=compiled)
+        runs[compiled] = trainers
+    for a, b in zip(runs[False], runs[True]):
+        assert (a.sequences, a.success_at) == (b.sequences, b.success_at)
+        torch.testing.assert_close(_params(b), _params(a), atol=1e-5, rtol=1e-4)
+        assert [c["loss"] for c in b.curve] == pytest.approx([c["loss"] for c in a.curve],
+                                                             rel=1e-4, abs=1e-6)
+
+
+def test_a_trial_ending_inside_a_compiled_run_keeps_the_weights_of_its_last_step():
+    """One trial's rule holds after 7 sequences, in the middle of a chunk its neighbour trains
+    through: it must end with the weights it had then, as in the Python loop."""
+    engine_or_skip()
+    runs = {}
+    for compiled in (False, True):
+        quick = _recipe_trainer("lstm", 0, 200, RecentSequences(window=7, max_wrong=7),
+                                optimizer="adam")
+        slow = _recipe_trainer("lstm", 1, 200, RecentSequences(window=50, max_wrong=0),
+                               optimizer="adam")
+        train_trials([quick, slow], chunk=25, compiled=compiled)
+        runs[compiled] = (quick, slow)
+    (qa, sa), (qb, sb) = runs[False], runs[True]
+    assert qa.success_at == qb.success_at == 7
+    for a, b in ((qa, qb), (sa, sb)):
+        assert a.sequences == b.sequences
+        torch.testing.assert_close(_params(b), _params(a), atol=1e-6, rtol=1e-5)
+    assert not torch.equal(_params(qb), _params(sb))
+
+
+def test_a_test_inside_a_compiled_run_sees_the_net_of_its_step(monkeypatch):
+    """Tests fall due every 30 sequences, inside chunks of 50: each must judge the weights of
+    its step, not those of the chunk's end."""
+    engine_or_skip()
+    seen = {}
+    for compiled in (False, True):
+        trainer = _recipe_trainer("lstm1997", 3, 150, TestSet(size=8, max_wrong=0),
+                                  check_every=30)
+        test = trainer._test
+        seen[compiled] = []
+
+        def spy(size, trainer=trainer, test=test, log=seen[compiled]):
+            log.append((trainer.sequences, _params(trainer).clone()))
+            return test(size)
+
+        monkeypatch.setattr(trainer, "_test", spy)
+        train_trials([trainer], chunk=50, compiled=compiled)
+    assert [n for n, _ in seen[True]] == [n for n, _ in seen[False]]
+    assert [n for n, _ in seen[True]][:3] == [30, 60, 90]
+    for (_, a), (_, b) in zip(seen[False], seen[True]):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+def test_the_compiled_loop_serves_lstm_groups_on_squared_error_tasks_only():
+    engine_or_skip()
+    group = TrialGroup(_recipe_trainer("lstm", 0, 10, TestSet()).model, 2, optimizer="sgd",
+                       lr=0.1, clip_norm=None)
+    assert group.compiled_for(make("adding1997", T=20))
+    assert not group.compiled_for(make("copy", T=5))  # cross-entropy
+    gru = TrialGroup(_model("gru", 0), 2, optimizer="sgd", lr=0.1, clip_norm=None)
+    assert not gru.compiled_for(make("adding1997", T=20))

@@ -235,6 +235,53 @@ def _activation_slope(name: str, y: Tensor) -> Tensor | float:
     raise ValueError(f"output_activation: expected identity, sigmoid or tanh, got {name!r}")
 
 
+class CompiledChunk:
+    """A chunk's sequences as :meth:`TrialGroup.run_steps` reads them (per step, the merged
+    network's inputs, targets, loss mask and loss scale) and the buffers it fills (outputs,
+    losses, and the weights after every step)."""
+
+    def __init__(self, group: TrialGroup, merged: Batch, chunk: int, batch_size: int) -> None:
+        slots, steps = group.slots, merged.steps
+        width = slots * batch_size
+
+        def per_step(t: Tensor) -> Tensor:  # [T, chunk * width, F] -> [chunk, T, B, slots * F]
+            f = t.shape[-1]
+            return t.view(steps, chunk, slots, batch_size, f).permute(1, 0, 3, 2, 4).reshape(
+                chunk, steps, batch_size, slots * f)
+
+        task_mask = merged.mask.view(steps, chunk, slots, batch_size)
+        self.x = per_step(merged.inputs.to(torch.float32)).contiguous()
+        self.targets = per_step(merged.targets.to(torch.float32)).contiguous()
+        self.mask = task_mask.permute(1, 0, 3, 2).to(torch.float32).contiguous()
+        self.steps = merged.lengths.view(chunk, width).max(1).values.clamp(min=1).to(
+            torch.int64).contiguous()
+        self.outputs = torch.zeros(chunk, steps, batch_size, slots * group.blocks.solo_outputs)
+        self.losses = torch.zeros(chunk, slots)
+        self.history = torch.empty(chunk, slots, group.blocks.weights)
+        if group.optimizer == "adam":
+            self.hist_avg = torch.empty_like(self.history)
+            self.hist_avg_sq = torch.empty_like(self.history)
+            self.hist_steps = torch.empty(chunk, slots, 1, dtype=torch.float64)
+        self.chunk, self.slots, self.batch_size = chunk, slots, batch_size
+
+    def set_scale(self, loss_kind: str, mask: Tensor) -> None:
+        """Each trial's loss scale per step, as :meth:`Task.group_loss_grad` computes it."""
+        if loss_kind == "sse":
+            self.scale = torch.full((self.chunk, self.slots), 1.0 / self.batch_size)
+        else:
+            counts = mask.sum(0).view(self.chunk, self.slots, self.batch_size).sum(2)
+            self.scale = (1.0 / counts.to(torch.float32)).contiguous()
+
+    def columns(self, first: int, last: int) -> Tensor:
+        """The outputs of steps ``[first, last)`` as ``[T, columns, out]`` in the chunk's
+        column order (step-major, then trial-major)."""
+        n = last - first
+        out = self.outputs[first:last]
+        steps, solo = out.shape[1], out.shape[-1] // self.slots
+        return out.view(n, steps, self.batch_size, self.slots, solo).permute(
+            1, 0, 3, 2, 4).reshape(steps, n * self.slots * self.batch_size, solo)
+
+
 @dataclass
 class StepResult:
     """One group step: the outputs (``[T, slots * B, out]``, trial-major), each trial's loss
@@ -263,6 +310,7 @@ class TrialGroup:
         n = self.blocks.weights
         self.packed = torch.zeros(slots, n)
         self.live = [False] * slots
+        self._index: tuple[Tensor, list[int]] | None = None
         if optimizer == "adam":
             self.exp_avg = torch.zeros(slots, n)
             self.exp_avg_sq = torch.zeros(slots, n)
@@ -302,6 +350,79 @@ class TrialGroup:
         """``slot``'s Adam state as flat tensors."""
         return {"exp_avg": self.exp_avg[slot].clone(), "exp_avg_sq": self.exp_avg_sq[slot].clone(),
                 "step": self.steps[slot, 0].clone().float()}
+
+    # -- many steps in compiled code -----------------------------------------------------------
+
+    def compiled_for(self, task: Any) -> bool:
+        """Whether :meth:`run_steps` can train this group on ``task``: an LSTM-family net with
+        an identity, sigmoid or tanh readout, and the squared-error loss of
+        :class:`~lstmkit.tasks.base.Task` (not one a task defines itself)."""
+        from ..tasks.base import Task  # the tasks import the trainer's package
+
+        kind = type(task)
+        return (self.blocks.spec.family == "lstm"
+                and self.blocks.output_activation in ("identity", "sigmoid", "tanh")
+                and isinstance(task, Task) and task.loss_kind in ("sse", "mse")
+                and kind.loss is Task.loss and kind.group_loss is Task.group_loss
+                and kind.group_loss_grad is Task.group_loss_grad)
+
+    def _operand_index(self) -> tuple[Tensor, list[int]]:
+        """Where every entry of the engine's operands sits in ``packed`` flattened (``slots *
+        N`` for a constant zero): the operands are built, exactly as :meth:`_kernel_gradient`
+        builds them, from weights that are their own 1-based positions."""
+        if self._index is not None:
+            return self._index
+        blocks, call = self.blocks, self._call
+        total = self.slots * blocks.weights
+        probe = torch.arange(1, total + 1, dtype=torch.float64).view(self.slots, -1)
+        p = blocks.merge(probe)
+        params: dict[str, Tensor | None] = {n: None for n in kernels.LSTM_PARAMS}
+        params.update({n.removeprefix("layer.").removesuffix("_l0"): t for n, t in p.items()
+                       if n.startswith("layer.")})
+        rows = params["weight_ih"].shape[0]
+        biased = blocks.spec.biased_blocks()
+        none = probe.new_zeros(0)
+        biases = [blocks.layout.expand(params[n], biased) if params[n] is not None
+                  else probe.new_zeros(rows) for n in ("bias_ih", "bias_hh")]
+        wcat, peep = kernels.lstm_recurrent(call, params, probe)
+        parts = [params["weight_ih"], *biases, wcat, peep, params["weight_hr"],
+                 p["readout.weight"], p.get("readout.bias")]
+        ids = [none if t is None else t.reshape(-1) for t in parts]
+        flat = torch.cat(ids)
+        index = torch.where(flat > 0, flat - 1, float(total)).to(torch.int64)
+        self._index = (index, [t.numel() for t in ids])
+        return self._index
+
+    def run_steps(self, chunk: CompiledChunk, first: int, last: int) -> int:
+        """Train steps ``[first, last)`` of ``chunk`` in one call of the engine (the same
+        arithmetic as :meth:`step` with ``loss_grad``), recording after each step the weights
+        (and Adam state) in ``chunk``. Returns the first step not taken: ``last``, or a step
+        where a live trial's loss or gradient is not finite (nothing of it applied)."""
+        ext = _build.load()
+        index, sizes = self._operand_index()
+        adam = self.optimizer == "adam"
+        none = self.packed.new_zeros(0)
+        return ext.lstm_train_steps(
+            cfg=self._call.config(ext), packed=self.packed,
+            exp_avg=self.exp_avg if adam else none, exp_avg_sq=self.exp_avg_sq if adam else none,
+            adam_steps=self.steps if adam else none, live=torch.tensor(self.live), index=index,
+            sizes=sizes, x=chunk.x, targets=chunk.targets, mask=chunk.mask, scale=chunk.scale,
+            steps=chunk.steps, activation=self.blocks.output_activation,
+            shortcut=self.blocks.input_shortcut, optimizer=self.optimizer, lr=self.lr,
+            clip=-1.0 if self.clip_norm is None else float(self.clip_norm),
+            history=chunk.history, hist_avg=chunk.hist_avg if adam else none,
+            hist_avg_sq=chunk.hist_avg_sq if adam else none,
+            hist_steps=chunk.hist_steps if adam else none, outputs=chunk.outputs,
+            losses=chunk.losses, first=first, last=last)
+
+    def restore(self, slot: int, chunk: CompiledChunk, step: int) -> None:
+        """Put ``slot``'s weights (and Adam state) back to what they were after ``step`` of
+        ``chunk``."""
+        self.packed[slot] = chunk.history[step, slot]
+        if self.optimizer == "adam":
+            self.exp_avg[slot] = chunk.hist_avg[step, slot]
+            self.exp_avg_sq[slot] = chunk.hist_avg_sq[step, slot]
+            self.steps[slot] = chunk.hist_steps[step, slot]
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -471,7 +592,8 @@ def _adam_saver(trainer: Trainer, group: TrialGroup, slot: int) -> Callable[[], 
 def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: int = CHUNK,
                  resume: bool = False,
                  on_finish: Callable[[int, Trial], None] | None = None,
-                 on_chunk: Callable[[int], None] | None = None) -> list[Trial]:
+                 on_chunk: Callable[[int], None] | None = None, compiled: bool = True
+                 ) -> list[Trial]:
     """Train every trainer's model as :meth:`Trainer.run` would, ``slots`` at a time in one
     :class:`TrialGroup` (default :func:`group_size`).
 
@@ -485,6 +607,12 @@ def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: in
     the others go on.
     ``on_finish(i, trial)`` is called as each trial ends, ``on_chunk(sequences)`` after each
     chunk with the training sequences of all trials so far.
+
+    With ``compiled`` (the default), an LSTM-family group trained on a task with the
+    squared-error loss runs each chunk's steps in one call of the engine
+    (:meth:`TrialGroup.run_steps`), the same arithmetic as the Python step loop up to float
+    rounding; the trainers still see every step in order. A trainer with callbacks (which may
+    change its net between steps) always takes the Python loop.
     """
     if not trainers:
         return []
@@ -565,10 +693,29 @@ def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: in
         width = group.slots * batch_size
         order = _sequence_major(group.slots, chunk, batch_size)
         merged = Batch.cat([c.padded(steps) for c in chunks]).take(order)
-        for j in range(chunk):
+        fast = None
+        if compiled and group.compiled_for(first.task) and not any(
+                trials[i].trainer.callbacks for i in current if i is not None):
+            fast = CompiledChunk(group, merged, chunk, batch_size)
+            fast.set_scale(first.task.loss_kind, merged.mask)
+        j = 0
+        while j < chunk:
             if all(c is None or trials[c].trainer.finished or trials[c].diverged
                    for c in current):
                 break
+            if fast is not None:
+                # A trial's budget ends it at a known step: train no further than the first.
+                left = [-(-(tr.config.max_sequences - tr.sequences) // batch_size)
+                        for tr in (trials[c].trainer for c in current if c is not None)
+                        if not tr.finished]
+                stop_at = min(chunk, j + max(1, min(left, default=1)))
+                end = group.run_steps(fast, j, stop_at)
+                if end > j:
+                    _record_compiled(group, fast, merged, j, end, first.task, current, trials)
+                    j = end
+                    continue
+            # One step in Python: no compiled path, or a step where a trial's loss or gradient
+            # is not finite (redone trial by trial).
             step_batch = merged.columns(j * width, (j + 1) * width)
             longest = int(step_batch.lengths.max())
             if longest < step_batch.steps:
@@ -595,6 +742,7 @@ def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: in
                           squared[cols] if squared is not None else None)
                 if tr.finished:
                     group.live[s] = False  # its weights stay as they were at its end
+            j += 1
         for s, i in enumerate(current):
             if i is None:
                 continue
@@ -610,6 +758,44 @@ def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: in
             # Nothing left to refill with: a smaller group stops computing empty slots.
             group, current = _compact(group, current, trials)
     return trials
+
+
+def _record_compiled(group: TrialGroup, chunk: CompiledChunk, merged: Batch, first: int,
+                     last: int, task: Any, current: list[int | None], trials: list[Trial]
+                     ) -> None:
+    """Hand steps ``[first, last)``, trained by :meth:`TrialGroup.run_steps`, to the trainers
+    one step at a time, as the Python loop does. A trainer that tests its net while recording a
+    step sees the weights of that step; a trial that ends at a step gets the weights (and Adam
+    state) it had there back: the steps the group trained after its end never happened for it."""
+    width = group.slots * chunk.batch_size
+    outputs = chunk.columns(first, last)
+    batch = merged.columns(first * width, last * width)
+    correct = task.evaluate(outputs, batch).tolist()
+    squared = (task.sequence_errors(outputs, batch)[0].tolist()
+               if any(trials[c].trainer.needs_errors for c in current if c is not None)
+               else None)
+    losses = chunk.losses[first:last].tolist()
+    size = chunk.batch_size
+    for j in range(first, last):
+        base = (j - first) * width
+        for s, i in enumerate(current):
+            if i is None:
+                continue
+            tr = trials[i].trainer
+            if trials[i].diverged or tr.finished:
+                continue
+            cols = slice(base + s * size, base + (s + 1) * size)
+            tests = tr.sequences + size >= tr._next_check
+            if tests:  # the trainer may test its net: the net as it was after this step
+                now = group.packed[s].clone()
+                group.packed[s] = chunk.history[j, s]
+            tr.record(losses[j - first][s], correct[cols],
+                      squared[cols] if squared is not None else None)
+            if tr.finished:
+                group.live[s] = False
+                group.restore(s, chunk, j)
+            elif tests:
+                group.packed[s] = now
 
 
 def _compact(group: TrialGroup, current: list[int | None], trials: list[Trial]

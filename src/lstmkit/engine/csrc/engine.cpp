@@ -30,6 +30,7 @@
 #include "gru.h"
 #include "lstm.h"
 #include "rnn.h"
+#include "train_steps.h"
 
 namespace lstmkit {
 namespace {
@@ -189,6 +190,69 @@ py::dict rnn_backward(const RnnConfig& c, Tensor hact, Tensor w_hh, Tensor lengt
   return named({"dz", "dh0"}, res);
 }
 
+// Steps [first, last) of a trial group's on-line training (train_steps.h); the tensors are
+// updated in place and the first step not taken is returned.
+int64_t lstm_train_steps(const LstmConfig& cfg, Tensor packed, Tensor exp_avg, Tensor exp_avg_sq,
+                         Tensor adam_steps, Tensor live, Tensor index, std::vector<int64_t> sizes,
+                         Tensor x, Tensor targets, Tensor mask, Tensor scale, Tensor steps,
+                         std::string activation, bool shortcut, std::string optimizer, double lr,
+                         double clip, Tensor history, Tensor hist_avg, Tensor hist_avg_sq,
+                         Tensor hist_steps, Tensor outputs, Tensor losses, int64_t first,
+                         int64_t last) {
+  TORCH_CHECK(packed.dim() == 2 && packed.is_contiguous() &&
+                  packed.scalar_type() == at::kFloat && packed.device().is_cpu(),
+              "lstmkit engine: packed must be a contiguous float32 CPU tensor [slots, N]");
+  const int64_t S = packed.size(0), N = packed.size(1);
+  TORCH_CHECK(x.dim() == 4 && targets.dim() == 4 && mask.dim() == 4 && x.is_contiguous() &&
+                  targets.is_contiguous() && mask.is_contiguous() && x.size(0) == steps.numel() &&
+                  targets.size(0) == x.size(0) && mask.size(0) == x.size(0) &&
+                  mask.size(3) == S && targets.size(3) % S == 0,
+              "lstmkit engine: x, targets and mask must be [n, T, B, .] for the same n");
+  for (const Tensor* t : {&x, &targets, &mask, &scale, &outputs, &losses, &history}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
+                "lstmkit engine: train_steps takes contiguous float32 CPU tensors");
+  }
+  TORCH_CHECK(outputs.sizes() == targets.sizes() && losses.size(0) == x.size(0) &&
+                  losses.size(1) == S && scale.sizes() == losses.sizes(),
+              "lstmkit engine: outputs, losses or scale do not match the steps");
+  if (optimizer == "adam") {
+    TORCH_CHECK(exp_avg.sizes() == packed.sizes() && exp_avg_sq.sizes() == packed.sizes() &&
+                    exp_avg.is_contiguous() && exp_avg_sq.is_contiguous() &&
+                    adam_steps.numel() == S && adam_steps.scalar_type() == at::kDouble &&
+                    hist_avg.sizes() == history.sizes() &&
+                    hist_avg_sq.sizes() == history.sizes() &&
+                    hist_steps.numel() == x.size(0) * S &&
+                    hist_steps.scalar_type() == at::kDouble,
+                "lstmkit engine: Adam's state does not match the packed weights");
+  }
+  TORCH_CHECK(steps.scalar_type() == at::kLong && steps.is_contiguous() &&
+                  index.scalar_type() == at::kLong && live.scalar_type() == at::kBool &&
+                  live.numel() == S,
+              "lstmkit engine: steps and index must be int64, live bool [slots]");
+  TORCH_CHECK(0 <= first && first <= last && last <= x.size(0) &&
+                  history.sizes() == at::IntArrayRef({x.size(0), S, N}),
+              "lstmkit engine: bad step range or history");
+  int64_t total = 0;
+  for (int64_t s : sizes) total += s;
+  TORCH_CHECK(index.numel() == total && (total == 0 || (index.min().item<int64_t>() >= 0 &&
+                                                         index.max().item<int64_t>() <= S * N)),
+              "lstmkit engine: index must hold ", total, " positions in [0, ", S * N, "]");
+  for (int64_t j = first; j < last; ++j) {
+    const int64_t t = steps.data_ptr<int64_t>()[j];
+    TORCH_CHECK(t >= 1 && t <= x.size(1), "lstmkit engine: step ", j, " has ", t,
+                " time steps, expected 1 to ", x.size(1));
+  }
+  TrainStepsArgs a{packed, exp_avg, exp_avg_sq, adam_steps, live, index, sizes, x, targets,
+                   mask, scale, steps, activation, optimizer, shortcut, lr, clip};
+  a.history = history;
+  a.hist_avg = hist_avg;
+  a.hist_avg_sq = hist_avg_sq;
+  a.hist_steps = hist_steps;
+  a.outputs = outputs;
+  a.losses = losses;
+  return lstm_train_steps_impl(cfg, a, first, last);
+}
+
 // The GEMMs alone, as the engine issues them per step (the benchmark's floor): n_steps times
 // C[M,N] (+)= A[M,K] op(W), op(W) = W^T for W [N,K] (trans_w) or W for W [K,N]. A or C given as
 // [n_steps, M, .] advances one slice per step, as the engine's step slices of the input
@@ -301,6 +365,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         arg("lengths"), arg("save"));
   m.def("rnn_backward", &rnn_backward, arg("cfg"), arg("hact"), arg("w_hh"), arg("lengths"),
         arg("dy"), arg("dh"));
+  m.def("lstm_train_steps", &lstm_train_steps, arg("cfg"), arg("packed"), arg("exp_avg"),
+        arg("exp_avg_sq"), arg("adam_steps"), arg("live"), arg("index"), arg("sizes"), arg("x"),
+        arg("targets"), arg("mask"), arg("scale"), arg("steps"), arg("activation"),
+        arg("shortcut"), arg("optimizer"), arg("lr"), arg("clip"), arg("history"),
+        arg("hist_avg"), arg("hist_avg_sq"), arg("hist_steps"), arg("outputs"), arg("losses"),
+        arg("first"), arg("last"));
   m.def("gemm_loop", &gemm_loop, arg("a"), arg("w"), arg("c"), arg("n_steps"),
         arg("accumulate") = true, arg("trans_w") = true);
   // Test switches: each returns the previous value.

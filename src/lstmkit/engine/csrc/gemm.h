@@ -67,6 +67,29 @@ bool have_blas() {
 
 
 
+// Below this many multiply-adds a BLAS call costs more than its arithmetic (the nets of the
+// paper's experiments: a few dozen rows per step), so plain loops do it.
+constexpr int64_t kTinyGemm = 4096;
+
+template <typename T>
+void tiny_gemm(bool trans_w, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+               const T* W, int64_t ldw, T beta, T* C, int64_t ldc) {
+  for (int64_t m = 0; m < M; ++m) {
+    const T* a = A + m * lda;
+    T* c = C + m * ldc;
+    for (int64_t n = 0; n < N; ++n) {
+      T acc = T(0);
+      if (trans_w) {
+        const T* w = W + n * ldw;
+        for (int64_t k = 0; k < K; ++k) acc += a[k] * w[k];
+      } else {
+        for (int64_t k = 0; k < K; ++k) acc += a[k] * W[k * ldw + n];
+      }
+      c[n] = (beta == T(0) ? T(0) : beta * c[n]) + alpha * acc;
+    }
+  }
+}
+
 template <typename T>
 void gemm(bool trans_w, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* W, int64_t ldw, T beta, T* C, int64_t ldc) {
@@ -76,6 +99,10 @@ void gemm(bool trans_w, int64_t M, int64_t N, int64_t K, T alpha, const T* A, in
       for (int64_t m = 0; m < M; ++m)
         for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == T(0) ? T(0) : beta * C[m * ldc + n];
     }
+    return;
+  }
+  if (M * N * K <= kTinyGemm) {
+    tiny_gemm<T>(trans_w, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);
     return;
   }
   if (settings().use_blas && have_blas<T>()) {
