@@ -159,6 +159,32 @@ def scan(
 def _run(spec: CellSpec, p: dict[str, Tensor | None], x: Tensor, carry: Carry, hidden_size: int,
          lengths: Tensor | None, reverse: bool,
          return_cells: bool) -> tuple[Tensor, Carry, Tensor | None]:
+    """One call of the family's operator, with an LSTM batch of unequal lengths sorted longest
+    first: each step's recurrent GEMMs then stop at the last row still inside its sequence
+    (``active_rows`` in ``csrc/time_loop.h``), and rows that have ended cost nothing."""
+    if lengths is None or spec.family != "lstm" or x.shape[1] < 2 or _sorted(lengths):
+        return _call(spec, p, x, carry, hidden_size, lengths, reverse, return_cells)
+    order = torch.argsort(lengths.to(device=x.device), descending=True, stable=True)
+    back = torch.argsort(order)
+    y, final, cells = _call(spec, p, x.index_select(1, order),
+                            tuple(t.index_select(0, order) for t in carry), hidden_size,
+                            lengths.index_select(0, order.to(lengths.device)), reverse,
+                            return_cells)
+    return (y.index_select(1, back), tuple(t.index_select(0, back) for t in final),
+            None if cells is None else cells.index_select(1, back))
+
+
+def _sorted(lengths: Tensor) -> bool:
+    """Whether ``lengths`` are already longest first (decided in eager mode only: a traced or
+    compiled graph sorts every time rather than branch on data)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return bool((lengths[:-1] >= lengths[1:]).all())
+
+
+def _call(spec: CellSpec, p: dict[str, Tensor | None], x: Tensor, carry: Carry,
+          hidden_size: int, lengths: Tensor | None, reverse: bool,
+          return_cells: bool) -> tuple[Tensor, Carry, Tensor | None]:
     """One call of the family's operator (``torch.ops.lstmkit.*_scan``)."""
     tensors = [x, *carry, *(t for t in p.values() if t is not None)]
     # Saving for backward costs memory; only a call that records a graph needs it. A trace

@@ -116,47 +116,80 @@ void gemm(bool trans_w, int64_t M, int64_t N, int64_t K, T alpha, const T* A, in
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per-step GEMMs with the weight packed once per sequence (float, AVX-512).
+// Per-step GEMMs with the weight packed once per sequence (float; AVX-512, or AVX2 with FMA).
 //
 // Every step multiplies a few batch rows (B, or B/P per thread) by the same weight matrix. A
 // general BLAS call re-packs its operands each time and is tuned for large M; at M = 8 to 32 it
 // ran at about half the kernel's speed here (benchmarks/bench_step_gemm.py). Packing op(W) once
-// per sequence into panels of 32 columns and running a register-blocked kernel (up to 12 rows x
-// 32 columns of accumulators, one broadcast of A and two panel loads per k) keeps the FMA units
-// busy at small M. Elsewhere (double, no AVX-512, set_kernel(false)) the step calls the BLAS.
-
-
+// per sequence into panels of two vector widths and running a register-blocked kernel (AVX-512:
+// up to 12 rows x 32 columns of accumulators; AVX2: 6 rows x 16 columns; one broadcast of A and
+// two panel loads per k) keeps the FMA units busy at small M. Elsewhere (double, neither
+// instruction set, set_kernel(false)) the step calls the BLAS.
 
 #if defined(__AVX512F__)
+#define LSTMKIT_PACKED_GEMM 1
 constexpr int64_t kPanel = 32;
 constexpr int kMaxRows = 12;
+constexpr int64_t kLanes = 16;
+using Vec = __m512;
+using Mask = __mmask16;
 
+inline Mask lane_mask(int64_t n) {
+  return n >= kLanes ? Mask(0xFFFF) : (n <= 0 ? Mask(0) : Mask((1u << n) - 1));
+}
+inline Vec load_masked(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+inline void store_masked(float* p, Mask m, Vec v) { _mm512_mask_storeu_ps(p, m, v); }
+inline Vec zero_vec() { return _mm512_setzero_ps(); }
+inline Vec load_vec(const float* p) { return _mm512_load_ps(p); }
+inline Vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
+inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define LSTMKIT_PACKED_GEMM 1
+constexpr int64_t kPanel = 16;
+constexpr int kMaxRows = 6;
+constexpr int64_t kLanes = 8;
+using Vec = __m256;
+using Mask = __m256i;
+
+inline Mask lane_mask(int64_t n) {
+  const int32_t k = static_cast<int32_t>(std::max<int64_t>(0, std::min<int64_t>(n, kLanes)));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline Vec load_masked(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
+inline void store_masked(float* p, Mask m, Vec v) { _mm256_maskstore_ps(p, m, v); }
+inline Vec zero_vec() { return _mm256_setzero_ps(); }
+inline Vec load_vec(const float* p) { return _mm256_load_ps(p); }
+inline Vec broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+#endif
+
+#if defined(LSTMKIT_PACKED_GEMM)
 template <int MR>
 void panel_kernel(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict Wp,
-                  float* __restrict C, int64_t ldc, bool accumulate, __mmask16 m0, __mmask16 m1) {
-  __m512 c0[MR], c1[MR];
+                  float* __restrict C, int64_t ldc, bool accumulate, Mask m0, Mask m1) {
+  Vec c0[MR], c1[MR];
   for (int r = 0; r < MR; ++r) {
-    c0[r] = accumulate ? _mm512_maskz_loadu_ps(m0, C + r * ldc) : _mm512_setzero_ps();
-    c1[r] = accumulate ? _mm512_maskz_loadu_ps(m1, C + r * ldc + 16) : _mm512_setzero_ps();
+    c0[r] = accumulate ? load_masked(C + r * ldc, m0) : zero_vec();
+    c1[r] = accumulate ? load_masked(C + r * ldc + kLanes, m1) : zero_vec();
   }
   for (int64_t k = 0; k < K; ++k) {
-    const __m512 w0 = _mm512_load_ps(Wp + k * kPanel);
-    const __m512 w1 = _mm512_load_ps(Wp + k * kPanel + 16);
+    const Vec w0 = load_vec(Wp + k * kPanel);
+    const Vec w1 = load_vec(Wp + k * kPanel + kLanes);
     for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
-      c0[r] = _mm512_fmadd_ps(a, w0, c0[r]);
-      c1[r] = _mm512_fmadd_ps(a, w1, c1[r]);
+      const Vec a = broadcast(A + r * lda + k);
+      c0[r] = fmadd(a, w0, c0[r]);
+      c1[r] = fmadd(a, w1, c1[r]);
     }
   }
   for (int r = 0; r < MR; ++r) {
-    _mm512_mask_storeu_ps(C + r * ldc, m0, c0[r]);
-    _mm512_mask_storeu_ps(C + r * ldc + 16, m1, c1[r]);
+    store_masked(C + r * ldc, m0, c0[r]);
+    store_masked(C + r * ldc + kLanes, m1, c1[r]);
   }
 }
 
 template <int MR>
 void panel_rows(int64_t K, const float* A, int64_t lda, const float* Wp, float* C, int64_t ldc,
-                bool accumulate, __mmask16 m0, __mmask16 m1, int rows) {
+                bool accumulate, Mask m0, Mask m1, int rows) {
   if constexpr (MR > 1) {
     if (rows < MR) return panel_rows<MR - 1>(K, A, lda, Wp, C, ldc, accumulate, m0, m1, rows);
   }
@@ -170,7 +203,7 @@ class StepGemm {
   // C[M,N] (+)= A[M,K] op(W) for every step; op(W) = W^T for W [N,K] (trans_w) or W for W [K,N].
   StepGemm(bool trans_w, int64_t N, int64_t K, const T* W, int64_t ldw)
       : trans_(trans_w), N_(N), K_(K), W_(W), ldw_(ldw) {
-#if defined(__AVX512F__)
+#if defined(LSTMKIT_PACKED_GEMM)
     if constexpr (std::is_same_v<T, float>) {
       if (settings().use_kernel && N > 0 && K > 0 && W != nullptr) pack();
     }
@@ -179,7 +212,7 @@ class StepGemm {
 
   void operator()(int64_t M, const T* A, int64_t lda, bool accumulate, T* C, int64_t ldc) const {
     if (M == 0 || N_ == 0) return;
-#if defined(__AVX512F__)
+#if defined(LSTMKIT_PACKED_GEMM)
     if constexpr (std::is_same_v<T, float>) {
       if (packed_) {
         const int64_t panels = (N_ + kPanel - 1) / kPanel;
@@ -190,19 +223,17 @@ class StepGemm {
         at::parallel_for(0, panels, grain, [&](int64_t p_begin, int64_t p_end) {
           for (int64_t p = p_begin; p < p_end; ++p) {
             const int64_t n0 = p * kPanel, nv = std::min<int64_t>(kPanel, N_ - n0);
-            const __mmask16 m0 = nv >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nv) - 1);
-            const __mmask16 m1 = nv >= 32 ? __mmask16(0xFFFF)
-                                          : (nv > 16 ? __mmask16((1u << (nv - 16)) - 1) : 0);
+            const Mask m0 = lane_mask(nv), m1 = lane_mask(nv - kLanes);
             const float* wp = packed_.get() + p * K_ * kPanel;
             if (accumulate && p + 1 < p_end) {
               // The next panel's C rows (this step's slice of the input projection) are cold.
               for (int64_t r = 0; r < M; ++r) {
                 _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + n0 + kPanel), _MM_HINT_T0);
-                _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + n0 + kPanel + 16),
+                _mm_prefetch(reinterpret_cast<const char*>(C + r * ldc + n0 + kPanel + kLanes),
                              _MM_HINT_T0);
               }
             }
-            // Equal row blocks: 16 rows as 8 + 8 keeps every block's FMA chains long enough.
+            // Equal row blocks: e.g. 16 rows as 8 + 8 keeps every block's FMA chains long.
             const int64_t blocks = (M + kMaxRows - 1) / kMaxRows;
             const int64_t per = (M + blocks - 1) / blocks;
             for (int64_t r = 0; r < M; r += per) {
@@ -220,7 +251,7 @@ class StepGemm {
   }
 
  private:
-#if defined(__AVX512F__)
+#if defined(LSTMKIT_PACKED_GEMM)
   void pack() {
     const int64_t panels = (N_ + kPanel - 1) / kPanel;
     const size_t bytes = static_cast<size_t>(panels * K_ * kPanel) * sizeof(float);
@@ -232,8 +263,8 @@ class StepGemm {
       for (int64_t p = p0; p < p1; ++p) {
         float* d = dst + p * K_ * kPanel;
         const int64_t n0 = p * kPanel, nv = std::min<int64_t>(kPanel, N_ - n0);
-        // Writes in order; the reads walk 32 rows of W side by side, whose cache lines are
-        // reused for 16 consecutive k (writing in W's order instead strides every store).
+        // Writes in order; the reads walk a panel's rows of W side by side, whose cache lines
+        // are reused for consecutive k (writing in W's order instead strides every store).
         for (int64_t k = 0; k < K_; ++k) {
           float* dk = d + k * kPanel;
           for (int64_t j = 0; j < nv; ++j) {

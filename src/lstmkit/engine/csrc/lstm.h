@@ -67,7 +67,9 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
     T* yt = y_p + t * B * c.out;
     T* mt = c.proj ? m_p + (full ? t : 0) * B * H : nullptr;
     const T* hp = h_in_y && st.k > 0 ? y_p + (c.rev ? t + 1 : t - 1) * B * c.out : rp;
-    if (c.KG > 0) rec(M, hp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
+    if (c.KG > 0) {
+      rec(active_rows(valid, t, r0, r1), hp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
+    }
     for_rows<T>(
         r0, r1, grain, 4 * H, valid, t,
         [&](int64_t b, T* tmp) {
@@ -232,7 +234,9 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
           zero_row(dr, KS);
         },
         [&](int64_t b) { zero_row(dzt + b * R, R); });
-    if (state_grad) drec(M, dzt + r0 * R, R, true, drin_p + r0 * KS + c.koff, KS);
+    if (state_grad) {
+      drec(active_rows(valid, t, r0, r1), dzt + r0 * R, R, true, drin_p + r0 * KS + c.koff, KS);
+    }
   });
   Tensor dh0 = drin.narrow(1, 0, out).clone();
   Tensor da0 = c.G ? drin.narrow(1, out, c.G).clone() : Tensor();

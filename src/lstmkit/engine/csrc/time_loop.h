@@ -42,6 +42,17 @@ inline Valid make_valid(const Tensor& lengths) {
 }
 
 // How many thread parts the rows of a batch of B are split into (1: not split).
+// How many rows from r0 a step's GEMM must cover: up to the last row of [r0, r1) still inside
+// its sequence at step t. The rows after it are finished (their GEMM results would be thrown
+// away); with the batch sorted longest first, as the engine's Python side sorts it, that is
+// every finished row.
+inline int64_t active_rows(const Valid& valid, int64_t t, int64_t r0, int64_t r1) {
+  if (valid.len == nullptr) return r1 - r0;
+  int64_t last = r1;
+  while (last > r0 && !valid(last - 1, t)) --last;
+  return last - r0;
+}
+
 inline int64_t split_parts(int64_t B) {
   if (settings().split_min_rows <= 0 || at::in_parallel_region()) return 1;
   const int64_t P = at::get_num_threads();
