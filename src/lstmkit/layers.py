@@ -341,7 +341,7 @@ class _Recurrent(nn.Module):
             for name, state in zip(("h_0", "c_0", "a_0"), states):
                 _checks.finite(f"hx ({name})", state)
         shape = stack.Stack(self.spec, self.hidden_size, self.num_layers, self.bidirectional,
-                            self.dropout, self.training, self.regularisers)
+                            self.dropout, self.training, self.regularisers, self.layout)
         cells = None
         if path == "native":
             out, final = stack.run_native(shape, self._flat_weights, self.bias, x, states,

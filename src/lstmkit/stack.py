@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import engine
 from .cells import reference
+from .cells.layout import Layout
 from .cells.spec import CellSpec
 from .engine import _ops
 from .regularise import Regularisers, drop_weights
@@ -48,6 +49,8 @@ class Stack:
     training: bool
     #: Recurrent dropout, zoneout and weight drop (see :mod:`lstmkit.regularise`).
     reg: Regularisers = Regularisers()
+    #: The layer-directions' layout (needed with regularisers, for the masks' widths).
+    layout: Layout | None = None
 
     @property
     def directions(self) -> int:
@@ -80,8 +83,9 @@ def _run_scans(
     layer_input, cells = x, None
     reg = stack.reg
     regularised = reg.active(stack.training) is not None
-    lay = stack.spec.layout(stack.hidden_size, states[0].shape[-1]
-                            if states[0].shape[-1] != stack.hidden_size else 0)
+    lay = stack.layout
+    if regularised and lay is None:
+        raise ValueError("Stack.layout: expected the layout of a regularised stack, got None")
     for layer in range(stack.num_layers):
         outs, layer_cells = [], []
         for d in range(stack.directions):
