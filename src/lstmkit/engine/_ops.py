@@ -182,7 +182,7 @@ def _(x: Tensor, h0: Tensor, c0: Tensor, a0: Tensor | None, lengths: Tensor | No
             new(steps + 1, batch, out + carried) if save else none,
             new(steps + 1, batch, hidden) if save else none,
             new(steps, batch, hidden) if save and out != hidden else none,
-            new(steps, batch, hidden) if save and zone_cell is not None else none)
+            new(steps, batch, hidden) if save and zone_cell is not None else _absent(x))
 
 
 @_operator(
