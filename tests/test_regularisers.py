@@ -311,3 +311,45 @@ def test_compiled_training_step_with_regularisers():
     ref = lstmkit.LSTM(3, 5, zoneout=0.2, backend="reference").eval()
     ref.load_state_dict(layer.state_dict())
     torch.testing.assert_close(compiled(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["peephole", "gru"])
+def test_engine_double_backward_with_masks(name):
+    """A backward that builds a graph recomputes with the reference and the same masks."""
+    engine_or_skip()
+    spec, p, x, carry, kwargs = _scan_case(name, "all", lengths=True, dtype=torch.float64,
+                                           seed=4)
+    inputs = [x, *carry, *p.values()]
+    found = []
+    for scan in (engine.scan, reference.scan):
+        y = scan(spec, p, x, carry, **kwargs)[0]
+        (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        found.append(torch.autograd.grad(gx.square().sum(), inputs, allow_unused=True))
+    for e, r in zip(*found):
+        if r is None:
+            assert e is None or not e.any()
+        else:
+            torch.testing.assert_close(e, r)
+
+
+def test_bench_times_each_regulariser_against_the_variant_without():
+    engine_or_skip()
+    from lstmkit import bench
+
+    rows = bench.compare_regularisers((3, 2, 2, 4), ["cifg", "gru"], repeats=1, warmup=0)
+    assert [(r.variant, r.regulariser) for r in rows] == [
+        (v, name) for v in ("cifg", "gru") for name in bench.REGULARISERS]
+    assert all(r.ratio > 0 and r.lstm_ratio > 0 for r in rows)
+    assert "weight_drop" in bench.format_reg_table(rows)
+
+
+def test_onnx_export_refuses_regularisers_in_force():
+    from lstmkit import onnx_export
+
+    x = torch.randn(3, 2, 3)
+    layer = lstmkit.LSTM(3, 4, zoneout=0.1).eval()
+    with pytest.raises(ValueError, match="the graph has no recurrent regularisers"):
+        onnx_export.forward(layer, x)
+    # Dropout and weight drop are off in eval: the graph is the plain layer's.
+    plain = lstmkit.LSTM(3, 4, recurrent_dropout=0.3, weight_drop=0.3).eval()
+    onnx_export.forward(plain, x)
