@@ -247,7 +247,7 @@ def _lstm_args(name: str, proj: int = 0) -> tuple:
              for n in layer.state_sizes]
     a0 = carry[2] if len(carry) > 2 else None
     return (x, carry[0], carry[1], a0, torch.tensor([4, 2]), *(p.get(n) for n in LSTM_PARAMS),
-            cell_key(PRESETS[name]), H, proj, True, True, True)
+            None, None, None, cell_key(PRESETS[name]), H, proj, True, True, True)
 
 
 @pytest.mark.parametrize(("op", "args"), [
@@ -265,7 +265,7 @@ def _small_args(name: str) -> tuple:
     p = layer.cell_params(0)
     x = torch.randn(4, 2, I, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, H, dtype=torch.float64, requires_grad=True)
-    return (x, h0, None, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
+    return (x, h0, None, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], None, None,
             cell_key(PRESETS[name]), H, False, True)
 
 

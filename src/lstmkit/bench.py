@@ -9,6 +9,10 @@ takes here, which the table names. Times are medians over rounds; a ratio is the
 rounds of the variant's time divided by ``nn.LSTM``'s in the same round, so that load from other
 processes, which comes and goes, mostly cancels.
 
+With ``--regularisers`` it times, for each variant, a training step with each recurrent
+regulariser (``recurrent_dropout``, ``zoneout``, ``weight_drop``) against the same variant without
+one, on the fused engine (the path a regularised call takes), in the same alternating rounds.
+
 The functions here are also the timing core of the repository's engine benchmark
 (``benchmarks/bench_engine.py``).
 """
@@ -39,9 +43,19 @@ PATH_NAMES = {"native": "torch kernel", "engine": "fused engine", "reference": "
               "torch": "torch module"}
 
 
-def make_layer(variant: str, shape: Shape, backend: str = "auto") -> nn.Module:
-    """The candidate layer: an lstmkit layer of preset ``variant`` on ``backend``, or one of
-    torch's own modules (:data:`TORCH_MODULES`)."""
+#: The regularisers ``--regularisers`` times, as layer arguments (typical rates).
+REGULARISERS: dict[str, dict[str, float]] = {
+    "recurrent_dropout": {"recurrent_dropout": 0.25},
+    "zoneout": {"zoneout": 0.1},
+    "weight_drop": {"weight_drop": 0.5},
+}
+
+
+def make_layer(variant: str, shape: Shape, backend: str = "auto",
+               **options: float) -> nn.Module:
+    """The candidate layer: an lstmkit layer of preset ``variant`` on ``backend`` (with layer
+    ``options`` such as a regulariser), or one of torch's own modules
+    (:data:`TORCH_MODULES`)."""
     _, _, n_in, hidden = shape
     if variant in TORCH_MODULES:
         return TORCH_MODULES[variant](n_in, hidden)
@@ -49,7 +63,7 @@ def make_layer(variant: str, shape: Shape, backend: str = "auto") -> nn.Module:
 
     spec = get_spec(variant)
     cls = {"lstm": layers.LSTM, "gru": layers.GRU, "rnn": layers.RNN}[spec.family]
-    return cls(n_in, hidden, variant=spec, backend=backend)
+    return cls(n_in, hidden, variant=spec, backend=backend, **options)
 
 
 def path_of(module: nn.Module) -> str:
@@ -188,6 +202,59 @@ def compare_shape(shape: Shape, variants: Sequence[str], *, repeats: int, warmup
                        **timing_fields(train, infer, v)) for v in variants]
 
 
+@dataclass(frozen=True)
+class RegComparison:
+    """A training step of one variant with one regulariser against the same variant without
+    (both on the fused engine) and against ``torch.nn.LSTM``; times in milliseconds."""
+
+    shape: Shape
+    variant: str
+    regulariser: str
+    train_ms: float
+    base_ms: float
+    ratio: float
+    lstm_ratio: float
+
+
+def compare_regularisers(shape: Shape, variants: Sequence[str], *, repeats: int, warmup: int,
+                         seed: int = 0) -> list[RegComparison]:
+    """Training steps at ``shape``: each variant without and with each of :data:`REGULARISERS`,
+    and ``torch.nn.LSTM``, all in the same alternating rounds."""
+    torch.manual_seed(seed)
+    steps, batch, n_in, hidden = shape
+    x = torch.randn(steps, batch, n_in)
+    grad = torch.randn(steps, batch, hidden)
+    fns = {"ref": train_step(nn.LSTM(n_in, hidden), x, grad)}
+    for v in variants:
+        base = make_layer(v, shape, "engine")
+        fns[f"{v}|"] = train_step(base, x, grad)
+        for name, options in REGULARISERS.items():
+            layer = make_layer(v, shape, "engine", **options)
+            layer.load_state_dict(base.state_dict())
+            fns[f"{v}|{name}"] = train_step(layer, x, grad)
+    times = alternate(fns, repeats, warmup)
+    return [RegComparison(shape=shape, variant=v, regulariser=name,
+                          train_ms=1e3 * statistics.median(times[f"{v}|{name}"]),
+                          base_ms=1e3 * statistics.median(times[f"{v}|"]),
+                          ratio=paired_ratio(times[f"{v}|{name}"], times[f"{v}|"]),
+                          lstm_ratio=paired_ratio(times[f"{v}|{name}"], times["ref"]))
+            for v in variants for name in REGULARISERS]
+
+
+def format_reg_table(rows: Sequence[RegComparison]) -> str:
+    """The regularisers' comparison as a text table."""
+    header = ("shape (T, B, in, H)", "variant", "regulariser", "train ms", "without ms",
+              "ratio", "vs nn.LSTM")
+    cells = [header] + [
+        (str(r.shape), r.variant, r.regulariser, f"{r.train_ms:.2f}", f"{r.base_ms:.2f}",
+         f"{r.ratio:.2f}", f"{r.lstm_ratio:.2f}") for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
 def compare(shapes: Sequence[Shape] = DEFAULT_SHAPES,
             variants: Sequence[str] = DEFAULT_VARIANTS, *, repeats: int = 7, warmup: int = 2,
             threads: int | None = None) -> list[Comparison]:
@@ -236,6 +303,25 @@ def _command(args: argparse.Namespace) -> int:
     threads = args.threads or torch.get_num_threads()
     print(f"lstmkit bench: {threads} torch threads, medians of {repeats} alternating rounds "
           f"after {warmup} warm-up, float32", flush=True)
+    if args.regularisers:
+        torch_modules = [v for v in variants if v in TORCH_MODULES]
+        if torch_modules:
+            raise ValueError(f"--variants: --regularisers takes lstmkit presets, got "
+                             f"{torch_modules}")
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            reg_rows = [row for shape in shapes
+                        for row in compare_regularisers(shape, variants, repeats=repeats,
+                                                        warmup=warmup)]
+        finally:
+            torch.set_num_threads(previous)
+        print(format_reg_table(reg_rows))
+        print("\nratio: a training step's time with the regulariser over the same variant's "
+              "without, both on the fused engine, in the same round; vs nn.LSTM: over "
+              "torch.nn.LSTM's. Rates: " + ", ".join(
+                  f"{k}={v}" for o in REGULARISERS.values() for k, v in o.items()))
+        return 0
     rows = compare(shapes, variants, repeats=repeats, warmup=warmup, threads=threads)
     print(format_table(rows))
     print("\nratio: the variant's time over torch.nn.LSTM's in the same round (below 1: "
@@ -255,6 +341,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"(default {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7)")
     p.add_argument("--quick", action="store_true", help="3 rounds and 1 warm-up")
+    p.add_argument("--regularisers", action="store_true",
+                   help="time training steps with recurrent_dropout, zoneout and weight_drop "
+                   "against the same variant without (on the fused engine)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's current setting)")
     p.set_defaults(func=_command)

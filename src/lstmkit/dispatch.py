@@ -15,6 +15,9 @@ path that computes exactly the requested cell:
   its packed AVX-512 step kernel on this CPU. The rule, with the measurements behind it, is
   :data:`RULE`.
 
+A call with recurrent regularisers in force (:mod:`lstmkit.regularise`) never runs on torch's
+kernel, which cannot compute them: the engine runs it where it can, else the reference.
+
 A forced ``backend="native"`` or ``"engine"`` that cannot run the call raises an error naming the
 reason instead of quietly taking another path, so a forced backend proves which code ran.
 ``layer.route(x)`` shows the decision without running anything.
@@ -185,11 +188,14 @@ def _engine_reason(spec: CellSpec, x: Tensor | None, return_cells: bool) -> str 
 
 
 def route(spec: CellSpec, backend: str, x: Tensor | None, *, return_cells: bool = False,
-          lengths: bool = False, grad: bool | None = None) -> Route:
+          lengths: bool = False, grad: bool | None = None,
+          regularised: str | None = None) -> Route:
     """The path for running ``spec`` on ``x`` (``[T, B, in]``; None: decide for CPU float32).
 
     ``lengths``: whether the call gives ``lengths`` (or a ``PackedSequence``). ``grad``: whether
     the call is a training step, one that records gradients; None: ``torch.is_grad_enabled()``.
+    ``regularised``: the recurrent regularisers in force, in words (None: none), which torch's
+    kernels cannot compute.
 
     Raises ``ValueError`` when a forced ``"native"`` or ``"engine"`` cannot run the call and
     ``RuntimeError`` when a forced engine is not built on this machine.
@@ -198,6 +204,8 @@ def route(spec: CellSpec, backend: str, x: Tensor | None, *, return_cells: bool 
     if backend == "reference":
         return Route("reference", "backend='reference' was requested")
     not_native = native_reason(spec, return_cells)
+    if regularised is not None and not not_native:
+        not_native = f"torch's kernels cannot compute {regularised}"
     if backend == "native":
         if not_native:
             raise ValueError(f"backend: 'native' cannot run this call: {not_native}")

@@ -4,7 +4,9 @@
 so ``load_state_dict(torch_module.state_dict())`` works and outputs match torch. A ``variant``
 (preset name or :class:`~lstmkit.cells.CellSpec`) selects the cell. Beyond torch: ``lengths=``
 for right-padded batches, ``return_cell_states=True`` for every step's cell state, and two
-initialisations of the forget gate: a constant ``forget_bias`` or ``chrono_init=T_max``.
+initialisations of the forget gate: a constant ``forget_bias`` or ``chrono_init=T_max``; and
+three recurrent regularisers computed inside the recurrence, ``recurrent_dropout``, ``zoneout``
+and ``weight_drop`` (:mod:`lstmkit.regularise`), which torch's kernels cannot compute.
 
 This module owns the parameters and torch compatibility; the rest of a call is delegated:
 :mod:`lstmkit._layer_io` reads the input and initial state and shapes the output,
@@ -28,6 +30,7 @@ from . import _checks, _layer_io, dispatch, engine, onnx_export, stack
 from .cells import reference
 from .cells.spec import CellSpec, get_spec
 from .dispatch import BACKENDS, Route
+from .regularise import Regularisers
 
 __all__ = ["BACKENDS", "GRU", "LSTM", "RNN", "Route"]
 
@@ -55,9 +58,13 @@ class _Recurrent(nn.Module):
         forget_bias: float | None = None,
         chrono_init: int | None = None,
         backend: str = "auto",
+        recurrent_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.spec = get_spec(self.default_variant if variant is None else variant, self.family)
+        self.regularisers = Regularisers.of(self.family, recurrent_dropout, zoneout, weight_drop)
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.num_layers = _checks.positive_int("num_layers", num_layers)
@@ -85,6 +92,10 @@ class _Recurrent(nn.Module):
         self.backend = backend
         if backend == "native":
             dispatch.route(self.spec, backend, None)  # fail at construction, not on first call
+            reg = self.regularisers.active(training=True)
+            if reg is not None:
+                raise ValueError(f"backend: 'native' cannot run {reg}: torch's kernels do not "
+                                 "compute recurrent regularisers; use 'auto' or 'engine'")
         self.layout = self.spec.layout(hidden_size, self.proj_size)
         factory = {"device": device, "dtype": dtype}
         directions = 2 if bidirectional else 1
@@ -234,6 +245,9 @@ class _Recurrent(nn.Module):
                               ("bidirectional", False), ("proj_size", 0)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
+        reg = self.regularisers.active(training=True)
+        if reg is not None:
+            s += f", {reg}"
         return s + f", variant={self.spec.name!r}"
 
     # -- forward ---------------------------------------------------------------------------
@@ -249,7 +263,8 @@ class _Recurrent(nn.Module):
         """Which path a call with ``input`` would take (torch's kernel, the engine or the
         reference) and why; without ``input``, for CPU float32 input. ``lengths``: anything
         but None for a call with lengths (or a ``PackedSequence`` input); ``training``: whether
-        the call records gradients (None: as a call here and now would). Runs nothing."""
+        the call records gradients (None: as a call here and now would). Runs nothing.
+        Regularisers in force in the layer's mode (``self.training``) rule out torch's kernel."""
         x, packed = None, False
         if input is not None:
             packed = isinstance(input, PackedSequence)
@@ -258,7 +273,8 @@ class _Recurrent(nn.Module):
         if training is None:
             training = self._records_gradients(x)
         return dispatch.route(self.spec, self.backend, x, return_cells=return_cell_states,
-                              lengths=lengths is not None or packed, grad=bool(training))
+                              lengths=lengths is not None or packed, grad=bool(training),
+                              regularised=self.regularisers.active(self.training))
 
     def _records_gradients(self, x: Tensor | None, states: tuple[Tensor, ...] = ()) -> bool:
         """Whether a call on ``x`` from ``states`` is a training step (records a gradient)."""
@@ -313,7 +329,8 @@ class _Recurrent(nn.Module):
         path = dispatch.route(
             self.spec, self.backend, x, return_cells=return_cell_states,
             lengths=lengths is not None or form.packed is not None,
-            grad=self._records_gradients(x, states)).path
+            grad=self._records_gradients(x, states),
+            regularised=self.regularisers.active(self.training)).path
         steps = x.shape[0]
         # Valid steps of right-padded input (a PackedSequence's padding is zeros already).
         valid = None
@@ -324,7 +341,7 @@ class _Recurrent(nn.Module):
             for name, state in zip(("h_0", "c_0", "a_0"), states):
                 _checks.finite(f"hx ({name})", state)
         shape = stack.Stack(self.spec, self.hidden_size, self.num_layers, self.bidirectional,
-                            self.dropout, self.training)
+                            self.dropout, self.training, self.regularisers, self.layout)
         cells = None
         if path == "native":
             out, final = stack.run_native(shape, self._flat_weights, self.bias, x, states,
@@ -368,6 +385,16 @@ class LSTM(_Recurrent):
     puts the whole value into ``bias_ih``, zeroing the gate's rows of ``bias_hh`` so that the
     sum is the value. They exclude each other, need a forget gate and ``bias=True``, and
     ``chrono_init`` takes an int >= 2.
+
+    Recurrent regularisers (rates in [0, 1), default 0; see :mod:`lstmkit.regularise`):
+    ``recurrent_dropout=p`` drops units of h(t-1) where it enters the recurrent product, one
+    mask per sequence and layer-direction, kept units scaled by 1 / (1 - p) (off in eval);
+    ``zoneout=p`` or ``zoneout=(p_cell, p_hidden)`` lets each unit of c and h keep its previous
+    value with that probability at each step (in eval the expectation,
+    h = p h(t-1) + (1 - p) h~(t)); ``weight_drop=p`` is DropConnect on ``weight_hh`` (and
+    ``weight_gh``), a fresh mask per forward call, parameters and state dict unchanged (off in
+    eval). The masks come from torch's generator, so ``torch.manual_seed`` reproduces them.
+    Calls with a regulariser in force never run on torch's kernel.
     """
 
     family = "lstm"
@@ -383,6 +410,10 @@ class GRU(_Recurrent):
     ``chrono_init=T_max`` draws z's bias as log(u), u uniform in [1, T_max - 1] per unit (so
     1 - z gets -log(u) by itself), as :class:`LSTM` does with its forget gate. The whole value
     goes into ``bias_ih``; z's rows of ``bias_hh`` are zeroed.
+
+    ``recurrent_dropout``, ``zoneout`` (one rate: a GRU has only h) and ``weight_drop`` as for
+    :class:`LSTM`; recurrent dropout masks h(t-1) in every product with ``weight_hh``, not in
+    the interpolation z h(t-1).
     """
 
     family = "gru"
@@ -393,7 +424,8 @@ class RNN(_Recurrent):
     """``torch.nn.RNN``: the plain Elman net (``nonlinearity`` ``"tanh"`` or ``"relu"``).
 
     Takes ``torch.nn.RNN``'s arguments: ``nonlinearity`` comes fourth, as in torch; the rest
-    are :class:`LSTM`'s.
+    are :class:`LSTM`'s, ``recurrent_dropout``, ``zoneout`` (one rate) and ``weight_drop``
+    included.
     """
 
     family = "rnn"

@@ -113,6 +113,10 @@ def forward(
             "check_finite: an exported graph cannot raise on NaN or Inf; export with "
             "check_finite=False, got True"
         )
+    reg = layer.regularisers.active(layer.training)
+    if reg is not None:
+        raise ValueError(f"torch.onnx.export: the graph has no recurrent regularisers; export "
+                         f"with them off (zoneout=0, or eval mode for the others), got {reg}")
     spec = layer.spec
     if return_cell_states and spec.family != "lstm":
         raise ValueError(

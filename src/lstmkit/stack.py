@@ -28,8 +28,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import engine
 from .cells import reference
+from .cells.layout import Layout
 from .cells.spec import CellSpec
 from .engine import _ops
+from .regularise import Regularisers, drop_weights
 
 Scan = Callable[..., tuple[Tensor, tuple[Tensor, ...], Tensor | None]]
 _NATIVE_FN = {"lstm": _VF.lstm, "gru": _VF.gru}
@@ -45,6 +47,10 @@ class Stack:
     bidirectional: bool
     dropout: float
     training: bool
+    #: Recurrent dropout, zoneout and weight drop (see :mod:`lstmkit.regularise`).
+    reg: Regularisers = Regularisers()
+    #: The layer-directions' layout (needed with regularisers, for the masks' widths).
+    layout: Layout | None = None
 
     @property
     def directions(self) -> int:
@@ -57,8 +63,13 @@ def run_scans(
 ) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
     """Layer by layer, each direction through ``scan``; ``params(layer, direction)`` gives a
     layer-direction's parameters. Also returns the last layer's per-step cell states when
-    ``return_cells`` (directions concatenated like the output), else None."""
-    if scan is reference.scan and (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+    ``return_cells`` (directions concatenated like the output), else None.
+
+    With regularisers in force (``stack.reg``), each layer-direction gets its masks drawn here,
+    once per call, and its recurrent weights under weight drop; the scan computes the rest."""
+    if scan is reference.scan and (torch.jit.is_tracing() or torch.compiler.is_compiling()) \
+            and stack.reg.active(stack.training) is None:
+        # (The operator takes no masks: a regularised reference call is traced step by step.)
         scan = _ops.traced_reference_scan
     with _full_precision(x):
         return _run_scans(stack, scan, params, x, states, lengths, return_cells)
@@ -70,14 +81,27 @@ def _run_scans(
 ) -> tuple[Tensor, tuple[Tensor, ...], Tensor | None]:
     finals: list[list[Tensor]] = [[] for _ in states]
     layer_input, cells = x, None
+    reg = stack.reg
+    regularised = reg.active(stack.training) is not None
+    lay = stack.layout
+    if regularised and lay is None:
+        raise ValueError("Stack.layout: expected the layout of a regularised stack, got None")
     for layer in range(stack.num_layers):
         outs, layer_cells = [], []
         for d in range(stack.directions):
             idx = layer * stack.directions + d
+            p = params(layer, d)
+            extra = {}
+            if regularised:
+                if stack.training and reg.weight_drop:
+                    p = drop_weights(p, reg.weight_drop)
+                masks = reg.draw(lay, x.shape[0], x.shape[1], stack.training, x)
+                if masks.any:
+                    extra["masks"] = masks
             out, carry, cell_seq = scan(
-                stack.spec, params(layer, d), layer_input, tuple(s[idx] for s in states),
+                stack.spec, p, layer_input, tuple(s[idx] for s in states),
                 hidden_size=stack.hidden_size, lengths=lengths, reverse=bool(d),
-                return_cells=return_cells,
+                return_cells=return_cells, **extra,
             )
             outs.append(out)
             layer_cells.append(cell_seq)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from torch import Tensor
 
 from .layout import layout
 from .spec import CellSpec
+
+if TYPE_CHECKING:
+    from ..regularise import Masks
 
 Carry = tuple[Tensor, ...]
 Params = dict[str, Tensor]
@@ -113,17 +117,18 @@ def _spread(gate: Tensor, block_size: int) -> Tensor:
     return gate if block_size == 1 else gate.repeat_interleave(block_size, dim=-1)
 
 
-def lstm_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor) -> tuple[Carry, Tensor]:
+def lstm_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor,
+              rec_mask: Tensor | None = None) -> tuple[Carry, Tensor]:
     """One step of any LSTM-family spec; returns ``((h, c[, gates]), y=h)``.
 
     The equations are in :func:`lstm_step_parts`, which also returns the step's gate values.
     """
-    new_carry, y, _ = lstm_step_parts(spec, p, carry, x_proj)
+    new_carry, y, _ = lstm_step_parts(spec, p, carry, x_proj, rec_mask)
     return new_carry, y
 
 
 def lstm_step_parts(
-    spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor
+    spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor, rec_mask: Tensor | None = None
 ) -> tuple[Carry, Tensor, dict[str, Tensor]]:
     """:func:`lstm_step` plus the step's parts ``{"i", "f", "o", "g", "c", "h"}``.
 
@@ -142,7 +147,8 @@ def lstm_step_parts(
 
     Gates are per block of ``block_size`` cells; peephole terms sum the block's cells. With
     ``truncated_gradient`` the recurrent inputs ``h(t-1)`` and ``a(t-1)`` are detached, so the
-    error reaches earlier steps only through ``c`` (the constant error carousel).
+    error reaches earlier steps only through ``c`` (the constant error carousel). ``rec_mask``
+    (recurrent dropout) multiplies ``h(t-1)`` where it enters ``R h(t-1)``.
     """
     h, c = carry[0], carry[1]
     hidden_size = c.shape[-1]
@@ -153,7 +159,7 @@ def lstm_step_parts(
         h = h.detach()
     z = x_proj
     if spec.hidden_recurrence:
-        z = z + _recurrent(spec, p, h, hidden_size)
+        z = z + _recurrent(spec, p, _masked(h, rec_mask), hidden_size)
     if spec.carries_gates:
         prev_gates = carry[2].detach() if spec.truncated_gradient else carry[2]
         z = z + lay.expand(prev_gates @ p["weight_gh"].t(), spec.gate_recurrent_blocks())
@@ -197,30 +203,38 @@ def lstm_step_parts(
     return (h_new, c_new), h_new, parts
 
 
-def gru_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor) -> tuple[Carry, Tensor]:
+def _masked(h: Tensor, rec_mask: Tensor | None) -> Tensor:
+    """``h(t-1)`` as the recurrent product sees it (recurrent dropout)."""
+    return h if rec_mask is None else h * rec_mask
+
+
+def gru_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor,
+             rec_mask: Tensor | None = None) -> tuple[Carry, Tensor]:
     """One GRU step; returns ``((h,), h)``.
 
     ``r = σ(x_r + R_r h + b'_r)``, ``z = σ(x_z + R_z h + b'_z)``, then the candidate
     ``n = tanh(x_n + r ⊙ (R_n h + b'_n))`` (``reset_after``, torch) or
     ``n = tanh(x_n + R_n (r ⊙ h) + b'_n)`` (Cho et al. 2014), and ``h' = (1 - z) ⊙ n + z ⊙ h``.
+    ``rec_mask`` (recurrent dropout) multiplies ``h`` in the products with ``R`` only.
     """
     (h,) = carry
+    hm = _masked(h, rec_mask)
     hidden_size = h.shape[-1]
     gate_act, cand_act = _ACT[spec.gate_activation], _ACT[spec.input_activation]
     x_r, x_z, x_n = x_proj.chunk(3, -1)
     w_hh = p["weight_hh"]
     b_hh = p.get("bias_hh")
     if spec.reset_after:
-        rec_r, rec_z, rec_n = _recurrent(spec, p, h, hidden_size).chunk(3, -1)
+        rec_r, rec_z, rec_n = _recurrent(spec, p, hm, hidden_size).chunk(3, -1)
         r, z = gate_act(x_r + rec_r), gate_act(x_z + rec_z)
         n = cand_act(x_n + r * rec_n)
     else:
-        rec_rz = h @ w_hh[: 2 * hidden_size].t()
+        rec_rz = hm @ w_hh[: 2 * hidden_size].t()
         if b_hh is not None:
             rec_rz = rec_rz + b_hh[: 2 * hidden_size]
         rec_r, rec_z = rec_rz.chunk(2, -1)
         r, z = gate_act(x_r + rec_r), gate_act(x_z + rec_z)
-        rec_n = (r * h) @ w_hh[2 * hidden_size :].t()
+        rec_n = (r * hm) @ w_hh[2 * hidden_size :].t()
         if b_hh is not None:
             rec_n = rec_n + b_hh[2 * hidden_size :]
         n = cand_act(x_n + rec_n)
@@ -228,19 +242,34 @@ def gru_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor) -> tuple[C
     return (h_new,), h_new
 
 
-def rnn_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor) -> tuple[Carry, Tensor]:
+def rnn_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor,
+             rec_mask: Tensor | None = None) -> tuple[Carry, Tensor]:
     """One Elman step: ``h' = act(x_proj + R h + b')``; returns ``((h',), h')``."""
     (h,) = carry
-    h_new = _ACT[spec.input_activation](x_proj + _recurrent(spec, p, h, h.shape[-1]))
+    rec = _recurrent(spec, p, _masked(h, rec_mask), h.shape[-1])
+    h_new = _ACT[spec.input_activation](x_proj + rec)
     return (h_new,), h_new
 
 
 _STEP = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step}
 
 
-def step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor) -> tuple[Carry, Tensor]:
-    """One time step of ``spec`` (dispatches on the family)."""
-    return _STEP[spec.family](spec, p, carry, x_proj)
+def step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor,
+         rec_mask: Tensor | None = None) -> tuple[Carry, Tensor]:
+    """One time step of ``spec`` (dispatches on the family); ``rec_mask``: recurrent dropout."""
+    return _STEP[spec.family](spec, p, carry, x_proj, rec_mask)
+
+
+def zoneout(carry: Carry, new_carry: Carry, zone_cell: Tensor | None,
+            zone_hidden: Tensor | None) -> Carry:
+    """Zoneout after a step: each unit keeps its previous value with weight ``d``,
+    ``h = d * h(t-1) + (1 - d) * h~`` (``zone_hidden``), likewise ``c`` (``zone_cell``); carried
+    gate activations are not zoned out."""
+    out = list(new_carry)
+    for i, d in ((0, zone_hidden), (1, zone_cell)):
+        if d is not None:
+            out[i] = d * carry[i] + (1.0 - d) * new_carry[i]
+    return tuple(out)
 
 
 def scan(
@@ -253,6 +282,7 @@ def scan(
     lengths: Tensor | None = None,
     reverse: bool = False,
     return_cells: bool = False,
+    masks: Masks | None = None,
 ) -> tuple[Tensor, Carry, Tensor | None]:
     """Run one layer-direction over ``x`` (``[T, B, in]``) from ``carry``.
 
@@ -260,6 +290,9 @@ def scan(
     step and its padded outputs are zero; the reverse direction starts at each sequence's own
     last step, as with a ``PackedSequence``. Returns the outputs ``[T, B, out]``, the final
     carry and, with ``return_cells``, every step's cell state ``[T, B, hidden]``.
+
+    ``masks`` (:class:`lstmkit.regularise.Masks`): recurrent dropout and zoneout, as drawn for
+    this call; the output at each step is the zoned-out ``h``.
     """
     steps = x.shape[0]
     x_proj = input_projection(spec, p, x, hidden_size)
@@ -269,8 +302,13 @@ def scan(
         valid = valid.unsqueeze(-1)  # [T, B, 1]
     outputs: list[Tensor] = [x.new_empty(0)] * steps
     cells: list[Tensor] = [x.new_empty(0)] * steps
+    rec_mask, zone_c, zone_h = masks if masks is not None else (None, None, None)
     for t in range(steps - 1, -1, -1) if reverse else range(steps):
-        new_carry, y = step(spec, p, carry, x_proj[t])
+        new_carry, y = step(spec, p, carry, x_proj[t], rec_mask)
+        if zone_c is not None or zone_h is not None:
+            new_carry = zoneout(carry, new_carry, None if zone_c is None else zone_c[t],
+                                None if zone_h is None else zone_h[t])
+            y = new_carry[0]
         if valid is not None:
             keep = valid[t]
             new_carry = tuple(torch.where(keep, n, o) for n, o in zip(new_carry, carry))

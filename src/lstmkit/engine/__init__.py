@@ -16,9 +16,10 @@ capture it as one node that works for any length and batch size.
 Covered: the LSTM family with every flag (missing or coupled gates, peepholes, any activations,
 gate recurrence ``"gates"``/``"all"``, memory blocks, the 1997 truncated gradient, no hidden
 recurrence, projections), GRU in both reset placements, the Elman RNN; lengths and both
-directions; float32 and float64, and float16/bfloat16 computed in float32 (results rounded to
-the input's dtype). Not covered: ``layer_norm`` (:func:`supports` is False), tensors that are
-not on the CPU, and calls inside ``torch.func`` transforms or forward-mode AD:
+directions; recurrent dropout and zoneout (the masks of :mod:`lstmkit.regularise`, applied
+inside the time loop); float32 and float64, and float16/bfloat16 computed in float32 (results
+rounded to the input's dtype). Not covered: ``layer_norm`` (:func:`supports` is False),
+tensors that are not on the CPU, and calls inside ``torch.func`` transforms or forward-mode AD:
 :func:`unsupported` names the reason, :func:`scan` refuses such calls, and the layers' dispatch
 (:mod:`lstmkit.dispatch`) sends them to the reference.
 
@@ -34,6 +35,7 @@ The C++ extension is built on first use with ``torch.utils.cpp_extension`` (see
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.autograd.forward_ad as _fwad
@@ -43,6 +45,9 @@ from ..cells import reference
 from ..cells.spec import CellSpec
 from . import _build, _ops
 from ._function import GRU_PARAMS, LSTM_PARAMS, cell_key
+
+if TYPE_CHECKING:
+    from ..regularise import Masks
 
 __all__ = ["available", "build_error", "scan", "supports", "unsupported"]
 
@@ -124,9 +129,11 @@ def scan(
     lengths: Tensor | None = None,
     reverse: bool = False,
     return_cells: bool = False,
+    masks: Masks | None = None,
 ) -> tuple[Tensor, Carry, Tensor | None]:
     """Run one layer-direction over ``x`` (``[T, B, in]``) from ``carry``; see
-    :func:`lstmkit.cells.reference.scan` for the meaning of every argument and result.
+    :func:`lstmkit.cells.reference.scan` for the meaning of every argument and result
+    (``masks``: recurrent dropout and zoneout, not differentiated).
 
     float16 and bfloat16 operands are computed in float32 and the results returned in the
     input's dtype. Raises ``ValueError`` where the engine cannot run the call
@@ -135,41 +142,48 @@ def scan(
     """
     if x.dim() != 3:
         raise ValueError(f"x: expected [T, B, in], got shape {tuple(x.shape)}")
-    reason = unsupported(spec, x, return_cells, [*carry, *p.values()])
+    mask_list = [m for m in masks if m is not None] if masks is not None else []
+    reason = unsupported(spec, x, return_cells, [*carry, *p.values(), *mask_list])
     if reason is not None:
         raise ValueError(f"engine.scan: {reason}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         # Nothing to compute: the reference returns the empty output and the initial carry.
         return reference.scan(spec, p, x, carry, hidden_size=hidden_size, lengths=lengths,
-                              reverse=reverse, return_cells=return_cells)
+                              reverse=reverse, return_cells=return_cells, masks=masks)
     if not available():
         raise RuntimeError(f"engine.scan: the engine could not be built ({build_error()})")
     if x.dtype in _HALF:
         def up(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.float()
 
+        half_masks = None if masks is None else type(masks)(*(up(m) for m in masks))
         y, final, cells = _run(spec, {k: up(v) for k, v in p.items()}, x.float(),
                                tuple(t.float() for t in carry), hidden_size, lengths, reverse,
-                               return_cells)
+                               return_cells, half_masks)
         return (y.to(x.dtype), tuple(t.to(x.dtype) for t in final),
                 None if cells is None else cells.to(x.dtype))
-    return _run(spec, p, x, carry, hidden_size, lengths, reverse, return_cells)
+    return _run(spec, p, x, carry, hidden_size, lengths, reverse, return_cells, masks)
 
 
 def _run(spec: CellSpec, p: dict[str, Tensor | None], x: Tensor, carry: Carry, hidden_size: int,
-         lengths: Tensor | None, reverse: bool,
-         return_cells: bool) -> tuple[Tensor, Carry, Tensor | None]:
+         lengths: Tensor | None, reverse: bool, return_cells: bool,
+         masks: Masks | None = None) -> tuple[Tensor, Carry, Tensor | None]:
     """One call of the family's operator, with an LSTM batch of unequal lengths sorted longest
     first: each step's recurrent GEMMs then stop at the last row still inside its sequence
     (``active_rows`` in ``csrc/time_loop.h``), and rows that have ended cost nothing."""
     if lengths is None or spec.family != "lstm" or x.shape[1] < 2 or _sorted(lengths):
-        return _call(spec, p, x, carry, hidden_size, lengths, reverse, return_cells)
+        return _call(spec, p, x, carry, hidden_size, lengths, reverse, return_cells, masks)
     order = torch.argsort(lengths.to(device=x.device), descending=True, stable=True)
     back = torch.argsort(order)
+    if masks is not None:  # per sequence: [B, out] and [T, B, .]
+        rec, zc, zh = masks
+        masks = type(masks)(None if rec is None else rec.index_select(0, order),
+                            None if zc is None else zc.index_select(1, order),
+                            None if zh is None else zh.index_select(1, order))
     y, final, cells = _call(spec, p, x.index_select(1, order),
                             tuple(t.index_select(0, order) for t in carry), hidden_size,
                             lengths.index_select(0, order.to(lengths.device)), reverse,
-                            return_cells)
+                            return_cells, masks)
     return (y.index_select(1, back), tuple(t.index_select(0, back) for t in final),
             None if cells is None else cells.index_select(1, back))
 
@@ -183,8 +197,8 @@ def _sorted(lengths: Tensor) -> bool:
 
 
 def _call(spec: CellSpec, p: dict[str, Tensor | None], x: Tensor, carry: Carry,
-          hidden_size: int, lengths: Tensor | None, reverse: bool,
-          return_cells: bool) -> tuple[Tensor, Carry, Tensor | None]:
+          hidden_size: int, lengths: Tensor | None, reverse: bool, return_cells: bool,
+          masks: Masks | None = None) -> tuple[Tensor, Carry, Tensor | None]:
     """One call of the family's operator (``torch.ops.lstmkit.*_scan``)."""
     tensors = [x, *carry, *(t for t in p.values() if t is not None)]
     # Saving for backward costs memory; only a call that records a graph needs it. A trace
@@ -192,16 +206,21 @@ def _call(spec: CellSpec, p: dict[str, Tensor | None], x: Tensor, carry: Carry,
     save = ((torch.is_grad_enabled() or torch.jit.is_tracing())
             and any(t.requires_grad for t in tensors))
     key = cell_key(spec)
+    rec_mask, zone_cell, zone_hidden = (None, None, None) if masks is None else masks
+    rec_mask = None if rec_mask is None else rec_mask.contiguous()
+    zone_cell = None if zone_cell is None else zone_cell.contiguous()
+    zone_hidden = None if zone_hidden is None else zone_hidden.contiguous()
     if spec.family == "lstm":
         w_hr = p.get("weight_hr")
         proj = w_hr.shape[0] if w_hr is not None else 0
         a0 = carry[2] if spec.carries_gates else None
         outs = _ops.lstm_scan(x, carry[0], carry[1], a0, lengths,
-                              *(p.get(n) for n in LSTM_PARAMS), key, hidden_size, proj,
-                              bool(reverse), bool(return_cells), save)
+                              *(p.get(n) for n in LSTM_PARAMS), rec_mask, zone_cell,
+                              zone_hidden, key, hidden_size, proj, bool(reverse),
+                              bool(return_cells), save)
         final = (outs[1], outs[2], outs[3]) if spec.carries_gates else (outs[1], outs[2])
         return outs[0], final, outs[4] if return_cells else None
     op = _ops.gru_scan if spec.family == "gru" else _ops.rnn_scan
-    outs = op(x, carry[0], lengths, *(p.get(n) for n in GRU_PARAMS), key, hidden_size,
-              bool(reverse), save)
+    outs = op(x, carry[0], lengths, *(p.get(n) for n in GRU_PARAMS), rec_mask, zone_hidden, key,
+              hidden_size, bool(reverse), save)
     return outs[0], (outs[1],), None

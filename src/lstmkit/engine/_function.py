@@ -46,7 +46,11 @@ LSTM_CARRY = ("h0", "c0", "a0")
 GRU_CARRY = ("h0",)
 #: What each family's forward kernel returns: the results, then what its backward reads.
 LSTM_RESULTS = ("y", "h", "c", "a", "cells")
-LSTM_SAVED = ("gates", "rec_in", "c_all", "m_all")
+LSTM_SAVED = ("gates", "rec_in", "c_all", "m_all", "c_tilde")
+#: The regularisers' masks an operator takes (:class:`lstmkit.regularise.Masks`, in its order);
+#: GRU and RNN have no cell state.
+LSTM_MASKS = ("rec_mask", "zone_cell", "zone_hidden")
+GRU_MASKS = ("rec_mask", "zone_hidden")
 GRU_SAVED = ("gates", "h_all", "aux")
 RNN_SAVED = ("hact", "h_all")
 
@@ -205,8 +209,26 @@ def _bias_grads(inp: Inputs, lay: Layout, dz_sum: Tensor, found: Named,
             found[n] = grad
 
 
+def masks_of(masks: Named) -> Any:
+    """The :class:`lstmkit.regularise.Masks` for the reference, or None without any."""
+    from ..regularise import Masks
+
+    found = Masks(masks.get("rec_mask"), masks.get("zone_cell"), masks.get("zone_hidden"))
+    return found if found.any else None
+
+
+def _masked_prev(prev: Tensor, rec_mask: Tensor | None, width: int) -> Tensor:
+    """The recurrent inputs of all steps as the product saw them: the first ``width`` values of
+    each (h(t-1)) under the recurrent-dropout mask."""
+    if rec_mask is None:
+        return prev
+    if prev.shape[-1] == width:
+        return prev * rec_mask
+    return torch.cat([prev[..., :width] * rec_mask, prev[..., width:]], -1)
+
+
 def reference_backward(call: Call, inp: Inputs, lengths: Tensor | None,
-                       outputs: tuple[Tensor | None, ...]) -> Named:
+                       outputs: tuple[Tensor | None, ...], masks: Named | None = None) -> Named:
     """The backward as a differentiable graph: recompute with the reference and differentiate.
 
     ``inp`` holds the operator's own inputs as saved in forward, so the graph built here reaches
@@ -223,7 +245,8 @@ def reference_backward(call: Call, inp: Inputs, lengths: Tensor | None,
                   if n not in carry_names and n != "x" and t is not None}
         y, final, cells = reference.scan(call.spec, params, alias["x"], carry,
                                          hidden_size=call.layout.hidden_size, lengths=lengths,
-                                         reverse=call.reverse, return_cells=call.return_cells)
+                                         reverse=call.reverse, return_cells=call.return_cells,
+                                         masks=masks_of(masks or {}))
         outs = [y, *final] + ([cells] if call.return_cells else [])
         pairs = [(o, g) for o, g in zip(outs, outputs) if o.requires_grad and g is not None]
         wrt = [n for n in inp.names if inp.need[n]]
@@ -265,9 +288,11 @@ def lstm_recurrent(call: Call, params: Named, like: Tensor) -> tuple[Tensor | No
 
 
 def lstm_forward(ext: Any, call: Call, x: Tensor, carry: Named, params: Named,
-                 lengths: Tensor | None, save: bool) -> Named:
+                 lengths: Tensor | None, save: bool, masks: Named | None = None) -> Named:
     """Run the kernel: the :data:`LSTM_RESULTS`, and with ``save`` the :data:`LSTM_SAVED`
-    tensors backward reads (``gates``: the activated gates, written over the projection)."""
+    tensors backward reads (``gates``: the activated gates, written over the projection).
+    ``masks``: the :data:`LSTM_MASKS` (recurrent dropout, zoneout), absent ones None."""
+    masks = masks or {}
     bias = _folded_bias(call.layout, params["bias_ih"], params["bias_hh"])
     xg = _project(x, params["weight_ih"], bias)
     wcat, peep = lstm_recurrent(call, params, x)
@@ -275,15 +300,18 @@ def lstm_forward(ext: Any, call: Call, x: Tensor, carry: Named, params: Named,
         cfg=call.config(ext), xg=xg, wcat=_c(wcat, x), peep=_c(peep, x),
         w_hr=_c(params["weight_hr"], x), h0=carry["h0"].contiguous(),
         c0=carry["c0"].contiguous(), a0=_c(carry["a0"], x), lengths=_lengths(lengths),
-        save=save, return_cells=call.return_cells)
+        save=save, return_cells=call.return_cells, rmask=_c(masks.get("rec_mask"), x),
+        zc=_c(masks.get("zone_cell"), x), zh=_c(masks.get("zone_hidden"), x))
     res["gates"] = xg if save else None
     return res
 
 
 def lstm_backward(ext: Any, call: Call, saved: Named, wcat: Tensor | None, peep: Tensor | None,
-                  w_hr: Tensor | None, lengths: Tensor | None, grads: Named) -> Named:
+                  w_hr: Tensor | None, lengths: Tensor | None, grads: Named,
+                  masks: Named | None = None) -> Named:
     """Run the backward kernel: ``dz`` (the pre-activation gradient of every step), the
     initial carry's gradients, ``dh_all`` (projection only) and ``dpeep``."""
+    masks = masks or {}
     gates = saved["gates"]
     steps, batch, _ = gates.shape
     lay = call.layout
@@ -295,10 +323,13 @@ def lstm_backward(ext: Any, call: Call, saved: Named, wcat: Tensor | None, peep:
         dc=_grad_or_zeros(grads["c"], (batch, lay.hidden_size), gates),
         da=(_grad_or_zeros(grads["a"], (batch, lay.carried_size), gates)
             if lay.carried_size else _c(None, gates)),
-        dcells=_c(grads["cells"], gates))
+        dcells=_c(grads["cells"], gates), rmask=_c(masks.get("rec_mask"), gates),
+        zc=_c(masks.get("zone_cell"), gates), zh=_c(masks.get("zone_hidden"), gates),
+        c_tilde=_c(saved.get("c_tilde"), gates))
 
 
-def lstm_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
+def lstm_grads(call: Call, inp: Inputs, saved: Named, kernel: Named,
+               masks: Named | None = None) -> Named:
     """Every input's gradient from the backward kernel's results, as GEMMs over all steps."""
     spec, lay = call.spec, call.layout
     x = inp.values["x"]
@@ -310,6 +341,8 @@ def lstm_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
         # The recurrent input of each step, [h(t-1) | a(t-1)], as the GEMM saw it.
         rin = saved["rec_in"]
         prev = rin[1:] if call.reverse else rin[:-1]
+        if spec.hidden_recurrence:
+            prev = _masked_prev(prev, (masks or {}).get("rec_mask"), lay.out_size)
         koff = 0 if spec.hidden_recurrence else lay.out_size
         dwcat = torch.mm(dz2.t(), prev.reshape(steps * batch, -1)[:, koff:])
         if spec.hidden_recurrence:
@@ -345,19 +378,22 @@ def _gru_prepare(call: Call, x: Tensor, params: Named) -> tuple[Tensor, Tensor |
 
 
 def gru_forward(ext: Any, call: Call, x: Tensor, h0: Tensor, params: Named,
-                lengths: Tensor | None, save: bool) -> Named:
+                lengths: Tensor | None, save: bool, masks: Named | None = None) -> Named:
     """Run the kernel: ``y``, ``h`` and with ``save`` the :data:`GRU_SAVED` tensors."""
+    masks = masks or {}
     xg, b_hn = _gru_prepare(call, x, params)
     res = ext.gru_forward(cfg=call.config(ext), xg=xg, w_hh=params["weight_hh"].contiguous(),
                           b_hn=_c(b_hn, x), h0=h0.contiguous(), lengths=_lengths(lengths),
-                          save=save)
+                          save=save, rmask=_c(masks.get("rec_mask"), x),
+                          zh=_c(masks.get("zone_hidden"), x))
     res["gates"] = xg if save else None
     return res
 
 
 def gru_backward(ext: Any, call: Call, saved: Named, w_hh: Tensor, lengths: Tensor | None,
-                 grads: Named) -> Named:
+                 grads: Named, masks: Named | None = None) -> Named:
     """Run the backward kernel: ``dz``, ``drec`` (torch's placement) and ``dh0``."""
+    masks = masks or {}
     gates = saved["gates"]
     steps, batch, _ = gates.shape
     hidden = call.layout.hidden_size
@@ -365,17 +401,20 @@ def gru_backward(ext: Any, call: Call, saved: Named, w_hh: Tensor, lengths: Tens
         cfg=call.config(ext), gates=gates, w_hh=w_hh.contiguous(), h_all=saved["h_all"],
         aux=saved["aux"], lengths=_lengths(lengths),
         dy=_grad_or_zeros(grads["y"], (steps, batch, hidden), gates),
-        dh=_grad_or_zeros(grads["h"], (batch, hidden), gates))
+        dh=_grad_or_zeros(grads["h"], (batch, hidden), gates),
+        rmask=_c(masks.get("rec_mask"), gates), zh=_c(masks.get("zone_hidden"), gates))
 
 
-def gru_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
+def gru_grads(call: Call, inp: Inputs, saved: Named, kernel: Named,
+              masks: Named | None = None) -> Named:
     """Every input's gradient from the backward kernel's results."""
     lay, hidden = call.layout, call.layout.hidden_size
     found: Named = {"h0": kernel["dh0"]}
     found["x"], found["weight_ih"], dz2 = _input_grads(inp, kernel["dz"])
     n = dz2.shape[0]
     hs = saved["h_all"]
-    h_prev = (hs[1:] if call.reverse else hs[:-1]).reshape(n, hidden)
+    h_prev = _masked_prev(hs[1:] if call.reverse else hs[:-1], (masks or {}).get("rec_mask"),
+                          hidden).reshape(n, hidden)
     if call.spec.reset_after:
         # The recurrent pre-activations R h + b_hh have their own gradient (drec).
         drec2 = kernel["drec"].reshape(n, -1)
@@ -394,30 +433,38 @@ def gru_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
 
 
 def rnn_forward(ext: Any, call: Call, x: Tensor, h0: Tensor, params: Named,
-                lengths: Tensor | None, save: bool) -> Named:
+                lengths: Tensor | None, save: bool, masks: Named | None = None) -> Named:
     """Run the kernel: ``y``, ``h`` and with ``save`` the :data:`RNN_SAVED` tensors."""
+    masks = masks or {}
     bias = _folded_bias(call.layout, params["bias_ih"], params["bias_hh"])
     xg = _project(x, params["weight_ih"], bias)
     res = ext.rnn_forward(cfg=call.config(ext), xg=xg, w_hh=params["weight_hh"].contiguous(),
-                          h0=h0.contiguous(), lengths=_lengths(lengths), save=save)
-    # The kernel overwrote the projection xg with h(t) of every step: backward's hact.
+                          h0=h0.contiguous(), lengths=_lengths(lengths), save=save,
+                          rmask=_c(masks.get("rec_mask"), x),
+                          zh=_c(masks.get("zone_hidden"), x))
+    # The kernel overwrote the projection xg with act(z) of every step (h(t) before zoneout):
+    # backward's hact.
     res["hact"] = xg if save else None
     return res
 
 
 def rnn_backward(ext: Any, call: Call, saved: Named, w_hh: Tensor, lengths: Tensor | None,
-                 grads: Named) -> Named:
+                 grads: Named, masks: Named | None = None) -> Named:
     """Run the backward kernel: ``dz`` and ``dh0``."""
+    masks = masks or {}
     hact = saved["hact"]
     steps, batch, _ = hact.shape
     hidden = call.layout.hidden_size
     return ext.rnn_backward(cfg=call.config(ext), hact=hact, w_hh=w_hh.contiguous(),
                             lengths=_lengths(lengths),
                             dy=_grad_or_zeros(grads["y"], (steps, batch, hidden), hact),
-                            dh=_grad_or_zeros(grads["h"], (batch, hidden), hact))
+                            dh=_grad_or_zeros(grads["h"], (batch, hidden), hact),
+                            rmask=_c(masks.get("rec_mask"), hact),
+                            zh=_c(masks.get("zone_hidden"), hact))
 
 
-def rnn_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
+def rnn_grads(call: Call, inp: Inputs, saved: Named, kernel: Named,
+              masks: Named | None = None) -> Named:
     """Every input's gradient from the backward kernel's results."""
     hidden = call.layout.hidden_size
     found: Named = {"h0": kernel["dh0"]}
@@ -425,7 +472,8 @@ def rnn_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
     n = dz2.shape[0]
     if inp.need["weight_hh"]:
         hs = saved["h_all"]
-        h_prev = (hs[1:] if call.reverse else hs[:-1]).reshape(n, hidden)
+        h_prev = _masked_prev(hs[1:] if call.reverse else hs[:-1],
+                              (masks or {}).get("rec_mask"), hidden).reshape(n, hidden)
         found["weight_hh"] = torch.mm(dz2.t(), h_prev)
     _bias_grads(inp, lay=call.layout, dz_sum=dz2.sum(0), found=found)
     return found

@@ -37,8 +37,10 @@ from ..cells import reference
 from . import _build
 from ._function import (
     GRU_CARRY,
+    GRU_MASKS,
     GRU_PARAMS,
     LSTM_CARRY,
+    LSTM_MASKS,
     LSTM_PARAMS,
     LSTM_RESULTS,
     LSTM_SAVED,
@@ -63,6 +65,12 @@ _PARAMS_SCHEMA = {
     "lstm": ", ".join(f"Tensor{'' if n == 'weight_ih' else '?'} {n}" for n in LSTM_PARAMS),
     "gru": "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh",
 }
+# The regularisers' masks (recurrent dropout, zoneout): optional, not differentiated.
+_MASKS_SCHEMA = {
+    "lstm": ", ".join(f"Tensor? {n}" for n in LSTM_MASKS),
+    "gru": ", ".join(f"Tensor? {n}" for n in GRU_MASKS),
+}
+_N_LSTM_MASKS, _N_GRU_MASKS = len(LSTM_MASKS), len(GRU_MASKS)
 
 
 def _returns(n: int) -> str:
@@ -142,22 +150,26 @@ def _operator(name: str, schema: str) -> Any:
 @_operator(
     "lstm_scan",
     "(Tensor x, Tensor h0, Tensor c0, Tensor? a0, Tensor? lengths, "
-    f"{_PARAMS_SCHEMA['lstm']}, str cell, int hidden_size, int proj_size, bool reverse, "
+    f"{_PARAMS_SCHEMA['lstm']}, {_MASKS_SCHEMA['lstm']}, str cell, int hidden_size, "
+    "int proj_size, bool reverse, "
     f"bool return_cells, bool save) -> {_returns(len(LSTM_RESULTS) + len(LSTM_SAVED))}")
 def lstm_scan(x: Tensor, h0: Tensor, c0: Tensor, a0: Tensor | None, lengths: Tensor | None,
               *rest: Any) -> tuple[Tensor, ...]:
-    flat, (cell, hidden, proj, reverse, return_cells, save) = rest[:-6], rest[-6:]
+    flat, masks = rest[:len(LSTM_PARAMS)], rest[len(LSTM_PARAMS):-6]
+    cell, hidden, proj, reverse, return_cells, save = rest[-6:]
     call = Call.of(cell, hidden, proj, reverse, return_cells)
     with torch.autocast("cpu", enabled=False):
         res = lstm_forward(_ext(), call, x, {"h0": h0, "c0": c0, "a0": a0},
-                           dict(zip(LSTM_PARAMS, flat)), lengths, save)
-    return tuple(_out(res[n], x) for n in LSTM_RESULTS + LSTM_SAVED)
+                           dict(zip(LSTM_PARAMS, flat)), lengths, save,
+                           dict(zip(LSTM_MASKS, masks)))
+    return tuple(_out(res.get(n), x) for n in LSTM_RESULTS + LSTM_SAVED)
 
 
 @lstm_scan.register_fake
 def _(x: Tensor, h0: Tensor, c0: Tensor, a0: Tensor | None, lengths: Tensor | None,
       *rest: Any) -> tuple[Tensor, ...]:
     cell, hidden, proj, reverse, return_cells, save = rest[-6:]
+    zone_cell = rest[-6 - _N_LSTM_MASKS + 1]
     lay = Call.of(cell, hidden, proj, reverse).layout
     steps, batch = x.shape[0], x.shape[1]
     out, carried = lay.out_size, lay.carried_size
@@ -169,32 +181,38 @@ def _(x: Tensor, h0: Tensor, c0: Tensor, a0: Tensor | None, lengths: Tensor | No
             new(steps, batch, lay.rows) if save else none,
             new(steps + 1, batch, out + carried) if save else none,
             new(steps + 1, batch, hidden) if save else none,
-            new(steps, batch, hidden) if save and out != hidden else none)
+            new(steps, batch, hidden) if save and out != hidden else none,
+            new(steps, batch, hidden) if save and zone_cell is not None else _absent(x))
 
 
 @_operator(
     "lstm_scan_backward",
     "(Tensor gates, Tensor? wcat, Tensor? peep, Tensor? w_hr, Tensor c_all, "
-    "Tensor? lengths, Tensor? dy, Tensor? dh, Tensor? dc, Tensor? da, Tensor? dcells, str cell, "
+    "Tensor? lengths, Tensor? dy, Tensor? dh, Tensor? dc, Tensor? da, Tensor? dcells, "
+    f"{_MASKS_SCHEMA['lstm']}, Tensor? c_tilde, str cell, "
     f"int hidden_size, int proj_size, bool reverse) -> {_returns(6)}")
 def lstm_scan_backward(gates: Tensor, wcat: Tensor | None, peep: Tensor | None,
                        w_hr: Tensor | None, c_all: Tensor, lengths: Tensor | None,
                        dy: Tensor | None, dh: Tensor | None, dc: Tensor | None,
-                       da: Tensor | None, dcells: Tensor | None, cell: str, hidden_size: int,
+                       da: Tensor | None, dcells: Tensor | None, rec_mask: Tensor | None,
+                       zone_cell: Tensor | None, zone_hidden: Tensor | None,
+                       c_tilde: Tensor | None, cell: str, hidden_size: int,
                        proj_size: int, reverse: bool) -> tuple[Tensor, ...]:
     call = Call.of(cell, hidden_size, proj_size, reverse)
-    saved = {"gates": gates, "c_all": c_all}
+    saved = {"gates": gates, "c_all": c_all, "c_tilde": c_tilde}
     grads = {"y": dy, "h": dh, "c": dc, "a": da, "cells": dcells}
+    masks = {"rec_mask": rec_mask, "zone_cell": zone_cell, "zone_hidden": zone_hidden}
     with torch.autocast("cpu", enabled=False):
-        res = lstm_backward(_ext(), call, saved, wcat, peep, w_hr, lengths, grads)
+        res = lstm_backward(_ext(), call, saved, wcat, peep, w_hr, lengths, grads, masks)
     return tuple(_out(res[n], gates) for n in ("dz", "dh0", "dc0", "da0", "dh_all", "dpeep"))
 
 
 @lstm_scan_backward.register_fake
 def _(gates: Tensor, wcat: Tensor | None, peep: Tensor | None, w_hr: Tensor | None,
       c_all: Tensor, lengths: Tensor | None, dy: Tensor | None, dh: Tensor | None,
-      dc: Tensor | None, da: Tensor | None, dcells: Tensor | None, cell: str, hidden_size: int,
-      proj_size: int, reverse: bool) -> tuple[Tensor, ...]:
+      dc: Tensor | None, da: Tensor | None, dcells: Tensor | None, rec_mask: Tensor | None,
+      zone_cell: Tensor | None, zone_hidden: Tensor | None, c_tilde: Tensor | None, cell: str,
+      hidden_size: int, proj_size: int, reverse: bool) -> tuple[Tensor, ...]:
     lay = Call.of(cell, hidden_size, proj_size, reverse).layout
     steps, batch = gates.shape[0], gates.shape[1]
     out, carried = lay.out_size, lay.carried_size
@@ -207,7 +225,8 @@ def _(gates: Tensor, wcat: Tensor | None, peep: Tensor | None, w_hr: Tensor | No
 
 def _lstm_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     x, h0, c0, a0, lengths, *rest = inputs
-    flat, (cell, hidden, proj, reverse, return_cells, save) = rest[:-6], rest[-6:]
+    flat, masks = rest[:len(LSTM_PARAMS)], rest[len(LSTM_PARAMS):-6]
+    cell, hidden, proj, reverse, return_cells, save = rest[-6:]
     ctx.call = Call.of(cell, hidden, proj, reverse, return_cells)
     ctx.args = (cell, hidden, proj, reverse)
     ctx.saved = save
@@ -215,7 +234,7 @@ def _lstm_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -
     ctx.mark_non_differentiable(*output[n:])
     # Gradients of results nobody used stay None instead of zero tensors the size of the output.
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(*output[n:], lengths, x, h0, c0, a0, *flat)
+    ctx.save_for_backward(*output[n:], lengths, x, h0, c0, a0, *flat, *masks)
 
 
 def _lstm_backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -224,7 +243,8 @@ def _lstm_backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]
     n_saved = len(LSTM_SAVED)
     saved_t = ctx.saved_tensors
     saved = dict(zip(LSTM_SAVED, saved_t[:n_saved]))
-    lengths, values = saved_t[n_saved], saved_t[n_saved + 1:]
+    lengths, values = saved_t[n_saved], saved_t[n_saved + 1:-_N_LSTM_MASKS]
+    masks = dict(zip(LSTM_MASKS, saved_t[-_N_LSTM_MASKS:]))
     needs = ctx.needs_input_grad
     names = ("x", *LSTM_CARRY, *LSTM_PARAMS)
     inp = Inputs(names, values, (*needs[:4], *needs[5:5 + len(LSTM_PARAMS)]))
@@ -233,7 +253,7 @@ def _lstm_backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]
         outs = [named["y"], named["h"], named["c"]]
         outs += [named["a"]] if call.spec.carries_gates else []
         outs += [named["cells"]] if call.return_cells else []
-        found = reference_backward(call, inp, lengths, tuple(outs))
+        found = reference_backward(call, inp, lengths, tuple(outs), masks)
     else:
         _check_saved(ctx, "lstm_scan")
         params = inp.params()
@@ -243,10 +263,11 @@ def _lstm_backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]
         kernel = lstm_scan_backward(
             saved["gates"], wcat, peep, params["weight_hr"], saved["c_all"], lengths,
             named["y"], named["h"], named["c"], named["a"] if lay.carried_size else None,
-            named["cells"] if call.return_cells else None, *ctx.args)
+            named["cells"] if call.return_cells else None, *masks.values(),
+            saved["c_tilde"] if masks["zone_cell"] is not None else None, *ctx.args)
         kernel = dict(zip(("dz", "dh0", "dc0", "da0", "dh_all", "dpeep"), kernel))
-        found = lstm_grads(call, inp, saved, kernel)
-    return _layout_grads(inp, found, lengths_at=4, n_config=6)
+        found = lstm_grads(call, inp, saved, kernel, masks)
+    return _layout_grads(inp, found, lengths_at=4, n_config=_N_LSTM_MASKS + 6)
 
 
 def _check_saved(ctx: Any, op: str) -> None:
@@ -257,8 +278,8 @@ def _check_saved(ctx: Any, op: str) -> None:
 
 def _layout_grads(inp: Inputs, found: Named, lengths_at: int,
                   n_config: int) -> tuple[Tensor | None, ...]:
-    """The operator's input gradients in its argument order: None for ``lengths``, the
-    configuration and every input that needs none."""
+    """The operator's input gradients in its argument order: None for ``lengths``, the masks,
+    the configuration and every input that needs none."""
     grads = [found.get(n) if inp.need[n] else None for n in inp.names]
     return (*grads[:lengths_at], None, *grads[lengths_at:], *([None] * n_config))
 
@@ -274,12 +295,12 @@ _SMALL_SAVED = {"gru": ("gates", "h_all", "aux"), "rnn": ("hact", "h_all")}
 
 
 def _small_scan(family: str, x: Tensor, h0: Tensor, lengths: Tensor | None,
-                flat: Sequence[Tensor | None], cell: str, hidden: int, reverse: bool,
-                save: bool) -> tuple[Tensor, ...]:
+                flat: Sequence[Tensor | None], masks: Sequence[Tensor | None], cell: str,
+                hidden: int, reverse: bool, save: bool) -> tuple[Tensor, ...]:
     call = Call.of(cell, hidden, 0, reverse)
     with torch.autocast("cpu", enabled=False):
         res = _SMALL_FORWARD[family](_ext(), call, x, h0, dict(zip(GRU_PARAMS, flat)),
-                                     lengths, save)
+                                     lengths, save, dict(zip(GRU_MASKS, masks)))
     return tuple(_out(res[n], x) for n in ("y", "h", *_SMALL_SAVED[family]))
 
 
@@ -294,36 +315,40 @@ def _small_fake(family: str, x: Tensor, hidden: int, save: bool) -> tuple[Tensor
     return (new(steps, batch, hidden), new(batch, hidden), *saved)
 
 
-_SMALL_SCHEMA = (f"(Tensor x, Tensor h0, Tensor? lengths, {_PARAMS_SCHEMA['gru']}, str cell, "
-                 "int hidden_size, bool reverse, bool save) -> ")
+_SMALL_SCHEMA = (f"(Tensor x, Tensor h0, Tensor? lengths, {_PARAMS_SCHEMA['gru']}, "
+                 f"{_MASKS_SCHEMA['gru']}, str cell, int hidden_size, bool reverse, bool save) -> ")
 
 
 @_operator("gru_scan", _SMALL_SCHEMA + _returns(5))
 def gru_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor,
-             weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, cell: str,
+             weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None,
+             rec_mask: Tensor | None, zone_hidden: Tensor | None, cell: str,
              hidden_size: int, reverse: bool, save: bool) -> tuple[Tensor, ...]:
-    return _small_scan("gru", x, h0, lengths, (weight_ih, weight_hh, bias_ih, bias_hh), cell,
-                       hidden_size, reverse, save)
+    return _small_scan("gru", x, h0, lengths, (weight_ih, weight_hh, bias_ih, bias_hh),
+                       (rec_mask, zone_hidden), cell, hidden_size, reverse, save)
 
 
 @gru_scan.register_fake
 def _(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
-      bias_ih: Tensor | None, bias_hh: Tensor | None, cell: str, hidden_size: int,
+      bias_ih: Tensor | None, bias_hh: Tensor | None, rec_mask: Tensor | None,
+      zone_hidden: Tensor | None, cell: str, hidden_size: int,
       reverse: bool, save: bool) -> tuple[Tensor, ...]:
     return _small_fake("gru", x, hidden_size, save)
 
 
 @_operator("rnn_scan", _SMALL_SCHEMA + _returns(4))
 def rnn_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor,
-             weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None, cell: str,
+             weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None,
+             rec_mask: Tensor | None, zone_hidden: Tensor | None, cell: str,
              hidden_size: int, reverse: bool, save: bool) -> tuple[Tensor, ...]:
-    return _small_scan("rnn", x, h0, lengths, (weight_ih, weight_hh, bias_ih, bias_hh), cell,
-                       hidden_size, reverse, save)
+    return _small_scan("rnn", x, h0, lengths, (weight_ih, weight_hh, bias_ih, bias_hh),
+                       (rec_mask, zone_hidden), cell, hidden_size, reverse, save)
 
 
 @rnn_scan.register_fake
 def _(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
-      bias_ih: Tensor | None, bias_hh: Tensor | None, cell: str, hidden_size: int,
+      bias_ih: Tensor | None, bias_hh: Tensor | None, rec_mask: Tensor | None,
+      zone_hidden: Tensor | None, cell: str, hidden_size: int,
       reverse: bool, save: bool) -> tuple[Tensor, ...]:
     return _small_fake("rnn", x, hidden_size, save)
 
@@ -331,20 +356,24 @@ def _(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor, weight_h
 @_operator(
     "gru_scan_backward",
     "(Tensor gates, Tensor weight_hh, Tensor h_all, Tensor aux, Tensor? lengths, "
-    f"Tensor? dy, Tensor? dh, str cell, int hidden_size, bool reverse) -> {_returns(3)}")
+    f"Tensor? dy, Tensor? dh, {_MASKS_SCHEMA['gru']}, str cell, int hidden_size, "
+    f"bool reverse) -> {_returns(3)}")
 def gru_scan_backward(gates: Tensor, weight_hh: Tensor, h_all: Tensor, aux: Tensor,
-                      lengths: Tensor | None, dy: Tensor | None, dh: Tensor | None, cell: str,
+                      lengths: Tensor | None, dy: Tensor | None, dh: Tensor | None,
+                      rec_mask: Tensor | None, zone_hidden: Tensor | None, cell: str,
                       hidden_size: int, reverse: bool) -> tuple[Tensor, ...]:
     call = Call.of(cell, hidden_size, 0, reverse)
     with torch.autocast("cpu", enabled=False):
         res = gru_backward(_ext(), call, {"gates": gates, "h_all": h_all, "aux": aux},
-                           weight_hh, lengths, {"y": dy, "h": dh})
+                           weight_hh, lengths, {"y": dy, "h": dh},
+                           {"rec_mask": rec_mask, "zone_hidden": zone_hidden})
     return tuple(_out(res[n], gates) for n in ("dz", "drec", "dh0"))
 
 
 @gru_scan_backward.register_fake
 def _(gates: Tensor, weight_hh: Tensor, h_all: Tensor, aux: Tensor, lengths: Tensor | None,
-      dy: Tensor | None, dh: Tensor | None, cell: str, hidden_size: int,
+      dy: Tensor | None, dh: Tensor | None, rec_mask: Tensor | None,
+      zone_hidden: Tensor | None, cell: str, hidden_size: int,
       reverse: bool) -> tuple[Tensor, ...]:
     reset_after = Call.of(cell, hidden_size, 0, reverse).spec.reset_after
     return (torch.empty_like(gates), torch.empty_like(gates) if reset_after else _absent(gates),
@@ -353,26 +382,29 @@ def _(gates: Tensor, weight_hh: Tensor, h_all: Tensor, aux: Tensor, lengths: Ten
 
 @_operator(
     "rnn_scan_backward",
-    "(Tensor hact, Tensor weight_hh, Tensor? lengths, Tensor? dy, Tensor? dh, str cell, "
-    f"int hidden_size, bool reverse) -> {_returns(2)}")
+    "(Tensor hact, Tensor weight_hh, Tensor? lengths, Tensor? dy, Tensor? dh, "
+    f"{_MASKS_SCHEMA['gru']}, str cell, int hidden_size, bool reverse) -> {_returns(2)}")
 def rnn_scan_backward(hact: Tensor, weight_hh: Tensor, lengths: Tensor | None,
-                      dy: Tensor | None, dh: Tensor | None, cell: str, hidden_size: int,
+                      dy: Tensor | None, dh: Tensor | None, rec_mask: Tensor | None,
+                      zone_hidden: Tensor | None, cell: str, hidden_size: int,
                       reverse: bool) -> tuple[Tensor, ...]:
     call = Call.of(cell, hidden_size, 0, reverse)
     with torch.autocast("cpu", enabled=False):
         res = rnn_backward(_ext(), call, {"hact": hact}, weight_hh, lengths,
-                           {"y": dy, "h": dh})
+                           {"y": dy, "h": dh},
+                           {"rec_mask": rec_mask, "zone_hidden": zone_hidden})
     return res["dz"], res["dh0"]
 
 
 @rnn_scan_backward.register_fake
 def _(hact: Tensor, weight_hh: Tensor, lengths: Tensor | None, dy: Tensor | None,
-      dh: Tensor | None, cell: str, hidden_size: int, reverse: bool) -> tuple[Tensor, ...]:
+      dh: Tensor | None, rec_mask: Tensor | None, zone_hidden: Tensor | None, cell: str,
+      hidden_size: int, reverse: bool) -> tuple[Tensor, ...]:
     return torch.empty_like(hact), hact.new_empty(hact.shape[1], hidden_size)
 
 
 def _small_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    x, h0, lengths, *flat, cell, hidden, reverse, save = inputs
+    x, h0, lengths, *flat, cell, hidden, reverse, save = inputs  # flat: params, then masks
     ctx.call = Call.of(cell, hidden, 0, reverse)
     ctx.args = (cell, hidden, reverse)
     ctx.saved = save
@@ -388,22 +420,25 @@ def _small_backward(ctx: Any, dy: Tensor | None, dh: Tensor | None,
     names = _SMALL_SAVED[family]
     saved_t = ctx.saved_tensors
     saved = dict(zip(names, saved_t[: len(names)]))
-    lengths, values = saved_t[len(names)], saved_t[len(names) + 1:]
+    lengths, values = saved_t[len(names)], saved_t[len(names) + 1:-_N_GRU_MASKS]
+    masks = dict(zip(GRU_MASKS, saved_t[-_N_GRU_MASKS:]))
     needs = ctx.needs_input_grad
     inp = Inputs(("x", *GRU_CARRY, *GRU_PARAMS), values, (*needs[:2], *needs[3:7]))
     if torch.is_grad_enabled():
-        found = reference_backward(call, inp, lengths, (dy, dh))
+        found = reference_backward(call, inp, lengths, (dy, dh), masks)
     else:
         _check_saved(ctx, f"{family}_scan")
         w_hh = inp.values["weight_hh"]
         if family == "gru":
             kernel = gru_scan_backward(
-                saved["gates"], w_hh, saved["h_all"], saved["aux"], lengths, dy, dh, *ctx.args)
-            found = gru_grads(call, inp, saved, dict(zip(("dz", "drec", "dh0"), kernel)))
+                saved["gates"], w_hh, saved["h_all"], saved["aux"], lengths, dy, dh,
+                *masks.values(), *ctx.args)
+            found = gru_grads(call, inp, saved, dict(zip(("dz", "drec", "dh0"), kernel)), masks)
         else:
-            kernel = rnn_scan_backward(saved["hact"], w_hh, lengths, dy, dh, *ctx.args)
-            found = rnn_grads(call, inp, saved, dict(zip(("dz", "dh0"), kernel)))
-    return _layout_grads(inp, found, lengths_at=2, n_config=4)
+            kernel = rnn_scan_backward(saved["hact"], w_hh, lengths, dy, dh, *masks.values(),
+                                       *ctx.args)
+            found = rnn_grads(call, inp, saved, dict(zip(("dz", "dh0"), kernel)), masks)
+    return _layout_grads(inp, found, lengths_at=2, n_config=_N_GRU_MASKS + 4)
 
 
 gru_scan.register_autograd("GRUFunction", _small_setup, _small_backward)

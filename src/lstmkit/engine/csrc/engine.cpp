@@ -9,6 +9,7 @@
 //   time_loop.h  the one time loop every cell family runs, and its threading over batch rows
 //   config.h     the named configurations Python passes (one field list per family)
 //   lstm.h, lstm_rows.h, gru.h, rnn.h   one cell family each: its step and its backward
+//   regularise.h recurrent dropout and zoneout inside those loops (masks drawn in Python)
 //
 // The Python side does the work that is one big operation per sequence (input projection with
 // the bias folded in; weight, bias and input gradients as GEMMs over all steps); the kernels do
@@ -65,6 +66,19 @@ void check_steps(const Tensor& t, int64_t T, int64_t B, int64_t width, const cha
 }
 
 // The kernels' results by name; an undefined tensor (a result that does not apply) is None.
+// An optional operand (the regularisers' masks): None is an empty tensor, "absent".
+using Opt = std::optional<Tensor>;
+Tensor opt(const Opt& t) { return t.has_value() ? *t : Tensor(); }
+
+// The regularisers' masks (empty: off): rmask [B, W], zc [T, B, H], zh [T, B, W].
+void check_masks(const Tensor& rmask, const Tensor& zc, const Tensor& zh, const Tensor& like,
+                 int64_t T, int64_t B, int64_t W, int64_t H) {
+  check_operand(rmask, like, rmask.defined() && rmask.numel() > 0, B * W,
+                "the recurrent dropout mask");
+  check_operand(zc, like, zc.defined() && zc.numel() > 0, T * B * H, "the cell zoneout mask");
+  check_operand(zh, like, zh.defined() && zh.numel() > 0, T * B * W, "the hidden zoneout mask");
+}
+
 py::dict named(std::initializer_list<const char*> names, const std::vector<Tensor>& values) {
   TORCH_CHECK(names.size() == values.size(), "lstmkit engine: result names do not match");
   py::dict out;
@@ -78,7 +92,10 @@ py::dict named(std::initializer_list<const char*> names, const std::vector<Tenso
 
 py::dict lstm_forward(const LstmConfig& cfg, Tensor xg, Tensor wcat, Tensor peep, Tensor w_hr,
                       Tensor h0, Tensor c0, Tensor a0, Tensor lengths, bool save,
-                      bool return_cells) {
+                      bool return_cells, Opt rmask_, Opt zc_, Opt zh_) {
+  const Tensor rmask = opt(rmask_);
+  const Tensor zc = opt(zc_);
+  const Tensor zh = opt(zh_);
   TORCH_CHECK(xg.dim() == 3 && xg.is_contiguous() && xg.device().is_cpu(),
               "lstmkit engine: xg must be a contiguous CPU tensor [T,B,R]");
   const LstmCfg c = lstm_cfg(cfg, xg.size(0), xg.size(1));
@@ -92,17 +109,23 @@ py::dict lstm_forward(const LstmConfig& cfg, Tensor xg, Tensor wcat, Tensor peep
   check_operand(c0, xg, true, B * c.H, "c0");
   check_operand(a0, xg, c.G > 0, B * c.G, "the initial gate activations");
   check_lengths(lengths, B);
+  check_masks(rmask, zc, zh, xg, c.T, B, c.out, c.H);
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_forward", [&] {
     res = lstm_forward_impl<scalar_t>(c, xg, wcat, peep, w_hr, h0, c0, a0, lengths, save,
-                                      return_cells);
+                                      return_cells,
+                                      make_reg<scalar_t>(rmask, zc, zh, B, c.out, c.H));
   });
-  return named({"y", "h", "c", "a", "cells", "rec_in", "c_all", "m_all"}, res);
+  return named({"y", "h", "c", "a", "cells", "rec_in", "c_all", "m_all", "c_tilde"}, res);
 }
 
 py::dict lstm_backward(const LstmConfig& cfg, Tensor gates, Tensor wcat, Tensor peep, Tensor w_hr,
                        Tensor c_all, Tensor lengths, Tensor dy, Tensor dh, Tensor dc, Tensor da,
-                       Tensor dcells) {
+                       Tensor dcells, Opt rmask_, Opt zc_, Opt zh_, Opt c_tilde_) {
+  const Tensor rmask = opt(rmask_);
+  const Tensor zc = opt(zc_);
+  const Tensor zh = opt(zh_);
+  const Tensor c_tilde = opt(c_tilde_);
   TORCH_CHECK(gates.dim() == 3, "lstmkit engine: gates must be [T,B,R]");
   const LstmCfg c = lstm_cfg(cfg, gates.size(0), gates.size(1));
   check_steps(gates, c.T, c.B, c.R, "gates");
@@ -116,16 +139,22 @@ py::dict lstm_backward(const LstmConfig& cfg, Tensor gates, Tensor wcat, Tensor 
   check_operand(da, gates, c.G > 0, c.B * c.G, "da");
   check_operand(dcells, gates, dcells.defined() && dcells.numel() > 0, c.T * c.B * c.H, "dcells");
   check_lengths(lengths, c.B);
+  check_masks(rmask, zc, zh, gates, c.T, c.B, c.out, c.H);
+  if (zc.defined() && zc.numel() > 0) check_steps(c_tilde, c.T, c.B, c.H, "c_tilde");
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     res = lstm_backward_impl<scalar_t>(c, gates, wcat, peep, w_hr, c_all, lengths, dy, dh, dc,
-                                       da, dcells);
+                                       da, dcells,
+                                       make_reg<scalar_t>(rmask, zc, zh, c.B, c.out, c.H),
+                                       c_tilde);
   });
   return named({"dz", "dh0", "dc0", "da0", "dh_all", "dpeep"}, res);
 }
 
 py::dict gru_forward(const GruConfig& c, Tensor xg, Tensor w_hh, Tensor b_hn, Tensor h0,
-                     Tensor lengths, bool save) {
+                     Tensor lengths, bool save, Opt rmask_, Opt zh_) {
+  const Tensor rmask = opt(rmask_);
+  const Tensor zh = opt(zh_);
   TORCH_CHECK(c.hidden >= 0, "lstmkit engine: GruConfig.hidden must be >= 0");
   TORCH_CHECK(xg.dim() == 3, "lstmkit engine: xg must be [T,B,3H]");
   const int64_t B = xg.size(1);
@@ -134,15 +163,20 @@ py::dict gru_forward(const GruConfig& c, Tensor xg, Tensor w_hh, Tensor b_hn, Te
   check_operand(b_hn, xg, b_hn.defined() && b_hn.numel() > 0, c.hidden, "the candidate bias");
   check_operand(h0, xg, true, B * c.hidden, "h0");
   check_lengths(lengths, B);
+  check_masks(rmask, Tensor(), zh, xg, xg.size(0), B, c.hidden, c.hidden);
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "gru_forward", [&] {
-    res = gru_forward_impl<scalar_t>(c, xg, w_hh, b_hn, h0, lengths, save);
+    res = gru_forward_impl<scalar_t>(
+        c, xg, w_hh, b_hn, h0, lengths, save,
+        make_reg<scalar_t>(rmask, Tensor(), zh, B, c.hidden, c.hidden));
   });
   return named({"y", "h", "h_all", "aux"}, res);
 }
 
 py::dict gru_backward(const GruConfig& c, Tensor gates, Tensor w_hh, Tensor h_all, Tensor aux,
-                      Tensor lengths, Tensor dy, Tensor dh) {
+                      Tensor lengths, Tensor dy, Tensor dh, Opt rmask_, Opt zh_) {
+  const Tensor rmask = opt(rmask_);
+  const Tensor zh = opt(zh_);
   TORCH_CHECK(gates.dim() == 3, "lstmkit engine: gates must be [T,B,3H]");
   const int64_t T = gates.size(0), B = gates.size(1), H = c.hidden;
   check_steps(gates, T, B, 3 * H, "gates");
@@ -152,30 +186,39 @@ py::dict gru_backward(const GruConfig& c, Tensor gates, Tensor w_hh, Tensor h_al
   check_operand(w_hh, gates, true, 3 * H * H, "weight_hh");
   check_operand(dh, gates, true, B * H, "dh");
   check_lengths(lengths, B);
+  check_masks(rmask, Tensor(), zh, gates, T, B, H, H);
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
-    res = gru_backward_impl<scalar_t>(c, gates, w_hh, h_all, aux, lengths, dy, dh);
+    res = gru_backward_impl<scalar_t>(c, gates, w_hh, h_all, aux, lengths, dy, dh,
+                                      make_reg<scalar_t>(rmask, Tensor(), zh, B, H, H));
   });
   return named({"dz", "drec", "dh0"}, res);
 }
 
 py::dict rnn_forward(const RnnConfig& c, Tensor xg, Tensor w_hh, Tensor h0, Tensor lengths,
-                     bool save) {
+                     bool save, Opt rmask_, Opt zh_) {
+  const Tensor rmask = opt(rmask_);
+  const Tensor zh = opt(zh_);
   TORCH_CHECK(c.hidden >= 0 && xg.dim() == 3, "lstmkit engine: xg must be [T,B,H]");
   const int64_t B = xg.size(1);
   check_steps(xg, xg.size(0), B, c.hidden, "xg");
   check_operand(w_hh, xg, true, c.hidden * c.hidden, "weight_hh");
   check_operand(h0, xg, true, B * c.hidden, "h0");
   check_lengths(lengths, B);
+  check_masks(rmask, Tensor(), zh, xg, xg.size(0), B, c.hidden, c.hidden);
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "rnn_forward", [&] {
-    res = rnn_forward_impl<scalar_t>(c, xg, w_hh, h0, lengths, save);
+    res = rnn_forward_impl<scalar_t>(
+        c, xg, w_hh, h0, lengths, save,
+        make_reg<scalar_t>(rmask, Tensor(), zh, B, c.hidden, c.hidden));
   });
   return named({"y", "h", "h_all"}, res);
 }
 
 py::dict rnn_backward(const RnnConfig& c, Tensor hact, Tensor w_hh, Tensor lengths, Tensor dy,
-                      Tensor dh) {
+                      Tensor dh, Opt rmask_, Opt zh_) {
+  const Tensor rmask = opt(rmask_);
+  const Tensor zh = opt(zh_);
   TORCH_CHECK(hact.dim() == 3, "lstmkit engine: hact must be [T,B,H]");
   const int64_t T = hact.size(0), B = hact.size(1);
   check_steps(hact, T, B, c.hidden, "hact");
@@ -183,9 +226,12 @@ py::dict rnn_backward(const RnnConfig& c, Tensor hact, Tensor w_hh, Tensor lengt
   check_operand(w_hh, hact, true, c.hidden * c.hidden, "weight_hh");
   check_operand(dh, hact, true, B * c.hidden, "dh");
   check_lengths(lengths, B);
+  check_masks(rmask, Tensor(), zh, hact, T, B, c.hidden, c.hidden);
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(hact.scalar_type(), "rnn_backward", [&] {
-    res = rnn_backward_impl<scalar_t>(c, hact, w_hh, lengths, dy, dh);
+    res = rnn_backward_impl<scalar_t>(c, hact, w_hh, lengths, dy, dh,
+                                      make_reg<scalar_t>(rmask, Tensor(), zh, B, c.hidden,
+                                                         c.hidden));
   });
   return named({"dz", "dh0"}, res);
 }
@@ -353,18 +399,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using py::arg;
   m.def("lstm_forward", &lstm_forward, arg("cfg"), arg("xg"), arg("wcat"), arg("peep"),
         arg("w_hr"), arg("h0"), arg("c0"), arg("a0"), arg("lengths"), arg("save"),
-        arg("return_cells"));
+        arg("return_cells"), arg("rmask") = py::none(), arg("zc") = py::none(),
+        arg("zh") = py::none());
   m.def("lstm_backward", &lstm_backward, arg("cfg"), arg("gates"), arg("wcat"), arg("peep"),
         arg("w_hr"), arg("c_all"), arg("lengths"), arg("dy"), arg("dh"), arg("dc"), arg("da"),
-        arg("dcells"));
+        arg("dcells"), arg("rmask") = py::none(), arg("zc") = py::none(), arg("zh") = py::none(),
+        arg("c_tilde") = py::none());
   m.def("gru_forward", &gru_forward, arg("cfg"), arg("xg"), arg("w_hh"), arg("b_hn"), arg("h0"),
-        arg("lengths"), arg("save"));
+        arg("lengths"), arg("save"), arg("rmask") = py::none(), arg("zh") = py::none());
   m.def("gru_backward", &gru_backward, arg("cfg"), arg("gates"), arg("w_hh"), arg("h_all"),
-        arg("aux"), arg("lengths"), arg("dy"), arg("dh"));
+        arg("aux"), arg("lengths"), arg("dy"), arg("dh"), arg("rmask") = py::none(),
+        arg("zh") = py::none());
   m.def("rnn_forward", &rnn_forward, arg("cfg"), arg("xg"), arg("w_hh"), arg("h0"),
-        arg("lengths"), arg("save"));
+        arg("lengths"), arg("save"), arg("rmask") = py::none(), arg("zh") = py::none());
   m.def("rnn_backward", &rnn_backward, arg("cfg"), arg("hact"), arg("w_hh"), arg("lengths"),
-        arg("dy"), arg("dh"));
+        arg("dy"), arg("dh"), arg("rmask") = py::none(), arg("zh") = py::none());
   m.def("lstm_train_steps", &lstm_train_steps, arg("cfg"), arg("packed"), arg("exp_avg"),
         arg("exp_avg_sq"), arg("adam_steps"), arg("live"), arg("index"), arg("sizes"), arg("x"),
         arg("targets"), arg("mask"), arg("scale"), arg("steps"), arg("activation"),

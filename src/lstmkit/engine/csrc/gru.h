@@ -7,6 +7,7 @@
 
 #include "config.h"
 #include "gemm.h"
+#include "regularise.h"
 #include "time_loop.h"
 
 namespace lstmkit {
@@ -26,7 +27,7 @@ LSTMKIT_CONFIG_STRUCT(GruConfig, LSTMKIT_GRU_CONFIG)
 template <typename T>
 std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor& w_hh,
                                      const Tensor& b_hn, const Tensor& h0, const Tensor& lengths,
-                                     bool full) {
+                                     bool full, const Reg<T>& reg) {
   const int64_t T_ = xg.size(0), B = xg.size(1), H = c.hidden, R = 3 * H;
   auto opts = xg.options();
   Tensor hs = at::empty({full ? T_ + 1 : 2, B, H}, opts);
@@ -41,6 +42,8 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
   const T* w_p = w_hh.data_ptr<T>();
   const T* bn = ptr_or_null<T>(b_hn);
   const Valid valid = make_valid(lengths);
+  Tensor hm = reg.rmask ? at::empty({B, H}, opts) : Tensor();
+  T* hm_p = reg.rmask ? hm.data_ptr<T>() : nullptr;
   copy_row(hs_p + slot(c.reverse ? T_ : 0, full) * B * H, h0.data_ptr<T>(), B * H);
   const int64_t grain = grain_rows(R);
   // reset_after: all three blocks at once; Cho: r and z first, then the candidate on r * h.
@@ -53,16 +56,22 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
     T* z = xg_p + s.t * B * R;
     T* yt = y_p + s.t * B * H;
     T* auxt = aux_p + (full ? s.t : 0) * B * H;
+    // The recurrent products read h(t-1) under the recurrent-dropout mask.
+    const T* hr = hp;
+    if (hm_p) {
+      masked_input(reg, hp, hm_p, H, r0, r1);
+      hr = hm_p;
+    }
     if (c.reset_after) {
-      w_step(M, hp + r0 * H, H, false, rec_p + r0 * R, R);
+      w_step(M, hr + r0 * H, H, false, rec_p + r0 * R, R);
     } else {
-      w_step(M, hp + r0 * H, H, true, z + r0 * R, R);
+      w_step(M, hr + r0 * H, H, true, z + r0 * R, R);
       // Padded rows too: their r * h is multiplied by a zero gradient, so it must be finite.
       at::parallel_for(r0, r1, grain, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           T* zr = z + b * R;
           act_fwd(c.gate_activation, zr, 2 * H);
-          const T* h = hp + b * H;
+          const T* h = hr + b * H;
           T* rh = auxt + b * H;
 #pragma omp simd
           for (int64_t j = 0; j < H; ++j) rh[j] = zr[j] * h[j];
@@ -96,6 +105,7 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
           T* ho = hn + b * H;
 #pragma omp simd
           for (int64_t j = 0; j < H; ++j) ho[j] = zn[j] + zz[j] * (h[j] - zn[j]);
+          if (reg.zh) zone_row(ho, h, reg.zh_row(s.t, b), H);
           copy_row(yt + b * H, static_cast<const T*>(ho), H);
         },
         [&](int64_t b) {
@@ -113,7 +123,7 @@ template <typename T>
 std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
                                       const Tensor& w_hh, const Tensor& hs, const Tensor& aux,
                                       const Tensor& lengths, const Tensor& dy,
-                                      const Tensor& dhT) {
+                                      const Tensor& dhT, const Reg<T>& reg) {
   const int64_t T_ = gates.size(0), B = gates.size(1), H = c.hidden, R = 3 * H;
   auto opts = gates.options();
   Tensor dz = at::empty({T_, B, R}, opts);
@@ -133,6 +143,9 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
   const int64_t grain = grain_rows(R);
   const StepGemm<T> w_back(false, H, c.reset_after ? R : 2 * H, w_p, H);
   const StepGemm<T> w_back_n(false, H, H, c.reset_after ? nullptr : w_p + 2 * H * H, H);
+  // Recurrent dropout: the gradient of the masked h(t-1) collects here, then dh += m * it.
+  Tensor dtmp = reg.rmask ? at::empty({B, H}, opts) : Tensor();
+  T* dtmp_p = reg.rmask ? dtmp.data_ptr<T>() : nullptr;
   time_loop(T_, B, c.reverse, true, [&](const Step& s, int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0, t = s.t;
     const T* hp = hs_p + s.prev * B * H;
@@ -154,12 +167,25 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
           T* dr = d;
           T* dzz = d + H;
           T* dn = d + 2 * H;
+          if (reg.zh) {
+            // Zoneout: d of the gradient goes straight to h(t-1), (1 - d) through the update.
+            const T* zd = reg.zh_row(t, b);
 #pragma omp simd
-          for (int64_t j = 0; j < H; ++j) {
-            T dht = dyt[b * H + j] + dhb[j];
-            dn[j] = dht * (T(1) - gz[j]);
-            dzz[j] = dht * (h[j] - gn[j]);
-            dhb[j] = dht * gz[j];
+            for (int64_t j = 0; j < H; ++j) {
+              const T g = dyt[b * H + j] + dhb[j];
+              const T dht = (T(1) - zd[j]) * g;
+              dn[j] = dht * (T(1) - gz[j]);
+              dzz[j] = dht * (h[j] - gn[j]);
+              dhb[j] = dht * gz[j] + zd[j] * g;
+            }
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+              T dht = dyt[b * H + j] + dhb[j];
+              dn[j] = dht * (T(1) - gz[j]);
+              dzz[j] = dht * (h[j] - gn[j]);
+              dhb[j] = dht * gz[j];
+            }
           }
           act_bwd(c.input_activation, gn, dn, H);
           act_bwd(c.gate_activation, gz, dzz, H);
@@ -178,7 +204,10 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
           zero_row(dzt + b * R, R);
           if (drt) zero_row(drt + b * R, R);
         });
-    if (c.reset_after) {
+    if (c.reset_after && dtmp_p) {
+      w_back(M, drt + r0 * R, R, false, dtmp_p + r0 * H, H);
+      add_masked_grad(reg, static_cast<const T*>(dtmp_p), dh_p, H, r0, r1);
+    } else if (c.reset_after) {
       w_back(M, drt + r0 * R, R, true, dh_p + r0 * H, H);
     } else {
       w_back_n(M, dzt + r0 * R + 2 * H, R, false, drh_p + r0 * H, H);
@@ -190,15 +219,30 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
             const T* drhb = drh_p + b * H;
             T* dr = dzt + b * R;
             T* dhb = dh_p + b * H;
+            if (dtmp_p) {
+              // r * (m * h): the mask scales both the reset gate's input and h's gradient.
+              const T* m = reg.rmask_row(b);
 #pragma omp simd
-            for (int64_t j = 0; j < H; ++j) {
-              dr[j] = drhb[j] * h[j];
-              dhb[j] += drhb[j] * gr[j];
+              for (int64_t j = 0; j < H; ++j) {
+                dr[j] = drhb[j] * m[j] * h[j];
+                dhb[j] += drhb[j] * gr[j] * m[j];
+              }
+            } else {
+#pragma omp simd
+              for (int64_t j = 0; j < H; ++j) {
+                dr[j] = drhb[j] * h[j];
+                dhb[j] += drhb[j] * gr[j];
+              }
             }
             act_bwd(c.gate_activation, gr, dr, H);
           },
           [](int64_t) {});
-      w_back(M, dzt + r0 * R, R, true, dh_p + r0 * H, H);
+      if (dtmp_p) {
+        w_back(M, dzt + r0 * R, R, false, dtmp_p + r0 * H, H);
+        add_masked_grad(reg, static_cast<const T*>(dtmp_p), dh_p, H, r0, r1);
+      } else {
+        w_back(M, dzt + r0 * R, R, true, dh_p + r0 * H, H);
+      }
     }
   });
   return {dz, drec, dh};

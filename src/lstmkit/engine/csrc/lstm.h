@@ -4,6 +4,7 @@
 
 #include "gemm.h"
 #include "lstm_rows.h"
+#include "regularise.h"
 #include "time_loop.h"
 
 namespace lstmkit {
@@ -12,12 +13,13 @@ using at::Tensor;
 
 // Forward over the sequence. xg [T,B,R]: x W_ih^T + b, overwritten with the activated gates.
 // Returns {y [T,B,out], h_T, c_T, a_T, cells [T,B,H] or empty, rin [T+1,B,KS], c_all [T+1,B,H],
-// m_all [T,B,H] or empty} (the last three full only when saving for backward).
+// m_all [T,B,H] or empty, c_tilde [T,B,H] or empty} (the last four full only when saving for
+// backward; c_tilde, the cell update before zoneout, only with zoneout on c).
 template <typename T>
 std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor& wcat,
                                       const Tensor& peep, const Tensor& w_hr, const Tensor& h0,
                                       const Tensor& c0, const Tensor& a0, const Tensor& lengths,
-                                      bool full, bool return_cells) {
+                                      bool full, bool return_cells, const Reg<T>& reg) {
   const int64_t T_ = c.T, B = c.B, H = c.H, R = c.R, KS = c.KS;
   auto opts = xg.options();
   const int64_t n_states = full ? T_ + 1 : 2;
@@ -39,6 +41,12 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
   const T* pf = pe ? pe + H : nullptr;
   const T* po = pe ? pe + 2 * H : nullptr;
   const Valid valid = make_valid(lengths);
+  // Regularisers: the masked recurrent input, and c~(t) before zoneout for backward.
+  const bool rmasked = reg.rmask && c.hidden_rec;
+  Tensor hm = rmasked ? at::empty({B, KS}, opts) : Tensor();
+  Tensor ctil = reg.zc && full ? at::empty({T_, B, H}, opts) : Tensor();
+  T* hm_p = rmasked ? hm.data_ptr<T>() : nullptr;
+  T* ctil_p = ctil.defined() ? ctil.data_ptr<T>() : nullptr;
   {
     const int64_t i0 = slot(c.rev ? T_ : 0, full);
     T* r0 = rin_p + i0 * B * KS;
@@ -56,7 +64,8 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
   const StdRow fast = settings().use_kernel ? std_row(c) : nullptr;
   // Inference with every row valid, no projection and no carried gates: h(t) is y[t] itself, so
   // each step writes it into y and the next step reads it there (no copy through the ring).
-  const bool h_in_y = !full && !c.proj && c.G == 0 && valid.len == nullptr && T_ > 0;
+  const bool h_in_y = !full && !c.proj && c.G == 0 && valid.len == nullptr && T_ > 0 &&
+                      !reg.any();
   time_loop(T_, B, c.rev, false, [&](const Step& st, int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0, t = st.t;
     T* rp = rin_p + slot(st.prev, full) * B * KS;
@@ -67,6 +76,10 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
     T* yt = y_p + t * B * c.out;
     T* mt = c.proj ? m_p + (full ? t : 0) * B * H : nullptr;
     const T* hp = h_in_y && st.k > 0 ? y_p + (c.rev ? t + 1 : t - 1) * B * c.out : rp;
+    if (rmasked) {
+      masked_input(reg, hp, hm_p, KS, r0, r1);
+      hp = hm_p;
+    }
     if (c.KG > 0) {
       rec(active_rows(valid, t, r0, r1), hp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
     }
@@ -84,6 +97,14 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
             }
           }
           if (!done) lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m, a, pi, pf, po, tmp);
+          // Zoneout: each unit of c and h keeps its previous value with weight d.
+          if (reg.zc) {
+            if (ctil_p) copy_row(ctil_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
+            zone_row(cn + b * H, static_cast<const T*>(cp + b * H), reg.zc_row(t, b), H);
+          }
+          if (reg.zh && !c.proj) {
+            zone_row(m, static_cast<const T*>(rp + b * KS), reg.zh_row(t, b), c.out);
+          }
           if (!c.proj) copy_row(yt + b * c.out, static_cast<const T*>(m), c.out);
           if (cells_p) copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
         },
@@ -103,6 +124,8 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
       project(M, mt + r0 * H, H, false, rn + r0 * KS, KS);
       for (int64_t b = r0; b < r1; ++b) {
         if (valid(b, t)) {
+          if (reg.zh) zone_row(rn + b * KS, static_cast<const T*>(rp + b * KS), reg.zh_row(t, b),
+                               c.out);
           copy_row(yt + b * c.out, static_cast<const T*>(rn + b * KS), c.out);
         } else {
           copy_row(rn + b * KS, static_cast<const T*>(rp + b * KS), c.out);
@@ -117,17 +140,19 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
   Tensor aT = c.G ? last.narrow(1, c.out, c.G).clone() : Tensor();
   Tensor cT = call.select(0, iT).clone();
   return {y, hT, cT, aT, cells, full ? rin : Tensor(), full ? call : Tensor(),
-          full ? mall : Tensor()};
+          full ? mall : Tensor(), ctil};
 }
 
 // Backward over the sequence. Returns {dz [T,B,R], dh0, dc0, da0, dh_all [T,B,out] (proj only),
-// dpeep [3,H] (peepholes only: the gradients of the i, f, o peephole weights)}.
+// dpeep [3,H] (peepholes only: the gradients of the i, f, o peephole weights)}. ctil: c~(t), the
+// cell updates before zoneout (only with zoneout on c).
 template <typename T>
 std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, const Tensor& wcat,
                                        const Tensor& peep, const Tensor& w_hr,
                                        const Tensor& call, const Tensor& lengths, const Tensor& dy,
                                        const Tensor& dhT, const Tensor& dcT, const Tensor& daT,
-                                       const Tensor& dcells) {
+                                       const Tensor& dcells, const Reg<T>& reg,
+                                       const Tensor& ctil) {
   const int64_t T_ = c.T, B = c.B, H = c.H, R = c.R, KS = c.KS, out = c.out;
   auto opts = gates.options();
   Tensor dz = at::empty({T_, B, R}, opts);
@@ -166,10 +191,18 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   const StepGemm<T> drec(false, c.KG, R, state_grad ? w_p : nullptr, c.KG);
   const StepGemm<T> dproject(false, H, out, c.proj ? hr_p : nullptr, H);
   const StdBwdRow fast = settings().use_kernel ? std_bwd_row(c) : nullptr;
+  // Regularisers: zoneout's share of the h gradient for h(t-1), the unmasked state-gradient GEMM.
+  const bool rmasked = reg.rmask && c.hidden_rec && state_grad;
+  Tensor dkeep = reg.zh ? at::empty({B, out}, opts) : Tensor();
+  Tensor dtmp = rmasked ? at::empty({B, KS}, opts) : Tensor();
+  T* dkeep_p = reg.zh ? dkeep.data_ptr<T>() : nullptr;
+  T* dtmp_p = rmasked ? dtmp.data_ptr<T>() : nullptr;
+  const T* ctil_p = reg.zc ? ctil.data_ptr<T>() : nullptr;
   time_loop(T_, B, c.rev, true, [&](const Step& st, int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0, t = st.t;
     const T* cp = c_p + st.prev * B * H;
-    const T* cn = c_p + st.next * B * H;
+    // With zoneout on c the rows differentiate the update c~(t), not the zoned-out c(t).
+    const T* cn = ctil_p ? ctil_p + t * B * H : c_p + st.next * B * H;
     const T* gt = g_p + t * B * R;
     T* dzt = dz_p + t * B * R;
     const T* dyt = dy_p + t * B * out;
@@ -179,6 +212,7 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
         T* dh = drin_p + b * KS;
         if (valid(b, t)) {
           for (int64_t j = 0; j < out; ++j) dht[b * out + j] = dyt[b * out + j] + dh[j];
+          if (reg.zh) zone_split(dht + b * out, dkeep_p + b * out, reg.zh_row(t, b), out);
           zero_row(dh, out);
         } else {
           zero_row(dht + b * out, out);
@@ -187,7 +221,7 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
       dproject(M, dht + r0 * out, out, false, dm_p + r0 * H, H);
     }
     for_rows<T>(
-        r0, r1, grain, 6 * H, valid, t,
+        r0, r1, grain, 7 * H + out, valid, t,
         [&](int64_t b, T* tmp) {
           T* dr = drin_p + b * KS;
           T* dcb = dc_p + b * H;
@@ -196,10 +230,30 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
 #pragma omp simd
             for (int64_t j = 0; j < H; ++j) dcb[j] += dcl[j];
           }
+          // Zoneout: the rows see (1 - d) of each state gradient; d of it is kept for t-1.
+          const T* dyb = dyt + b * out;
+          T* keep_c = tmp + 6 * H;
+          if (reg.zc) zone_split(dcb, keep_c, reg.zc_row(t, b), H);
+          if (reg.zh && !c.proj) {
+            T* g = tmp + 7 * H;
+#pragma omp simd
+            for (int64_t j = 0; j < out; ++j) g[j] = dyb[j] + dr[j];
+            zone_split(g, dkeep_p + b * out, reg.zh_row(t, b), out);
+            zero_row(dr, out);
+            dyb = g;
+          }
+          const auto zoned = [&]() {
+            if (reg.zc) {
+#pragma omp simd
+              for (int64_t j = 0; j < H; ++j) dcb[j] += keep_c[j];
+            }
+            if (reg.zh) copy_row(dr, static_cast<const T*>(dkeep_p + b * out), out);
+          };
           if constexpr (std::is_same_v<T, float>) {
             if (fast) {
-              fast(c, gt + b * R, cp + b * H, cn + b * H, dyt + b * out, dr, dcb, dzt + b * R, pi,
+              fast(c, gt + b * R, cp + b * H, cn + b * H, dyb, dr, dcb, dzt + b * R, pi,
                    pf, po, dpr_p ? dpr_p + b * 3 * H : nullptr);
+              zoned();
               return;
             }
           }
@@ -209,7 +263,7 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
           } else {
             T* t_m = tmp + 5 * H;
 #pragma omp simd
-            for (int64_t j = 0; j < H; ++j) t_m[j] = dyt[b * out + j] + dr[j];
+            for (int64_t j = 0; j < H; ++j) t_m[j] = dyb[j] + dr[j];
             dm = t_m;
           }
           lstm_bwd_row<T>(c, gt + b * R, cp + b * H, cn + b * H, dm, c.G ? dr + out : nullptr,
@@ -232,9 +286,14 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
           }
           // The state gradient of a row inside its sequence now comes only from this step.
           zero_row(dr, KS);
+          zoned();
         },
         [&](int64_t b) { zero_row(dzt + b * R, R); });
-    if (state_grad) {
+    if (rmasked) {
+      // Every row of the scratch is read back, so the product covers every row.
+      drec(M, dzt + r0 * R, R, false, dtmp_p + r0 * KS + c.koff, KS);
+      add_masked_grad(reg, static_cast<const T*>(dtmp_p), drin_p, KS, r0, r1);
+    } else if (state_grad) {
       drec(active_rows(valid, t, r0, r1), dzt + r0 * R, R, true, drin_p + r0 * KS + c.koff, KS);
     }
   });
