@@ -95,12 +95,12 @@ def test_paper_setting_trains_on_line() -> None:
     # Errors at sequence ends only: one change per sequence is the paper's rule already.
     exp3a = get("exp3a")
     assert not recipe_for("paper", None, exp3a.setting(exp3a.make_task())).online
-    trainer, _ = _make_trainer("exp1", "paper", None, 2000, 200, task_params=None,
+    trainer, _ = _make_trainer("exp1", "paper", None, 2000, 100, task_params=None,
                                checkpoint_dir=None, checkpoint_every=0, progress=False,
                                position=0)
     assert isinstance(trainer, OnlineTrainer) and trainer.alpha == setting.learning_rate
     result = trainer.run()
-    assert result.sequences == 200
+    assert result.sequences == 100
 
 
 def test_online_trainer_refuses_clipping() -> None:
