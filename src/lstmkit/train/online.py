@@ -26,7 +26,8 @@ from torch import Tensor
 
 from ..cells.layout import layout
 from ..models import SequenceModel
-from ..tasks.protocol import Batch
+from ..tasks.protocol import Batch, TrainingTask
+from .config import TrainConfig
 from .trainer import Trainer
 
 __all__ = ["OnlineTrainer", "check_online", "online_step"]
@@ -206,8 +207,8 @@ class OnlineTrainer(Trainer):
     step. The optimiser the config names is built but never steps; gradient clipping and
     truncated BPTT do not apply and are refused."""
 
-    def __init__(self, model: SequenceModel, task: Any, config: Any, criterion: Any = None,
-                 *, alpha: float, **kwargs: Any) -> None:
+    def __init__(self, model: SequenceModel, task: TrainingTask, config: TrainConfig,
+                 criterion: Any = None, *, alpha: float, **kwargs: Any) -> None:
         check_online(model)
         if config.clip_norm is not None or config.tbptt is not None:
             raise ValueError("config: expected no clip_norm and no tbptt for on-line RTRL, got "
