@@ -7,6 +7,7 @@ import torch
 
 from lstmkit import tasks
 from lstmkit.reproduce.experiments import criteria_for, describe_criteria, get
+from lstmkit.reproduce.nets import build, recipe_for
 from lstmkit.train import SequentialConstruction
 from lstmkit.train.criteria import RecentSequences, TestSet
 
@@ -90,3 +91,23 @@ def test_plateau_rule_defaults_and_checks() -> None:
                 dict(min_improvement=-0.1), dict(min_improvement="1%")):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SequentialConstruction(torch.nn.Parameter(torch.zeros(2, 3)), 1, **bad)
+
+
+def test_exp2a_paper_cell_state_drifts() -> None:
+    # Table 10 row 2a: g logistic in [0, 1], no biases, no output gate, h = identity. Every step
+    # adds y_in * g > 0 to the state, so a new cell's output reaches about p / 4 at the sequence
+    # end, for both sequences alike: the drift that saturates the output units as soon as the
+    # cell joins (docs/paper-setting-notes.md, E6).
+    exp = get("exp2a")
+    task = exp.make_task()
+    setting = exp.setting(task)
+    batch = task.test_batch()
+    for seed in (2000, 2001):
+        torch.manual_seed(seed)
+        model = build(task, setting, recipe_for("paper", None, setting))
+        with torch.no_grad():
+            cell, _ = model.layer(batch.inputs, None, lengths=batch.lengths)
+        state = cell[..., 0]  # h = identity and no output gate: the cell's output is its state
+        assert (state.diff(dim=0) > 0.1).all()
+        assert (state[-1] > 20).all()
+        assert (state[-1, 0] - state[-1, 1]).abs() < 0.5  # x and y leave almost no trace

@@ -1,11 +1,15 @@
 """The networks and training settings that ``lstmkit reproduce`` compares.
 
 * ``paper``: the ``lstm1997`` cell configured from the task's :class:`PaperSetting` (blocks,
-  squashing, connectivity, biased units, initial gate biases, weight range), trained by plain
+  squashing, connectivity, biased units, initial gate biases, weight range), trained by
   on-line gradient descent (batch 1) at the paper's learning rate, no gradient clipping. The
   paper's error E = sum_k (t_k - y_k)^2 is differentiated as in its appendix, whose error signal
   is f'(net_k) (t_k - y_k) without the factor 2; with the task's SSE loss that is learning rate
-  α / 2, which is what we use.
+  α / 2. Where errors occur at every time step (Exps. 1, 2a, 2b: :data:`EVERY_STEP_ROWS`) the
+  paper's weights change after every step, which the once-per-sequence update does not
+  reproduce, so those rows' ``lstm1997`` nets train by the paper's own rule
+  (:class:`lstmkit.train.online.OnlineTrainer` at α, ``Recipe.online``). Where errors occur at
+  sequence ends only, the two are the same update.
 * ``modern``: what a practitioner would train today: the default ``lstm`` cell with the hidden
   size of :data:`MODERN_HIDDEN` for the row (the smallest of 16, 32, 64 that solved the row in a
   short pilot run), chrono initialisation for dependencies as long as the row's longest
@@ -34,6 +38,9 @@ from ..tasks.base import PaperSetting, Task
 from ..train.trainer import TrainConfig
 
 SETTINGS = ("paper", "modern", "modern-fb1")
+#: Table 10 rows whose error signals occur at every time step (§5: "Except for Experiments 1,
+#: 2a, and 2b, ... error signals are generated only at sequence ends").
+EVERY_STEP_ROWS = ("1-1", "1-2", "1-3", "1-4", "1-5", "2a", "2b")
 #: The settings that train :func:`modern_hidden`'s net with Adam, minibatches and clipping.
 MODERN_SETTINGS = ("modern", "modern-fb1")
 
@@ -64,6 +71,8 @@ class Recipe:
     ``init`` is how the forget gates start beyond the layer's default: ``"paper"`` (the
     paper's per-row weights and gate biases, ``init_range``), ``"chrono"`` (chrono
     initialisation for the row's longest sequence), ``"forget_bias_1"`` or ``None`` (torch's).
+    ``online``: train by the paper's per-time-step rule (:mod:`lstmkit.train.online`) at
+    learning rate ``2 * lr`` (the paper's α) instead of ``optimizer``.
     """
 
     setting: str
@@ -74,6 +83,7 @@ class Recipe:
     clip_norm: float | None
     init_range: float | None
     init: str | None = None
+    online: bool = False
 
 
 def paper_spec(setting: PaperSetting) -> CellSpec:
@@ -217,7 +227,8 @@ def recipe_for(setting_name: str, cell: str | None, setting: PaperSetting) -> Re
         cell = cell or "lstm1997"
         get_spec(cell)  # unknown names fail here, listing the valid ones
         return Recipe("paper", cell, "sgd", setting.learning_rate / 2, 1, None,
-                      setting.init_range, "paper")
+                      setting.init_range, "paper",
+                      online=cell == "lstm1997" and setting.row in EVERY_STEP_ROWS)
     cell = cell or "lstm"
     get_spec(cell)
     init = "chrono" if setting_name == "modern" else "forget_bias_1"

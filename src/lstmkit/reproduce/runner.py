@@ -35,6 +35,7 @@ from ..analysis._limits import require_matplotlib
 from ..tasks.base import PaperReference, PaperSetting
 from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.construction import SequentialConstruction
+from ..train.online import OnlineTrainer
 from ..train.progress import progress_bar
 from ..train.trainer import Trainer, TrainingDiverged, TrainResult
 from ..train.trials import CHUNK, Trial, mergeable, train_trials
@@ -92,8 +93,13 @@ def _make_trainer(experiment: str, setting: str, cell: str | None, seed: int,
     callbacks = []
     if paper.sequential_construction and recipe.setting == "paper":
         callbacks.append(SequentialConstruction(model.readout.weight, model.layer.hidden_size))
-    trainer = Trainer(model, task, config, criteria, checkpoint=checkpoint, meta=meta,
-                      progress=progress, callbacks=callbacks)
+    if recipe.online:
+        trainer: Trainer = OnlineTrainer(model, task, config, criteria, alpha=2 * recipe.lr,
+                                         checkpoint=checkpoint, meta=meta, progress=progress,
+                                         callbacks=callbacks)
+    else:
+        trainer = Trainer(model, task, config, criteria, checkpoint=checkpoint, meta=meta,
+                          progress=progress, callbacks=callbacks)
     trainer.progress_desc = f"{experiment} {recipe.cell} seed {seed}"
     trainer.progress_position = position
     return trainer, callbacks
@@ -376,7 +382,10 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
 
 
 def _groups(task: Any, paper: PaperSetting, recipe: Recipe) -> bool:
-    """Whether the recipe's nets train in groups (the engine covers the cell)."""
+    """Whether the recipe's nets train in groups (the engine covers the cell, and the weights
+    change once per sequence: the on-line rule changes them within it, trial by trial)."""
+    if recipe.online:
+        return False
     with torch.random.fork_rng(devices=[]):
         return mergeable(build(task, paper, recipe)) is None
 

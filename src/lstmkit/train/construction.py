@@ -58,6 +58,12 @@ class SequentialConstruction:
         self._sum, self._count, self._previous = 0.0, 0, None
         self._hold()
 
+    @property
+    def held_columns(self) -> int:
+        """How many leading readout columns are held at zero now (0 once the cells are added):
+        a trainer that changes weights within a sequence must leave these alone."""
+        return self.columns if self.added_at is None else 0
+
     def _hold(self) -> None:
         with torch.no_grad():
             self.weight[:, : self.columns] = 0.0
