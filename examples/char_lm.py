@@ -14,9 +14,11 @@ initial weights on the same batches, and is scored on the same validation window
 * ``weight_drop``: DropConnect on the recurrent weight matrix, a new mask per forward call;
 * ``layernorm``: the layer-norm LSTM (a normaliser rather than a regulariser, for comparison).
 
-It writes a JSON file with every curve, a PNG of the validation loss (nats per character)
-against training steps, and a markdown table; the training-set size is kept small on purpose, so
-that the plain model overfits within the run and the regularisers have something to do.
+It writes a JSON file with every curve (after each configuration; a rerun with the same
+settings keeps the configurations already there), a PNG of the validation loss (nats per
+character) against training steps, and a markdown table. The training set is kept small on
+purpose, so that the plain model overfits within the run and the regularisers have something to
+do.
 
     python examples/char_lm.py --steps 1500 --out docs/char-lm
 
@@ -164,6 +166,18 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _earlier(path: Path, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The configurations an earlier run with the same settings already wrote to ``path``."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = ("steps", "eval_every", "hidden", "embed", "length", "batch", "lr", "train_bytes",
+            "val_bytes", "val_windows", "seed")
+    if any(earlier.get("args", {}).get(k) != meta[k] for k in same):
+        return {}
+    return {r["name"]: r for r in earlier.get("results", [])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -178,7 +192,8 @@ def main() -> None:
     parser.add_argument("--val-bytes", type=int, default=100_000)
     parser.add_argument("--val-windows", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (more only on an idle machine)")
     parser.add_argument("--out", type=Path, default=Path("char-lm"),
                         help="output prefix: writes PREFIX.json, PREFIX.png, PREFIX.md")
     args = parser.parse_args()
@@ -192,11 +207,21 @@ def main() -> None:
     train_text, val_text = corpus(args.train_bytes, args.val_bytes)
     print(f"corpus: {len(train_text):,} training and {len(val_text):,} validation characters "
           "from the standard library's .py files", flush=True)
-    results = [train(name, args, train_text, val_text) for name in args.configs]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    Path(f"{args.out}.json").write_text(json.dumps({"args": meta, "results": results},
-                                                   indent=1))
+    done = _earlier(Path(f"{args.out}.json"), meta)
+    results = []
+    for name in args.configs:
+        if name in done:
+            print(f"{name}: kept from {args.out}.json", flush=True)
+            results.append(done[name])
+            continue
+        results.append(train(name, args, train_text, val_text))
+        # Written after every configuration: an interrupted run keeps what it finished.
+        keep = {**done, **{r["name"]: r for r in results}}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{args.out}.json.tmp")
+        tmp.write_text(json.dumps({"args": meta, "results": list(keep.values())}, indent=1))
+        tmp.replace(f"{args.out}.json")
     plot(results, Path(f"{args.out}.png"))
     Path(f"{args.out}.md").write_text(table(results) + "\n")
     print()

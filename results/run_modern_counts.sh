@@ -1,0 +1,10 @@
+#!/bin/sh
+# The modern setting at the paper's trial counts (30 trials for Exp. 1, 10 elsewhere), default
+# budgets, seeds 3000 onwards (none of them used elsewhere in RESULTS.md), trials side by side.
+set -e
+for row in exp3a exp6a exp3b exp2a exp2b exp1 exp2c-q50-p50 exp3c exp4-T500 exp6b exp5-T100; do
+  n=10; [ "$row" = exp1 ] && n=30
+  [ -f "results/trial-counts-modern/$row/results.json" ] && continue
+  lstmkit reproduce "$row" --setting modern --trials "$n" --seed 3000 --workers "${WORKERS:-1}" \
+    --quiet --out "results/trial-counts-modern/$row"
+done
