@@ -67,8 +67,9 @@ def param_shapes(
         shapes["ln_ih_weight"] = (rows,)
         if spec.hidden_recurrence:
             shapes["ln_hh_weight"] = (rows,)
-        shapes["ln_c_weight"] = (hidden_size,)
-        shapes["ln_c_bias"] = (hidden_size,)
+        if spec.family == "lstm":
+            shapes["ln_c_weight"] = (hidden_size,)
+            shapes["ln_c_bias"] = (hidden_size,)
     return shapes
 
 
@@ -203,6 +204,8 @@ def gru_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor) -> tuple[C
     ``r = σ(x_r + R_r h + b'_r)``, ``z = σ(x_z + R_z h + b'_z)``, then the candidate
     ``n = tanh(x_n + r ⊙ (R_n h + b'_n))`` (``reset_after``, torch) or
     ``n = tanh(x_n + R_n (r ⊙ h) + b'_n)`` (Cho et al. 2014), and ``h' = (1 - z) ⊙ n + z ⊙ h``.
+    With ``layer_norm`` every ``R h`` above is ``LN(R h)`` (all three blocks normalised together,
+    gain only, before ``b'``), and ``x_proj`` holds ``LN(W x) + b``.
     """
     (h,) = carry
     hidden_size = h.shape[-1]
