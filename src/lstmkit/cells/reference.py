@@ -78,8 +78,12 @@ def full_bias(spec: CellSpec, hidden_size: int, bias: Tensor) -> Tensor:
     return layout(spec, hidden_size).expand(bias, spec.biased_blocks())
 
 
+#: The layer norms' epsilon (``F.layer_norm``'s default); the engine uses the same.
+LAYER_NORM_EPS = 1e-5
+
+
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    return F.layer_norm(x, x.shape[-1:], weight, bias, eps=1e-5)
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps=LAYER_NORM_EPS)
 
 
 def input_projection(spec: CellSpec, p: Params, x: Tensor, hidden_size: int) -> Tensor:

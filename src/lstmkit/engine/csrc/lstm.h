@@ -12,12 +12,15 @@ using at::Tensor;
 
 // Forward over the sequence. xg [T,B,R]: x W_ih^T + b, overwritten with the activated gates.
 // Returns {y [T,B,out], h_T, c_T, a_T, cells [T,B,H] or empty, rin [T+1,B,KS], c_all [T+1,B,H],
-// m_all [T,B,H] or empty} (the last three full only when saving for backward).
+// m_all [T,B,H] or empty, ln_rec [T,B,R], ln_rstd [T,B]} (the last five full only when saving
+// for backward; the last two, the normalised W_hh h(t-1) and its 1/std, only with layer norm).
+// ln_hh, ln_cw, ln_cb: the layer-norm gains of W_hh h and of c and the shift of c (layer norm).
 template <typename T>
 std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor& wcat,
                                       const Tensor& peep, const Tensor& w_hr, const Tensor& h0,
                                       const Tensor& c0, const Tensor& a0, const Tensor& lengths,
-                                      bool full, bool return_cells) {
+                                      bool full, bool return_cells, const Tensor& ln_hh,
+                                      const Tensor& ln_cw, const Tensor& ln_cb) {
   const int64_t T_ = c.T, B = c.B, H = c.H, R = c.R, KS = c.KS;
   auto opts = xg.options();
   const int64_t n_states = full ? T_ + 1 : 2;
@@ -39,6 +42,14 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
   const T* pf = pe ? pe + H : nullptr;
   const T* po = pe ? pe + 2 * H : nullptr;
   const Valid valid = make_valid(lengths);
+  const LnParams<T> lnp{ptr_or_null<T>(ln_hh), ptr_or_null<T>(ln_cw), ptr_or_null<T>(ln_cb)};
+  const LnParams<T>* ln = c.ln_c ? &lnp : nullptr;
+  // Layer norm of W_hh h(t-1): the step's GEMM writes the product here, not into z, and each row
+  // is normalised and added to z (kept for backward when saving, else one step's worth).
+  Tensor lnq = c.ln_rec ? at::empty({full ? T_ : 1, B, R}, opts) : Tensor();
+  Tensor lnr = c.ln_rec ? at::empty({full ? T_ : 1, B}, opts) : Tensor();
+  T* lnq_p = c.ln_rec ? lnq.data_ptr<T>() : nullptr;
+  T* lnr_p = c.ln_rec ? lnr.data_ptr<T>() : nullptr;
   {
     const int64_t i0 = slot(c.rev ? T_ : 0, full);
     T* r0 = rin_p + i0 * B * KS;
@@ -67,10 +78,22 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
     T* yt = y_p + t * B * c.out;
     T* mt = c.proj ? m_p + (full ? t : 0) * B * H : nullptr;
     const T* hp = h_in_y && st.k > 0 ? y_p + (c.rev ? t + 1 : t - 1) * B * c.out : rp;
-    if (c.KG > 0) rec(M, hp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
+    T* q = c.ln_rec ? lnq_p + (full ? t : 0) * B * R : nullptr;
+    if (c.KG > 0) {
+      if (q) {
+        rec(M, hp + r0 * KS + c.koff, KS, false, q + r0 * R, R);
+      } else {
+        rec(M, hp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
+      }
+    }
     for_rows<T>(
         r0, r1, grain, 4 * H, valid, t,
         [&](int64_t b, T* tmp) {
+          if (q) {
+            T* qb = q + b * R;
+            lnr_p[(full ? t : 0) * B + b] = ln_normalise(qb, R);
+            ln_affine(z + b * R, static_cast<const T*>(qb), lnp.g_hh, nullptr, R, true);
+          }
           T* m = c.proj ? mt + b * H : (h_in_y ? yt + b * c.out : rn + b * KS);
           T* a = c.G ? rn + b * KS + c.out : nullptr;
           bool done = false;
@@ -81,7 +104,9 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
               done = true;
             }
           }
-          if (!done) lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m, a, pi, pf, po, tmp);
+          if (!done) {
+            lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m, a, pi, pf, po, tmp, ln);
+          }
           if (!c.proj) copy_row(yt + b * c.out, static_cast<const T*>(m), c.out);
           if (cells_p) copy_row(cells_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
         },
@@ -115,17 +140,22 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
   Tensor aT = c.G ? last.narrow(1, c.out, c.G).clone() : Tensor();
   Tensor cT = call.select(0, iT).clone();
   return {y, hT, cT, aT, cells, full ? rin : Tensor(), full ? call : Tensor(),
-          full ? mall : Tensor()};
+          full ? mall : Tensor(), full ? lnq : Tensor(), full ? lnr : Tensor()};
 }
 
 // Backward over the sequence. Returns {dz [T,B,R], dh0, dc0, da0, dh_all [T,B,out] (proj only),
-// dpeep [3,H] (peepholes only: the gradients of the i, f, o peephole weights)}.
+// dpeep [3,H] (peepholes only: the gradients of the i, f, o peephole weights), drec [T,B,R]
+// (layer norm of W_hh h only: the gradient of W_hh h(t-1) itself, where dz is that of its
+// normalised value), dln_c [2,H] (layer norm only: the gradients of c's gain and shift)}.
+// ln_rec, ln_rstd: what the forward saved of the normalised W_hh h(t-1).
 template <typename T>
 std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, const Tensor& wcat,
                                        const Tensor& peep, const Tensor& w_hr,
                                        const Tensor& call, const Tensor& lengths, const Tensor& dy,
                                        const Tensor& dhT, const Tensor& dcT, const Tensor& daT,
-                                       const Tensor& dcells) {
+                                       const Tensor& dcells, const Tensor& ln_hh,
+                                       const Tensor& ln_cw, const Tensor& ln_cb,
+                                       const Tensor& ln_rec, const Tensor& ln_rstd) {
   const int64_t T_ = c.T, B = c.B, H = c.H, R = c.R, KS = c.KS, out = c.out;
   auto opts = gates.options();
   Tensor dz = at::empty({T_, B, R}, opts);
@@ -135,6 +165,15 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   Tensor dm_buf = c.proj ? at::empty({B, H}, opts) : Tensor();
   Tensor dprow = c.peep ? at::zeros({B, 3, H}, opts) : Tensor();
   T* dpr_p = c.peep ? dprow.data_ptr<T>() : nullptr;
+  const LnParams<T> lnp{ptr_or_null<T>(ln_hh), ptr_or_null<T>(ln_cw), ptr_or_null<T>(ln_cb)};
+  const LnParams<T>* ln = c.ln_c ? &lnp : nullptr;
+  // Per-row gain and shift gradients of c's norm, summed in row order at the end (as dprow).
+  Tensor dlnrow = c.ln_c ? at::zeros({B, 2, H}, opts) : Tensor();
+  Tensor drr = c.ln_rec ? at::empty({T_, B, R}, opts) : Tensor();
+  T* dln_p = c.ln_c ? dlnrow.data_ptr<T>() : nullptr;
+  T* drr_p = c.ln_rec ? drr.data_ptr<T>() : nullptr;
+  const T* lnq_p = c.ln_rec ? ln_rec.data_ptr<T>() : nullptr;
+  const T* lnr_p = c.ln_rec ? ln_rstd.data_ptr<T>() : nullptr;
   T* drin_p = drin.data_ptr<T>();
   {
     const T* dh_src = dhT.data_ptr<T>();
@@ -185,7 +224,7 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
       dproject(M, dht + r0 * out, out, false, dm_p + r0 * H, H);
     }
     for_rows<T>(
-        r0, r1, grain, 6 * H, valid, t,
+        r0, r1, grain, (ln ? 7 : 6) * H, valid, t,
         [&](int64_t b, T* tmp) {
           T* dr = drin_p + b * KS;
           T* dcb = dc_p + b * H;
@@ -211,7 +250,13 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
             dm = t_m;
           }
           lstm_bwd_row<T>(c, gt + b * R, cp + b * H, cn + b * H, dm, c.G ? dr + out : nullptr,
-                          dcb, dzt + b * R, pi, pf, po, tmp);
+                          dcb, dzt + b * R, pi, pf, po, tmp, ln, dln_p ? dln_p + b * 2 * H : nullptr);
+          if (drr_p) {
+            const int64_t i = t * B + b;
+            copy_row(drr_p + i * R, static_cast<const T*>(dzt + b * R), R);
+            ln_backward(lnq_p + i * R, lnr_p[i], lnp.g_hh, drr_p + i * R,
+                        nullptr, nullptr, R);
+          }
           if (dpr_p) {
             // Peephole gradients accumulate per row while dz and the cells are in cache; each
             // row belongs to one thread per step, and rows are summed in order at the end, so
@@ -231,13 +276,18 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
           // The state gradient of a row inside its sequence now comes only from this step.
           zero_row(dr, KS);
         },
-        [&](int64_t b) { zero_row(dzt + b * R, R); });
-    if (state_grad) drec(M, dzt + r0 * R, R, true, drin_p + r0 * KS + c.koff, KS);
+        [&](int64_t b) {
+          zero_row(dzt + b * R, R);
+          if (drr_p) zero_row(drr_p + (t * B + b) * R, R);
+        });
+    const T* dsrc = drr_p ? drr_p + t * B * R : dzt;  // the gradient of what the GEMM computed
+    if (state_grad) drec(M, dsrc + r0 * R, R, true, drin_p + r0 * KS + c.koff, KS);
   });
   Tensor dh0 = drin.narrow(1, 0, out).clone();
   Tensor da0 = c.G ? drin.narrow(1, out, c.G).clone() : Tensor();
   Tensor dpeep = c.peep ? dprow.sum(0) : Tensor();
-  return {dz, dh0, dc, da0, dhall, dpeep};
+  Tensor dln = c.ln_c ? dlnrow.sum(0) : Tensor();
+  return {dz, dh0, dc, da0, dhall, dpeep, drr, dln};
 }
 
 }  // namespace lstmkit
