@@ -21,14 +21,14 @@ import lstmkit
 from _engine import engine_or_skip
 from lstmkit.cells import PRESETS
 from lstmkit.engine import _ops
-from lstmkit.engine._function import LSTM_PARAMS, cell_key
+from lstmkit.engine._function import GRU_PARAMS, LSTM_PARAMS, cell_key
 
 CLASSES = {"lstm": lstmkit.LSTM, "gru": lstmkit.GRU, "rnn": lstmkit.RNN}
 ALL = list(PRESETS)
 # torch's kernel (lstm, rnn), the engine with peepholes, with carried gates and the truncated
-# gradient, and with Cho's GRU, and the reference (layer norm).
+# gradient, with Cho's GRU and with layer norm.
 COMPILED = ALL
-ENGINE_CELLS = [n for n, s in PRESETS.items() if not s.torch_native and not s.layer_norm]
+ENGINE_CELLS = [n for n, s in PRESETS.items() if not s.torch_native]
 I, H = 3, 4
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -254,7 +254,9 @@ def _lstm_args(name: str, proj: int = 0) -> tuple:
     ("lstm_scan", lambda: _lstm_args("lstm1997")),
     ("lstm_scan", lambda: _lstm_args("peephole", proj=2)),
     ("gru_scan", lambda: _small_args("gru_cho")),
-], ids=["lstm1997", "peephole-proj", "gru_cho"])
+    ("lstm_scan", lambda: _lstm_args("layernorm", proj=2)),
+    ("gru_scan", lambda: _small_args("layernorm_gru")),
+], ids=["lstm1997", "peephole-proj", "gru_cho", "layernorm-proj", "layernorm_gru"])
 def test_operators_pass_opcheck(op, args):
     """Schema, fake kernel, autograd registration and AOT dispatch with symbolic sizes."""
     torch.library.opcheck(getattr(torch.ops.lstmkit, op).default, args())
@@ -265,8 +267,8 @@ def _small_args(name: str) -> tuple:
     p = layer.cell_params(0)
     x = torch.randn(4, 2, I, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, H, dtype=torch.float64, requires_grad=True)
-    return (x, h0, None, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
-            cell_key(PRESETS[name]), H, False, True)
+    return (x, h0, None, *(p.get(n) for n in GRU_PARAMS), cell_key(PRESETS[name]), H, False,
+            True)
 
 
 def test_reference_operator_passes_opcheck():

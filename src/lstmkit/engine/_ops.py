@@ -93,12 +93,14 @@ def _out(t: Tensor | None, like: Tensor) -> Tensor:
 def _ln_fake(spec: Any, x: Tensor, rows: int, save: bool) -> tuple[Tensor, ...]:
     """The shapes of :data:`LN_SAVED` for a call of ``spec`` (all absent without layer norm)."""
     steps, batch = x.shape[0], x.shape[1]
-    new, none = x.new_empty, _absent(x)
+    new = x.new_empty
+    # Each absent result is its own empty tensor, as the kernel returns them (none aliases).
     if not (save and spec.layer_norm):
-        return (none,) * len(LN_SAVED)
+        return tuple(_absent(x) for _ in LN_SAVED)
     rec = spec.hidden_recurrence
     return (new(steps, batch, rows), new(steps, batch, 1), new(steps, batch, 1),
-            new(steps, batch, rows) if rec else none, new(steps, batch) if rec else none)
+            new(steps, batch, rows) if rec else _absent(x),
+            new(steps, batch) if rec else _absent(x))
 
 
 _LIB = torch.library.Library("lstmkit", "FRAGMENT")
