@@ -204,12 +204,6 @@ def _ln_input_backward(inp: Inputs, dz: Tensor, saved: Named, found: Named) -> T
     return dz if dproj is None else dproj
 
 
-def _ln_gain_grad(d_normed: Tensor, normed: Tensor) -> Tensor:
-    """The gain's gradient of a norm applied row by row: the sum over rows of ``d * xhat``."""
-    rows = d_normed.shape[-1]
-    return (d_normed.reshape(-1, rows) * normed.reshape(-1, rows)).sum(0)
-
-
 def _folded_bias(lay: Layout, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     """``b_ih + b_hh`` over all pre-activation rows (either may be absent)."""
     total = None
@@ -358,8 +352,8 @@ def lstm_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
     # What the recurrent GEMM computed got dz, or with layer norm drec (through its norm).
     drec = _present(kernel.get("drec"))
     drec2 = dz2 if drec is None else drec.reshape(steps * batch, -1)
-    if drec is not None and inp.need["ln_hh_weight"]:
-        found["ln_hh_weight"] = _ln_gain_grad(dz, saved["ln_rec"])
+    if drec is not None:
+        found["ln_hh_weight"] = kernel["dln_hh"]
     if spec.layer_norm:
         found["ln_c_weight"], found["ln_c_bias"] = kernel["dln_c"][0], kernel["dln_c"][1]
     if inp.need["weight_hh"] or inp.need["weight_gh"]:
@@ -448,8 +442,8 @@ def gru_grads(call: Call, inp: Inputs, saved: Named, kernel: Named) -> Named:
         # own gradient (drec); with layer norm R h itself has drec_raw.
         drec2 = kernel["drec"].reshape(n, -1)
         raw = _present(kernel.get("drec_raw"))
-        if raw is not None and inp.need["ln_hh_weight"]:
-            found["ln_hh_weight"] = _ln_gain_grad(kernel["drec"], saved["ln_rec"])
+        if raw is not None:
+            found["ln_hh_weight"] = kernel["dln_hh"]
         if inp.need["weight_hh"]:
             found["weight_hh"] = torch.mm((drec2 if raw is None else raw.reshape(n, -1)).t(),
                                           h_prev)

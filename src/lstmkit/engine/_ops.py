@@ -158,7 +158,7 @@ def _operator(name: str, schema: str) -> Any:
 # LSTM family
 
 #: What the LSTM backward kernel returns (see ``lstm_backward_impl`` in ``csrc/lstm.h``).
-_LSTM_KERNEL = ("dz", "dh0", "dc0", "da0", "dh_all", "dpeep", "drec", "dln_c")
+_LSTM_KERNEL = ("dz", "dh0", "dc0", "da0", "dh_all", "dpeep", "drec", "dln_c", "dln_hh")
 
 @_operator(
     "lstm_scan",
@@ -233,8 +233,9 @@ def _(gates: Tensor, wcat: Tensor | None, peep: Tensor | None, w_hr: Tensor | No
             new(batch, carried) if carried else none,
             new(steps, batch, out) if out != hidden_size else none,
             new(3, hidden_size) if spec.peephole else none,
-            new(steps, batch, lay.rows) if ln_rec else none,
-            new(2, hidden_size) if spec.layer_norm else none)
+            new(steps, batch, lay.rows) if ln_rec else _absent(gates),
+            new(2, hidden_size) if spec.layer_norm else _absent(gates),
+            new(lay.rows) if ln_rec else _absent(gates))
 
 
 def _lstm_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -305,7 +306,7 @@ lstm_scan.register_autograd("LSTMFunction", _lstm_setup, _lstm_backward)
 
 _SMALL_FORWARD = {"gru": gru_forward, "rnn": rnn_forward}
 #: What the GRU backward kernel returns (see ``gru_backward_impl`` in ``csrc/gru.h``).
-_GRU_KERNEL = ("dz", "drec", "dh0", "drec_raw")
+_GRU_KERNEL = ("dz", "drec", "dh0", "drec_raw", "dln_hh")
 _SMALL_SAVED = {"gru": GRU_SAVED, "rnn": ("hact", "h_all")}
 
 
@@ -387,7 +388,8 @@ def _(gates: Tensor, weight_hh: Tensor, h_all: Tensor, aux: Tensor, lengths: Ten
     return (torch.empty_like(gates),
             torch.empty_like(gates) if spec.reset_after else _absent(gates),
             gates.new_empty(gates.shape[1], hidden_size),
-            torch.empty_like(gates) if spec.layer_norm else _absent(gates))
+            torch.empty_like(gates) if spec.layer_norm else _absent(gates),
+            gates.new_empty(gates.shape[2]) if spec.layer_norm else _absent(gates))
 
 
 @_operator(

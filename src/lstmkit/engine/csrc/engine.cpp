@@ -143,7 +143,7 @@ py::dict lstm_backward(const LstmConfig& cfg, Tensor gates, Tensor wcat, Tensor 
     res = lstm_backward_impl<scalar_t>(c, gates, wcat, peep, w_hr, c_all, lengths, dy, dh, dc,
                                        da, dcells, ln_hh, ln_cw, ln_cb, ln_rec, ln_rstd);
   });
-  return named({"dz", "dh0", "dc0", "da0", "dh_all", "dpeep", "drec", "dln_c"}, res);
+  return named({"dz", "dh0", "dc0", "da0", "dh_all", "dpeep", "drec", "dln_c", "dln_hh"}, res);
 }
 
 py::dict gru_forward(const GruConfig& c, Tensor xg, Tensor w_hh, Tensor b_hn, Tensor h0,
@@ -191,7 +191,7 @@ py::dict gru_backward(const GruConfig& c, Tensor gates, Tensor w_hh, Tensor h_al
     res = gru_backward_impl<scalar_t>(c, gates, w_hh, h_all, aux, lengths, dy, dh, ln_hh, ln_rec,
                                       ln_rstd);
   });
-  return named({"dz", "drec", "dh0", "drec_raw"}, res);
+  return named({"dz", "drec", "dh0", "drec_raw", "dln_hh"}, res);
 }
 
 py::dict rnn_forward(const RnnConfig& c, Tensor xg, Tensor w_hh, Tensor h0, Tensor lengths,

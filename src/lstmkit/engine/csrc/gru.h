@@ -128,7 +128,8 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
 
 // Returns {dz [T,B,3H] (gradient of the input pre-activations), drec [T,B,3H] (reset_after:
 // gradient of R h + b_hh, or with layer norm of LN(R h) + b_hh; Cho: empty, its recurrent
-// gradients are dz's), dh0, drec_raw [T,B,3H] (layer norm only: the gradient of R h itself)}.
+// gradients are dz's), dh0, drec_raw [T,B,3H] (layer norm only: the gradient of R h itself),
+// dln_hh [3H] (layer norm only: the gradient of its gain)}.
 // ln_hh, ln_rec, ln_rstd: the norm's gain and what the forward saved (layer norm only).
 template <typename T>
 std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
@@ -154,6 +155,9 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
   const bool ln = c.layer_norm && c.reset_after;
   Tensor drr = ln ? at::empty({T_, B, R}, opts) : Tensor();
   T* drr_p = ln ? drr.data_ptr<T>() : nullptr;
+  // The gain's gradient per row, summed in row order at the end (independent of the threads).
+  Tensor dghrow = ln ? at::zeros({B, R}, opts) : Tensor();
+  T* dgh_p = ln ? dghrow.data_ptr<T>() : nullptr;
   const T* g_hh = ln ? ln_hh.data_ptr<T>() : nullptr;
   const T* lnq_p = ln ? ln_rec.data_ptr<T>() : nullptr;
   const T* lnr_p = ln ? ln_rstd.data_ptr<T>() : nullptr;
@@ -203,8 +207,8 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
             if (drr_p) {
               const int64_t i = t * B + b;
               copy_row(drr_p + i * R, static_cast<const T*>(dq), R);
-              ln_backward(lnq_p + i * R, lnr_p[i], g_hh, drr_p + i * R,
-                          nullptr, nullptr, R);
+              ln_backward(lnq_p + i * R, lnr_p[i], g_hh, drr_p + i * R, dgh_p + b * R,
+                          nullptr, R);
             }
           }
         },
@@ -238,7 +242,7 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
       w_back(M, dzt + r0 * R, R, true, dh_p + r0 * H, H);
     }
   });
-  return {dz, drec, dh, drr};
+  return {dz, drec, dh, drr, ln ? dghrow.sum(0) : Tensor()};
 }
 
 }  // namespace lstmkit

@@ -146,7 +146,8 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
 // Backward over the sequence. Returns {dz [T,B,R], dh0, dc0, da0, dh_all [T,B,out] (proj only),
 // dpeep [3,H] (peepholes only: the gradients of the i, f, o peephole weights), drec [T,B,R]
 // (layer norm of W_hh h only: the gradient of W_hh h(t-1) itself, where dz is that of its
-// normalised value), dln_c [2,H] (layer norm only: the gradients of c's gain and shift)}.
+// normalised value), dln_c [2,H] (layer norm only: the gradients of c's gain and shift),
+// dln_hh [R] (layer norm of W_hh h only: the gradient of its gain)}.
 // ln_rec, ln_rstd: what the forward saved of the normalised W_hh h(t-1).
 template <typename T>
 std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, const Tensor& wcat,
@@ -170,6 +171,8 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   // Per-row gain and shift gradients of c's norm, summed in row order at the end (as dprow).
   Tensor dlnrow = c.ln_c ? at::zeros({B, 2, H}, opts) : Tensor();
   Tensor drr = c.ln_rec ? at::empty({T_, B, R}, opts) : Tensor();
+  Tensor dghrow = c.ln_rec ? at::zeros({B, R}, opts) : Tensor();  // per row, as dlnrow
+  T* dgh_p = c.ln_rec ? dghrow.data_ptr<T>() : nullptr;
   T* dln_p = c.ln_c ? dlnrow.data_ptr<T>() : nullptr;
   T* drr_p = c.ln_rec ? drr.data_ptr<T>() : nullptr;
   const T* lnq_p = c.ln_rec ? ln_rec.data_ptr<T>() : nullptr;
@@ -254,8 +257,8 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
           if (drr_p) {
             const int64_t i = t * B + b;
             copy_row(drr_p + i * R, static_cast<const T*>(dzt + b * R), R);
-            ln_backward(lnq_p + i * R, lnr_p[i], lnp.g_hh, drr_p + i * R,
-                        nullptr, nullptr, R);
+            ln_backward(lnq_p + i * R, lnr_p[i], lnp.g_hh, drr_p + i * R, dgh_p + b * R,
+                        nullptr, R);
           }
           if (dpr_p) {
             // Peephole gradients accumulate per row while dz and the cells are in cache; each
@@ -287,7 +290,8 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   Tensor da0 = c.G ? drin.narrow(1, out, c.G).clone() : Tensor();
   Tensor dpeep = c.peep ? dprow.sum(0) : Tensor();
   Tensor dln = c.ln_c ? dlnrow.sum(0) : Tensor();
-  return {dz, dh0, dc, da0, dhall, dpeep, drr, dln};
+  Tensor dgh = c.ln_rec ? dghrow.sum(0) : Tensor();
+  return {dz, dh0, dc, da0, dhall, dpeep, drr, dln, dgh};
 }
 
 }  // namespace lstmkit
