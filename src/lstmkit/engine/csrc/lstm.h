@@ -252,8 +252,9 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
             for (int64_t j = 0; j < H; ++j) t_m[j] = dyt[b * out + j] + dr[j];
             dm = t_m;
           }
+          T* dln_b = dln_p ? dln_p + b * 2 * H : nullptr;
           lstm_bwd_row<T>(c, gt + b * R, cp + b * H, cn + b * H, dm, c.G ? dr + out : nullptr,
-                          dcb, dzt + b * R, pi, pf, po, tmp, ln, dln_p ? dln_p + b * 2 * H : nullptr);
+                          dcb, dzt + b * R, pi, pf, po, tmp, ln, dln_b);
           if (drr_p) {
             const int64_t i = t * B + b;
             copy_row(drr_p + i * R, static_cast<const T*>(dzt + b * R), R);

@@ -247,8 +247,8 @@ auto pick_row(const LstmCfg& c) {
 
 // Whether this cell is the common one the one-pass rows are written for.
 bool std_cell(const LstmCfg& c) {
-  return !c.ln_c && !c.ln_rec && c.s == 1 && c.ga == SIGMOID && c.ia == TANH && c.oa == TANH && c.off_i >= 0 &&
-         c.off_o >= 0;
+  return !c.ln_c && !c.ln_rec && c.s == 1 && c.ga == SIGMOID && c.ia == TANH && c.oa == TANH &&
+         c.off_i >= 0 && c.off_o >= 0;
 }
 
 #if defined(__AVX512F__)
