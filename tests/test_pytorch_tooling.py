@@ -94,6 +94,23 @@ def test_compile_fullgraph_trains_like_eager(name, fresh_dynamo):
         _assert_same(_step(compiled, layer, x), _step(layer, layer, x))
 
 
+def test_compile_and_export_the_reference_path(fresh_dynamo):
+    """The reference path (here forced; no preset takes it on the CPU) is one operator per
+    layer-direction too, compiled and exported, with a symbolic length and batch size."""
+    layer = _layer("layernorm", backend="reference")
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    for steps, batch in ((5, 2), (7, 3)):
+        x = torch.randn(steps, batch, I)
+        _assert_same(_step(compiled, layer, x), _step(layer, layer, x))
+    dims = {"input": {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}}
+    program = torch.export.export(layer, (torch.randn(5, 2, I),), dynamic_shapes=dims)
+    ops = [str(n.target) for n in program.graph.nodes if str(n.target).startswith("lstmkit.")]
+    assert ops == ["lstmkit.reference_scan.default"], ops
+    x = torch.randn(9, 4, I)
+    with torch.no_grad():
+        _assert_same(_flatten(program.module()(x)), _flatten(layer(x)))
+
+
 def test_compile_with_lengths_and_a_carried_state(fresh_dynamo):
     layer = _layer("lstm1997", bidirectional=True)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
@@ -107,7 +124,7 @@ def test_compile_with_lengths_and_a_carried_state(fresh_dynamo):
 
 @pytest.mark.parametrize("name", ALL)
 def test_export_matches_eager(name):
-    """Every preset exports. Engine cells and the reference (layer norm) export as one
+    """Every preset exports. Engine cells export as one
     operator per layer-direction with a symbolic length and batch size; cells torch has a
     kernel for export as torch's own RNN operators, which torch specialises to the example's
     length as it does for ``torch.nn.LSTM``."""

@@ -206,9 +206,8 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
             for (int64_t j = 0; j < H; ++j) dq[2 * H + j] = dn[j] * gr[j];
             if (drr_p) {
               const int64_t i = t * B + b;
-              copy_row(drr_p + i * R, static_cast<const T*>(dq), R);
-              ln_backward(lnq_p + i * R, lnr_p[i], g_hh, drr_p + i * R, dgh_p + b * R,
-                          nullptr, R);
+              ln_backward(lnq_p + i * R, lnr_p[i], g_hh, static_cast<const T*>(dq),
+                          drr_p + i * R, dgh_p + b * R, nullptr, R);
             }
           }
         },

@@ -63,11 +63,12 @@ void ln_affine(T* out, const T* xhat, const T* g, const Same<T>* b, int64_t n, b
   }
 }
 
-// Backward through xhat * g: d holds the gradient of the result and becomes that of q (the
-// normalised input); dg and db (null: not wanted) accumulate the gain's and shift's gradients.
-// With u = d * g: dq = rstd * (u - mean(u) - xhat * mean(u * xhat)).
+// Backward through xhat * g: d is the gradient of the result, dq receives that of q (the
+// normalised input; it may be d itself); dg and db (null: not wanted) accumulate the gain's and
+// shift's gradients. With u = d * g: dq = rstd * (u - mean(u) - xhat * mean(u * xhat)).
 template <typename T>
-void ln_backward(const T* xhat, T rstd, const T* g, T* d, Same<T>* dg, Same<T>* db, int64_t n) {
+void ln_backward(const T* xhat, T rstd, const T* g, const T* d, Same<T>* dq, Same<T>* dg,
+                 Same<T>* db, int64_t n) {
   T su = 0, sux = 0;
 #pragma omp simd reduction(+ : su, sux)
   for (int64_t j = 0; j < n; ++j) {
@@ -75,17 +76,27 @@ void ln_backward(const T* xhat, T rstd, const T* g, T* d, Same<T>* dg, Same<T>* 
     su += u;
     sux += u * xhat[j];
   }
-  if (dg) {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) dg[j] += d[j] * xhat[j];
-  }
-  if (db) {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) db[j] += d[j];
-  }
+  // One pass for the parameters' gradients and the input's: d is read before dq is written.
   const T mu = su / T(n), mux = sux / T(n);
+  if (dg && db) {
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) d[j] = rstd * (d[j] * g[j] - mu - xhat[j] * mux);
+    for (int64_t j = 0; j < n; ++j) {
+      const T dj = d[j], xj = xhat[j];
+      dg[j] += dj * xj;
+      db[j] += dj;
+      dq[j] = rstd * (dj * g[j] - mu - xj * mux);
+    }
+  } else if (dg) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const T dj = d[j], xj = xhat[j];
+      dg[j] += dj * xj;
+      dq[j] = rstd * (dj * g[j] - mu - xj * mux);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dq[j] = rstd * (d[j] * g[j] - mu - xhat[j] * mux);
+  }
 }
 
 }  // namespace lstmkit

@@ -257,9 +257,8 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
                           dcb, dzt + b * R, pi, pf, po, tmp, ln, dln_b);
           if (drr_p) {
             const int64_t i = t * B + b;
-            copy_row(drr_p + i * R, static_cast<const T*>(dzt + b * R), R);
-            ln_backward(lnq_p + i * R, lnr_p[i], lnp.g_hh, drr_p + i * R, dgh_p + b * R,
-                        nullptr, R);
+            ln_backward(lnq_p + i * R, lnr_p[i], lnp.g_hh, static_cast<const T*>(dzt + b * R),
+                        drr_p + i * R, dgh_p + b * R, nullptr, R);
           }
           if (dpr_p) {
             // Peephole gradients accumulate per row while dz and the cells are in cache; each

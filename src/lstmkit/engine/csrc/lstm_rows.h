@@ -319,7 +319,10 @@ void lstm_bwd_row(const LstmCfg& c, const T* g, const T* cp, const T* cn, const 
     copy_row(t_d, dm, H);
   }
   act_bwd(c.oa, static_cast<const T*>(t_a), t_d, H);
-  if (ln_c) ln_backward(static_cast<const T*>(t_x), rstd_c, ln->g_c, t_d, dln, dln + H, H);
+  if (ln_c) {
+    ln_backward(static_cast<const T*>(t_x), rstd_c, ln->g_c, static_cast<const T*>(t_d), t_d,
+                dln, dln + H, H);
+  }
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) dc[j] += t_d[j];
   if (go && c.peep) {
