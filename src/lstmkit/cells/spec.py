@@ -127,7 +127,7 @@ class CellSpec:
             lstm_only = {
                 "peephole": self.peephole,
                 "coupled": self.coupled,
-                "layer_norm": self.layer_norm and self.family != "gru",
+                "layer_norm (lstm and gru only)": self.layer_norm and self.family != "gru",
                 "truncated_gradient": self.truncated_gradient,
                 "block_size != 1": self.block_size != 1,
                 "gate_recurrence != 'none'": self.gate_recurrence != "none",
