@@ -123,11 +123,13 @@ class CellSpec:
             raise ValueError(
                 f"CellSpec.block_size: expected a positive int, got {self.block_size!r}"
             )
+        if self.family == "rnn" and self.layer_norm:
+            raise ValueError(f"CellSpec {self.name!r}: layer_norm applies to the 'lstm' and "
+                             "'gru' families, got family='rnn'")
         if self.family != "lstm":
             lstm_only = {
                 "peephole": self.peephole,
                 "coupled": self.coupled,
-                "layer_norm": self.layer_norm and self.family != "gru",
                 "truncated_gradient": self.truncated_gradient,
                 "block_size != 1": self.block_size != 1,
                 "gate_recurrence != 'none'": self.gate_recurrence != "none",

@@ -5,7 +5,9 @@ the input projection of all steps as one GEMM with every foldable bias folded in
 weight ``[W_hh | G]`` assembled once, and in backward the weight, bias, peephole and input
 gradients as GEMMs/reductions over all steps at once. Per time step, in C++ (``csrc/``): the
 recurrent GEMM, the fused elementwise pass, and in backward the fused elementwise pass and the
-state-gradient GEMM.
+state-gradient GEMM. With layer norm, the input projection's norm runs here too, for all steps
+at once (torch's layer-norm kernels, forward and backward); the norms of each step's recurrent
+product and of the LSTM's cell state run in C++ inside the time loop (``csrc/layer_norm.h``).
 
 The seam is named on both sides: the configuration is built from the cell's layout
 (:meth:`lstmkit.cells.layout.Layout.engine_config`) and passed as ``ext.LstmConfig(**fields)``,
@@ -346,9 +348,9 @@ def lstm_backward(ext: Any, call: Call, saved: Named, wcat: Tensor | None, peep:
                   masks: Named | None = None, ln: Named | None = None) -> Named:
     """Run the backward kernel: ``dz`` (the pre-activation gradient of every step), the
     initial carry's gradients, ``dh_all`` (projection only), ``dpeep``, and with layer norm
-    ``drec`` (the gradient of ``W_hh h(t-1)`` before its norm) and ``dln_c`` (c's gain and
-    shift). ``masks``: the :data:`LSTM_MASKS`; ``ln`` holds the layer-norm parameters (``ln_*``
-    by their parameter names)."""
+    ``drec`` (the gradient of ``W_hh h(t-1)`` before its norm), ``dln_c`` (c's gain and
+    shift) and ``dln_hh`` (the recurrent norm's gain). ``masks``: the :data:`LSTM_MASKS`;
+    ``ln`` holds the layer-norm parameters (``ln_*`` by their parameter names)."""
     masks = masks or {}
     gates = saved["gates"]
     steps, batch, _ = gates.shape

@@ -104,10 +104,8 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
             const T* rr = rec_p + b * R;
             T* rn = auxt + b * H;
             if (g_hh) {
-              T* qb = q + b * R;
-              const T rstd = ln_normalise(qb, R);
+              const T rstd = ln_forward(q + b * R, g_hh, nullptr, rec_p + b * R, R, false);
               if (lnr_p) lnr_p[s.t * B + b] = rstd;
-              ln_affine(rec_p + b * R, static_cast<const T*>(qb), g_hh, nullptr, R, false);
             }
 #pragma omp simd
             for (int64_t j = 0; j < 2 * H; ++j) zr[j] += rr[j];

@@ -27,11 +27,12 @@ struct LnParams {
   const T* b_c = nullptr;
 };
 
-// Normalises q[0..n) in place to xhat and returns rstd. Two passes (mean, then the centred
-// variance) in T: the centred sum does not lose the variance to cancellation as E[q^2] - mean^2
-// would.
+// Normalises q[0..n) in place to xhat and, in the same pass, writes xhat * g (+ b) to out, or
+// adds xhat * g to it with `accumulate` (out may be q: it then ends as xhat * g (+ b)); returns
+// rstd. The statistics take two passes (mean, then the centred variance) in T: the centred sum
+// does not lose the variance to cancellation as E[q^2] - mean^2 would.
 template <typename T>
-T ln_normalise(T* q, int64_t n) {
+T ln_forward(T* q, const T* g, const Same<T>* b, T* out, int64_t n, bool accumulate) {
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) sum += q[j];
@@ -43,24 +44,29 @@ T ln_normalise(T* q, int64_t n) {
     sq += d * d;
   }
   const T rstd = T(1) / std::sqrt(sq / T(n) + T(kLayerNormEps));
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) q[j] = (q[j] - mean) * rstd;
-  return rstd;
-}
-
-// out = xhat * g (+ b), or out += xhat * g with `accumulate`; out may be xhat itself.
-template <typename T>
-void ln_affine(T* out, const T* xhat, const T* g, const Same<T>* b, int64_t n, bool accumulate) {
   if (accumulate) {
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) out[j] += xhat[j] * g[j];
+    for (int64_t j = 0; j < n; ++j) {
+      const T x = (q[j] - mean) * rstd;
+      q[j] = x;
+      out[j] += x * g[j];
+    }
   } else if (b) {
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) out[j] = xhat[j] * g[j] + b[j];
+    for (int64_t j = 0; j < n; ++j) {
+      const T x = (q[j] - mean) * rstd;
+      q[j] = x;
+      out[j] = x * g[j] + b[j];
+    }
   } else {
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) out[j] = xhat[j] * g[j];
+    for (int64_t j = 0; j < n; ++j) {
+      const T x = (q[j] - mean) * rstd;
+      q[j] = x;
+      out[j] = x * g[j];
+    }
   }
+  return rstd;
 }
 
 // Backward through xhat * g: d is the gradient of the result, dq receives that of q (the

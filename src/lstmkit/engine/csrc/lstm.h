@@ -106,9 +106,8 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
         r0, r1, grain, 4 * H, valid, t,
         [&](int64_t b, T* tmp) {
           if (q) {
-            T* qb = q + b * R;
-            lnr_p[(full ? t : 0) * B + b] = ln_normalise(qb, R);
-            ln_affine(z + b * R, static_cast<const T*>(qb), lnp.g_hh, nullptr, R, true);
+            lnr_p[(full ? t : 0) * B + b] = ln_forward(q + b * R, lnp.g_hh, nullptr, z + b * R,
+                                                       R, true);
           }
           T* m = c.proj ? mt + b * H : (h_in_y ? yt + b * c.out : rn + b * KS);
           T* a = c.G ? rn + b * KS + c.out : nullptr;

@@ -169,10 +169,7 @@ void lstm_fwd_row(const LstmCfg& c, T* z, const T* cp, T* cn, T* m, T* a, const 
     act_fwd(c.ga, zo, nb);
   }
   copy_row(t_h, static_cast<const T*>(cn), H);
-  if (ln && ln->g_c) {
-    ln_normalise(t_h, H);
-    ln_affine(t_h, static_cast<const T*>(t_h), ln->g_c, ln->b_c, H, false);
-  }
+  if (ln && ln->g_c) ln_forward(t_h, ln->g_c, ln->b_c, t_h, H, false);
   act_fwd(c.oa, t_h, H);
   if (zo) {
     const T* ov = spread<T>(zo, t_o, nb, s);
@@ -297,8 +294,7 @@ void lstm_bwd_row(const LstmCfg& c, const T* g, const T* cp, const T* cn, const 
   T rstd_c = 0;
   if (ln_c) {
     copy_row(t_x, cn, H);
-    rstd_c = ln_normalise(t_x, H);
-    ln_affine(t_a, static_cast<const T*>(t_x), ln->g_c, ln->b_c, H, false);
+    rstd_c = ln_forward(t_x, ln->g_c, ln->b_c, t_a, H, false);
   } else {
     copy_row(t_a, cn, H);
   }
