@@ -179,8 +179,9 @@ def test_variants_says_which_path_each_preset_takes(monkeypatch, capsys, engine_
     # The first path column is a training step: the engine for GRU and RNN where it runs.
     trains = "fused engine" if engine_ok else "torch kernel"
     expected = {"lstm": "torch kernel", "np": "torch kernel", "gru": trains,
-                "rnn": trains, "rnn_relu": trains, "layernorm": "reference",
-                "peephole": compiled, "lstm1997": compiled, "gru_cho": compiled}
+                "rnn": trains, "rnn_relu": trains, "layernorm": compiled,
+                "layernorm_gru": compiled, "peephole": compiled, "lstm1997": compiled,
+                "gru_cho": compiled}
     for name, path in expected.items():
         assert rows[name] == (PRESETS[name].family, path), name
     if engine_ok:
@@ -253,7 +254,7 @@ def test_bench_compares_variants_with_nn_lstm_on_the_given_shapes(capsys) -> Non
     rows = {line.split()[4]: line for line in out.splitlines()
             if line.startswith("(4, 2, 3, 4)")}
     assert set(rows) == {"lstm", "layernorm", "torch.nn.GRU"}
-    assert "torch kernel" in rows["lstm"] and "reference" in rows["layernorm"]
+    assert "torch kernel" in rows["lstm"] and "fused engine" in rows["layernorm"]
     assert "torch module" in rows["torch.nn.GRU"]
     for line in rows.values():
         ratios = [float(v) for v in line.split()[-6:]]

@@ -243,12 +243,12 @@ def test_variants_shows_the_path_of_each_kind_of_call_and_why(monkeypatch, capsy
         assert rows[name] == [spec.family, *want], name
         assert rows[name][3] == "fused engine"  # training with lengths
     assert rows["peephole"][1:] == ["fused engine"] * 4
-    assert rows["layernorm"][1:] == ["reference"] * 4
+    assert rows["layernorm"][1:] == rows["layernorm_gru"][1:] == ["fused engine"] * 4
     why = " ".join(out.split("\nWhy:\n", 1)[1].split())  # the lines are wrapped
     for (family, _, _, k), choice in dispatch.RULE.items():
         if k == has_kernel:
             assert choice.reason in why, (family, choice)
-    assert "layer normalisation" in why
+    assert "the fused engine computes them" in why
 
 
 # -- the benchmark script --------------------------------------------------------------------

@@ -56,7 +56,7 @@ NATIVE = {
                     False),
     "cifg_peephole_nobias": ("LSTM", {"input_forget": 1}, True),
 }
-SCAN = ("nig", "nfg", "nog", "fgr", "lstm1997", "layernorm")
+SCAN = ("nig", "nfg", "nog", "fgr", "lstm1997", "layernorm", "layernorm_gru")
 
 
 def _outputs(result: object) -> list[torch.Tensor]:

@@ -21,14 +21,14 @@ import lstmkit
 from _engine import engine_or_skip
 from lstmkit.cells import PRESETS
 from lstmkit.engine import _ops
-from lstmkit.engine._function import LSTM_PARAMS, cell_key
+from lstmkit.engine._function import GRU_PARAMS, LSTM_PARAMS, cell_key
 
 CLASSES = {"lstm": lstmkit.LSTM, "gru": lstmkit.GRU, "rnn": lstmkit.RNN}
 ALL = list(PRESETS)
 # torch's kernel (lstm, rnn), the engine with peepholes, with carried gates and the truncated
-# gradient, and with Cho's GRU, and the reference (layer norm).
+# gradient, with Cho's GRU and with layer norm.
 COMPILED = ALL
-ENGINE_CELLS = [n for n, s in PRESETS.items() if not s.torch_native and not s.layer_norm]
+ENGINE_CELLS = [n for n, s in PRESETS.items() if not s.torch_native]
 I, H = 3, 4
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -94,6 +94,23 @@ def test_compile_fullgraph_trains_like_eager(name, fresh_dynamo):
         _assert_same(_step(compiled, layer, x), _step(layer, layer, x))
 
 
+def test_compile_and_export_the_reference_path(fresh_dynamo):
+    """The reference path (here forced; no preset takes it on the CPU) is one operator per
+    layer-direction too, compiled and exported, with a symbolic length and batch size."""
+    layer = _layer("layernorm", backend="reference")
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    for steps, batch in ((5, 2), (7, 3)):
+        x = torch.randn(steps, batch, I)
+        _assert_same(_step(compiled, layer, x), _step(layer, layer, x))
+    dims = {"input": {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}}
+    program = torch.export.export(layer, (torch.randn(5, 2, I),), dynamic_shapes=dims)
+    ops = [str(n.target) for n in program.graph.nodes if str(n.target).startswith("lstmkit.")]
+    assert ops == ["lstmkit.reference_scan.default"], ops
+    x = torch.randn(9, 4, I)
+    with torch.no_grad():
+        _assert_same(_flatten(program.module()(x)), _flatten(layer(x)))
+
+
 def test_compile_with_lengths_and_a_carried_state(fresh_dynamo):
     layer = _layer("lstm1997", bidirectional=True)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
@@ -107,7 +124,7 @@ def test_compile_with_lengths_and_a_carried_state(fresh_dynamo):
 
 @pytest.mark.parametrize("name", ALL)
 def test_export_matches_eager(name):
-    """Every preset exports. Engine cells and the reference (layer norm) export as one
+    """Every preset exports. Engine cells export as one
     operator per layer-direction with a symbolic length and batch size; cells torch has a
     kernel for export as torch's own RNN operators, which torch specialises to the example's
     length as it does for ``torch.nn.LSTM``."""
@@ -239,34 +256,48 @@ def test_distributed_data_parallel_trains_like_the_layer(name, one_process_group
 
 # -- the operators themselves --------------------------------------------------------------
 
-def _lstm_args(name: str, proj: int = 0) -> tuple:
+def _masks(out: int, hidden: int | None) -> tuple:
+    """Recurrent dropout and zoneout masks of one call (steps 4, batch 2); no cell mask for
+    ``hidden`` None (GRU, RNN)."""
+    rand = lambda *shape: torch.rand(*shape, dtype=torch.float64)  # noqa: E731
+    return (rand(2, out), *(() if hidden is None else (rand(4, 2, hidden),)), rand(4, 2, out))
+
+
+def _lstm_args(name: str, proj: int = 0, masked: bool = False) -> tuple:
     layer = _layer(name, dtype=torch.float64, proj_size=proj)
     p = layer.cell_params(0)
     x = torch.randn(4, 2, I, dtype=torch.float64, requires_grad=True)
     carry = [torch.randn(2, n, dtype=torch.float64, requires_grad=True)
              for n in layer.state_sizes]
     a0 = carry[2] if len(carry) > 2 else None
+    masks = _masks(proj or H, H) if masked else (None, None, None)
     return (x, carry[0], carry[1], a0, torch.tensor([4, 2]), *(p.get(n) for n in LSTM_PARAMS),
-            None, None, None, cell_key(PRESETS[name]), H, proj, True, True, True)
+            *masks, cell_key(PRESETS[name]), H, proj, True, True, True)
 
 
 @pytest.mark.parametrize(("op", "args"), [
     ("lstm_scan", lambda: _lstm_args("lstm1997")),
     ("lstm_scan", lambda: _lstm_args("peephole", proj=2)),
     ("gru_scan", lambda: _small_args("gru_cho")),
-], ids=["lstm1997", "peephole-proj", "gru_cho"])
+    ("lstm_scan", lambda: _lstm_args("layernorm", proj=2)),
+    ("gru_scan", lambda: _small_args("layernorm_gru")),
+    ("lstm_scan", lambda: _lstm_args("layernorm", proj=2, masked=True)),
+    ("gru_scan", lambda: _small_args("layernorm_gru", masked=True)),
+], ids=["lstm1997", "peephole-proj", "gru_cho", "layernorm-proj", "layernorm_gru",
+        "layernorm-proj-masks", "layernorm_gru-masks"])
 def test_operators_pass_opcheck(op, args):
     """Schema, fake kernel, autograd registration and AOT dispatch with symbolic sizes."""
     torch.library.opcheck(getattr(torch.ops.lstmkit, op).default, args())
 
 
-def _small_args(name: str) -> tuple:
+def _small_args(name: str, masked: bool = False) -> tuple:
     layer = _layer(name, dtype=torch.float64)
     p = layer.cell_params(0)
     x = torch.randn(4, 2, I, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, H, dtype=torch.float64, requires_grad=True)
-    return (x, h0, None, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], None, None,
-            cell_key(PRESETS[name]), H, False, True)
+    masks = _masks(H, None) if masked else (None, None)
+    return (x, h0, None, *(p.get(n) for n in GRU_PARAMS), *masks, cell_key(PRESETS[name]),
+            H, False, True)
 
 
 def test_reference_operator_passes_opcheck():

@@ -44,7 +44,7 @@ def test_every_required_preset_exists():
     required = {"lstm", "peephole", "cifg", "vanilla", "nig", "nfg", "nog", "niaf", "noaf", "np",
                 "cifg_peephole", "fgr", "lstm1997", "gru", "gru_cho", "rnn"}
     assert required <= set(PRESETS)
-    assert set(names("gru")) == {"gru", "gru_cho"}
+    assert set(names("gru")) == {"gru", "gru_cho", "layernorm_gru"}
 
 
 def test_greff_ablations_differ_from_vanilla_in_one_flag():
@@ -100,3 +100,17 @@ def test_bad_specs(kwargs, match):
 def test_block_size_must_divide_hidden_size():
     with pytest.raises(ValueError, match="hidden_size: expected a multiple"):
         lstmkit.LSTM(3, 5, variant=lstm1997(2))
+
+
+def test_layer_norm_cells_and_their_parameters():
+    """Layer norm is LSTM and GRU (torch's reset placement) only; a GRU has no cell-state norm."""
+    from lstmkit.cells import CellSpec
+    from lstmkit.cells.reference import param_shapes
+
+    with pytest.raises(ValueError, match="'lstm' and 'gru' families, got family='rnn'"):
+        CellSpec(name="x", family="rnn", layer_norm=True)
+    with pytest.raises(ValueError, match="expected reset_after=True"):
+        PRESETS["gru_cho"].replace(layer_norm=True)
+    shapes = param_shapes(PRESETS["layernorm_gru"], 3, 4)
+    assert {n: s for n, s in shapes.items() if n.startswith("ln_")} == {
+        "ln_ih_weight": (12,), "ln_hh_weight": (12,)}

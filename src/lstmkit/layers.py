@@ -402,7 +402,9 @@ class LSTM(_Recurrent):
 
 
 class GRU(_Recurrent):
-    """``torch.nn.GRU`` (``variant="gru"``) or Cho et al.'s ordering (``variant="gru_cho"``).
+    """``torch.nn.GRU`` (``variant="gru"``), Cho et al.'s ordering (``variant="gru_cho"``) or
+    the layer-normalised GRU (``variant="layernorm_gru"``, with gains ``ln_ih_weight_l0`` and
+    ``ln_hh_weight_l0``).
 
     Takes ``torch.nn.GRU``'s arguments (``proj_size`` is refused, as torch does). In torch's
     convention h = z h + (1 - z) n, the update gate z keeps the old state, so z plays the LSTM's

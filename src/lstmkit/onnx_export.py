@@ -15,7 +15,7 @@ node per layer with both directions in it (:func:`onnx_operator` says which):
 
 The weights are reordered into ONNX's gate order inside the graph (i, o, f, c for LSTM; z, r, h
 for GRU), so the graph reads the layer's own parameters. Every other cell (``nig``, ``nfg``,
-``nog``, ``fgr``, ``lstm1997``, ``layernorm``, any ``proj_size``), and any call with
+``nog``, ``fgr``, ``lstm1997``, ``layernorm``, ``layernorm_gru``, ``proj_size``), and any call with
 ``return_cell_states=True``, becomes one ONNX ``Scan`` per layer and direction whose body is the
 reference step of :mod:`lstmkit.cells.reference`, the equations every other path is tested
 against. ``lengths=`` becomes the operators' ``sequence_lens`` (a mask inside a ``Scan`` body),
@@ -76,7 +76,7 @@ def onnx_operator(spec: CellSpec, proj_size: int = 0) -> str:
     """The ONNX operator a layer of ``spec`` exports to: ``"LSTM"``, ``"GRU"``, ``"RNN"``, or
     ``"Scan"`` for cells no ONNX operator computes exactly."""
     if spec.family == "gru":
-        return "GRU"
+        return "Scan" if spec.layer_norm else "GRU"
     if spec.family == "rnn":
         return "RNN"
     gates_fit = spec.input_gate and spec.output_gate and (spec.forget_gate or spec.coupled)

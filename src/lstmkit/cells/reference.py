@@ -71,8 +71,9 @@ def param_shapes(
         shapes["ln_ih_weight"] = (rows,)
         if spec.hidden_recurrence:
             shapes["ln_hh_weight"] = (rows,)
-        shapes["ln_c_weight"] = (hidden_size,)
-        shapes["ln_c_bias"] = (hidden_size,)
+        if spec.family == "lstm":
+            shapes["ln_c_weight"] = (hidden_size,)
+            shapes["ln_c_bias"] = (hidden_size,)
     return shapes
 
 
@@ -81,8 +82,12 @@ def full_bias(spec: CellSpec, hidden_size: int, bias: Tensor) -> Tensor:
     return layout(spec, hidden_size).expand(bias, spec.biased_blocks())
 
 
+#: The layer norms' epsilon (``F.layer_norm``'s default); the engine uses the same.
+LAYER_NORM_EPS = 1e-5
+
+
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    return F.layer_norm(x, x.shape[-1:], weight, bias, eps=1e-5)
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps=LAYER_NORM_EPS)
 
 
 def input_projection(spec: CellSpec, p: Params, x: Tensor, hidden_size: int) -> Tensor:
@@ -216,6 +221,8 @@ def gru_step(spec: CellSpec, p: Params, carry: Carry, x_proj: Tensor,
     ``n = tanh(x_n + r ⊙ (R_n h + b'_n))`` (``reset_after``, torch) or
     ``n = tanh(x_n + R_n (r ⊙ h) + b'_n)`` (Cho et al. 2014), and ``h' = (1 - z) ⊙ n + z ⊙ h``.
     ``rec_mask`` (recurrent dropout) multiplies ``h`` in the products with ``R`` only.
+    With ``layer_norm`` every ``R h`` above is ``LN(R h)`` (all three blocks normalised together,
+    gain only, before ``b'``), and ``x_proj`` holds ``LN(W x) + b``.
     """
     (h,) = carry
     hm = _masked(h, rec_mask)

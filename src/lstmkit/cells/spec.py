@@ -71,8 +71,11 @@ class CellSpec:
             activations.
         reset_after: GRU only; True applies the reset gate after the recurrent product (torch),
             False before it (Cho et al. 2014).
-        layer_norm: layer normalisation of the input and recurrent pre-activations and of the
-            cell state before ``h`` (Ba et al. 2016), LSTM family only.
+        layer_norm: layer normalisation (Ba et al. 2016) of the input and the recurrent
+            pre-activations, each over all its blocks with a gain and no shift (the biases add
+            after it), and, LSTM family, of the cell state before ``h`` with a gain and a shift;
+            LSTM, and GRU in torch's reset placement (``reset_after``), as haste's LayerNormLSTM
+            and LayerNormGRU.
         doc: the preset's equation in one line (not part of the spec's identity).
     """
 
@@ -120,11 +123,13 @@ class CellSpec:
             raise ValueError(
                 f"CellSpec.block_size: expected a positive int, got {self.block_size!r}"
             )
+        if self.family == "rnn" and self.layer_norm:
+            raise ValueError(f"CellSpec {self.name!r}: layer_norm applies to the 'lstm' and "
+                             "'gru' families, got family='rnn'")
         if self.family != "lstm":
             lstm_only = {
                 "peephole": self.peephole,
                 "coupled": self.coupled,
-                "layer_norm": self.layer_norm,
                 "truncated_gradient": self.truncated_gradient,
                 "block_size != 1": self.block_size != 1,
                 "gate_recurrence != 'none'": self.gate_recurrence != "none",
@@ -136,6 +141,12 @@ class CellSpec:
                 raise ValueError(
                     f"CellSpec {self.name!r}: options {bad} apply to the 'lstm' family only, "
                     f"got family={self.family!r}"
+                )
+            if self.layer_norm and not self.reset_after:
+                raise ValueError(
+                    f"CellSpec {self.name!r}: layer_norm normalises R h as one product, which "
+                    "needs the reset gate applied after it, so expected reset_after=True, got "
+                    "reset_after=False"
                 )
             return
         if self.coupled and (not self.input_gate or self.forget_gate):
@@ -286,6 +297,9 @@ PRESETS: dict[str, CellSpec] = {
                  "h=(1-z)*n+z*h (torch.nn.GRU)"),
         CellSpec(name="gru_cho", family="gru", reset_after=False,
                  doc="gru with n=tanh(Wx+b+R(r*h)+b') (Cho et al. 2014, eq. 8)"),
+        CellSpec(name="layernorm_gru", family="gru", layer_norm=True,
+                 doc="gru with LN(Wx)+b and LN(Rh)+b' in place of Wx+b and Rh+b' "
+                 "(haste's LayerNormGRU)"),
         CellSpec(name="rnn", family="rnn", doc="h=tanh(Wx+b+Rh+b') (torch.nn.RNN)"),
         CellSpec(name="rnn_relu", family="rnn", input_activation="relu",
                  doc="h=relu(Wx+b+Rh+b') (torch.nn.RNN, nonlinearity='relu')"),

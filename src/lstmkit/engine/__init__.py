@@ -15,11 +15,14 @@ capture it as one node that works for any length and batch size.
 
 Covered: the LSTM family with every flag (missing or coupled gates, peepholes, any activations,
 gate recurrence ``"gates"``/``"all"``, memory blocks, the 1997 truncated gradient, no hidden
-recurrence, projections), GRU in both reset placements, the Elman RNN; lengths and both
-directions; recurrent dropout and zoneout (the masks of :mod:`lstmkit.regularise`, applied
-inside the time loop); float32 and float64, and float16/bfloat16 computed in float32 (results
-rounded to the input's dtype). Not covered: ``layer_norm`` (:func:`supports` is False),
-tensors that are not on the CPU, and calls inside ``torch.func`` transforms or forward-mode AD:
+recurrence, projections, layer norm), GRU in both reset placements and with layer norm, the
+Elman RNN; lengths and both directions; recurrent dropout and zoneout (the masks of
+:mod:`lstmkit.regularise`, applied inside the time loop, with or without layer norm); float32
+and float64, and float16/bfloat16 computed in float32 (results rounded to the input's dtype).
+Layer norm normalises the input projection for all steps at once around its GEMM, and each
+step's recurrent product and cell state row by row inside the time loop. Not covered: layer norm
+together with gate recurrence (:func:`supports` is False), tensors that are not on the CPU, and
+calls inside ``torch.func`` transforms or forward-mode AD:
 :func:`unsupported` names the reason, :func:`scan` refuses such calls, and the layers' dispatch
 (:mod:`lstmkit.dispatch`) sends them to the reference.
 
@@ -75,8 +78,9 @@ def build_error() -> str | None:
 
 
 def supports(spec: CellSpec) -> bool:
-    """Whether the engine computes ``spec`` (everything except layer normalisation)."""
-    return not spec.layer_norm
+    """Whether the engine computes ``spec`` (everything except layer normalisation together
+    with gate recurrence, whose carried gates would enter the normalised recurrent product)."""
+    return not (spec.layer_norm and spec.carries_gates)
 
 
 def _transformed(tensors: list[Tensor]) -> bool:
@@ -102,7 +106,8 @@ def unsupported(spec: CellSpec, x: Tensor | None, return_cells: bool = False,
     parameters, which must match ``x``'s device and dtype.
     """
     if not supports(spec):
-        return f"the engine does not cover layer normalisation (variant {spec.name!r})"
+        return ("the engine does not cover layer normalisation with gate recurrence "
+                f"(variant {spec.name!r})")
     if return_cells and spec.family != "lstm":
         return "only LSTM-family cells have cell states"
     if x is None:

@@ -5,7 +5,9 @@ the input projection of all steps as one GEMM with every foldable bias folded in
 weight ``[W_hh | G]`` assembled once, and in backward the weight, bias, peephole and input
 gradients as GEMMs/reductions over all steps at once. Per time step, in C++ (``csrc/``): the
 recurrent GEMM, the fused elementwise pass, and in backward the fused elementwise pass and the
-state-gradient GEMM.
+state-gradient GEMM. With layer norm, the input projection's norm runs here too, for all steps
+at once (torch's layer-norm kernels, forward and backward); the norms of each step's recurrent
+product and of the LSTM's cell state run in C++ inside the time loop (``csrc/layer_norm.h``).
 
 The seam is named on both sides: the configuration is built from the cell's layout
 (:meth:`lstmkit.cells.layout.Layout.engine_config`) and passed as ``ext.LstmConfig(**fields)``,
@@ -40,18 +42,23 @@ from ..cells.layout import Layout
 from ..cells.spec import CellSpec
 
 LSTM_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_gh", "weight_ci",
-               "weight_cf", "weight_co", "weight_hr")
-GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+               "weight_cf", "weight_co", "weight_hr", "ln_ih_weight", "ln_hh_weight",
+               "ln_c_weight", "ln_c_bias")
+GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_ih_weight", "ln_hh_weight")
 LSTM_CARRY = ("h0", "c0", "a0")
 GRU_CARRY = ("h0",)
+#: What layer norm keeps for backward: the input projection before its norm with the norm's
+#: mean and 1/std per row ([T, B, 1]), the normalised recurrent product of every step and its
+#: 1/std ([T, B]).
+LN_SAVED = ("ln_in", "ln_in_mean", "ln_in_rstd", "ln_rec", "ln_rstd")
 #: What each family's forward kernel returns: the results, then what its backward reads.
 LSTM_RESULTS = ("y", "h", "c", "a", "cells")
-LSTM_SAVED = ("gates", "rec_in", "c_all", "m_all", "c_tilde")
+LSTM_SAVED = ("gates", "rec_in", "c_all", "m_all", "c_tilde", *LN_SAVED)
 #: The regularisers' masks an operator takes (:class:`lstmkit.regularise.Masks`, in its order);
 #: GRU and RNN have no cell state.
 LSTM_MASKS = ("rec_mask", "zone_cell", "zone_hidden")
 GRU_MASKS = ("rec_mask", "zone_hidden")
-GRU_SAVED = ("gates", "h_all", "aux")
+GRU_SAVED = ("gates", "h_all", "aux", *LN_SAVED)
 RNN_SAVED = ("hact", "h_all")
 
 _NO_LENGTHS = torch.empty(0, dtype=torch.int64)
@@ -180,6 +187,29 @@ def _project(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     return out.view(steps, batch, -1)
 
 
+def _ln_project(x: Tensor, w_ih: Tensor, gain: Tensor, bias: Tensor | None,
+                save: bool) -> tuple[Tensor, Named]:
+    """``LN(x W_ih^T) * gain + bias`` for all steps (the norm over each row's features), and
+    with ``save`` what its backward reads (:data:`LN_SAVED`'s ``ln_in*``)."""
+    proj = _project(x, w_ih, None)
+    out, mean, rstd = torch.native_layer_norm(proj, proj.shape[-1:], gain, bias,
+                                              reference.LAYER_NORM_EPS)
+    kept = {"ln_in": proj, "ln_in_mean": mean, "ln_in_rstd": rstd} if save else {}
+    return out, kept
+
+
+def _ln_input_backward(inp: Inputs, dz: Tensor, saved: Named, found: Named) -> Tensor:
+    """Back through the input projection's norm: the gradient of ``x W_ih^T`` from that of the
+    normalised projection ``dz``; the gain's gradient goes into ``found``."""
+    need_proj = inp.need["x"] or inp.need["weight_ih"]
+    proj = saved["ln_in"]
+    dproj, dgain, _ = torch.ops.aten.native_layer_norm_backward(
+        dz, proj, proj.shape[-1:], saved["ln_in_mean"], saved["ln_in_rstd"],
+        inp.values["ln_ih_weight"], None, [need_proj, inp.need["ln_ih_weight"], False])
+    found["ln_ih_weight"] = dgain
+    return dz if dproj is None else dproj
+
+
 def _folded_bias(lay: Layout, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
     """``b_ih + b_hh`` over all pre-activation rows (either may be absent)."""
     total = None
@@ -294,28 +324,39 @@ def lstm_forward(ext: Any, call: Call, x: Tensor, carry: Named, params: Named,
     ``masks``: the :data:`LSTM_MASKS` (recurrent dropout, zoneout), absent ones None."""
     masks = masks or {}
     bias = _folded_bias(call.layout, params["bias_ih"], params["bias_hh"])
-    xg = _project(x, params["weight_ih"], bias)
+    kept: Named = {}
+    if call.spec.layer_norm:
+        xg, kept = _ln_project(x, params["weight_ih"], params["ln_ih_weight"], bias, save)
+    else:
+        xg = _project(x, params["weight_ih"], bias)
     wcat, peep = lstm_recurrent(call, params, x)
     res = ext.lstm_forward(
         cfg=call.config(ext), xg=xg, wcat=_c(wcat, x), peep=_c(peep, x),
         w_hr=_c(params["weight_hr"], x), h0=carry["h0"].contiguous(),
         c0=carry["c0"].contiguous(), a0=_c(carry["a0"], x), lengths=_lengths(lengths),
         save=save, return_cells=call.return_cells, rmask=_c(masks.get("rec_mask"), x),
-        zc=_c(masks.get("zone_cell"), x), zh=_c(masks.get("zone_hidden"), x))
+        zc=_c(masks.get("zone_cell"), x), zh=_c(masks.get("zone_hidden"), x),
+        ln_hh=_c(params.get("ln_hh_weight"), x), ln_cw=_c(params.get("ln_c_weight"), x),
+        ln_cb=_c(params.get("ln_c_bias"), x))
     res["gates"] = xg if save else None
+    res.update({n: kept.get(n) for n in LN_SAVED[:3]})
     return res
 
 
 def lstm_backward(ext: Any, call: Call, saved: Named, wcat: Tensor | None, peep: Tensor | None,
                   w_hr: Tensor | None, lengths: Tensor | None, grads: Named,
-                  masks: Named | None = None) -> Named:
+                  masks: Named | None = None, ln: Named | None = None) -> Named:
     """Run the backward kernel: ``dz`` (the pre-activation gradient of every step), the
-    initial carry's gradients, ``dh_all`` (projection only) and ``dpeep``."""
+    initial carry's gradients, ``dh_all`` (projection only), ``dpeep``, and with layer norm
+    ``drec`` (the gradient of ``W_hh h(t-1)`` before its norm), ``dln_c`` (c's gain and
+    shift) and ``dln_hh`` (the recurrent norm's gain). ``masks``: the :data:`LSTM_MASKS`;
+    ``ln`` holds the layer-norm parameters (``ln_*`` by their parameter names)."""
     masks = masks or {}
     gates = saved["gates"]
     steps, batch, _ = gates.shape
     lay = call.layout
     dh = _grad_or_zeros(grads["h"], (batch, lay.out_size), gates)
+    ln = ln or {}
     return ext.lstm_backward(
         cfg=call.config(ext), gates=gates, wcat=_c(wcat, gates), peep=_c(peep, gates),
         w_hr=_c(w_hr, gates), c_all=saved["c_all"], lengths=_lengths(lengths),
@@ -325,7 +366,9 @@ def lstm_backward(ext: Any, call: Call, saved: Named, wcat: Tensor | None, peep:
             if lay.carried_size else _c(None, gates)),
         dcells=_c(grads["cells"], gates), rmask=_c(masks.get("rec_mask"), gates),
         zc=_c(masks.get("zone_cell"), gates), zh=_c(masks.get("zone_hidden"), gates),
-        c_tilde=_c(saved.get("c_tilde"), gates))
+        c_tilde=_c(saved.get("c_tilde"), gates), ln_hh=_c(ln.get("ln_hh_weight"), gates),
+        ln_cw=_c(ln.get("ln_c_weight"), gates), ln_cb=_c(ln.get("ln_c_bias"), gates),
+        ln_rec=_c(saved.get("ln_rec"), gates), ln_rstd=_c(saved.get("ln_rstd"), gates))
 
 
 def lstm_grads(call: Call, inp: Inputs, saved: Named, kernel: Named,
@@ -335,8 +378,18 @@ def lstm_grads(call: Call, inp: Inputs, saved: Named, kernel: Named,
     x = inp.values["x"]
     steps, batch, _ = x.shape
     found: Named = {"h0": kernel["dh0"], "c0": kernel["dc0"], "a0": kernel["da0"]}
-    found["x"], found["weight_ih"], dz2 = _input_grads(inp, kernel["dz"])
+    dz = kernel["dz"]
+    dproj = _ln_input_backward(inp, dz, saved, found) if spec.layer_norm else dz
+    found["x"], found["weight_ih"], _ = _input_grads(inp, dproj)
+    dz2 = dz.reshape(steps * batch, -1)
     _bias_grads(inp, lay, dz2.sum(0), found)
+    # What the recurrent GEMM computed got dz, or with layer norm drec (through its norm).
+    drec = _present(kernel.get("drec"))
+    drec2 = dz2 if drec is None else drec.reshape(steps * batch, -1)
+    if drec is not None:
+        found["ln_hh_weight"] = kernel["dln_hh"]
+    if spec.layer_norm:
+        found["ln_c_weight"], found["ln_c_bias"] = kernel["dln_c"][0], kernel["dln_c"][1]
     if inp.need["weight_hh"] or inp.need["weight_gh"]:
         # The recurrent input of each step, [h(t-1) | a(t-1)], as the GEMM saw it.
         rin = saved["rec_in"]
@@ -344,7 +397,7 @@ def lstm_grads(call: Call, inp: Inputs, saved: Named, kernel: Named,
         if spec.hidden_recurrence:
             prev = _masked_prev(prev, (masks or {}).get("rec_mask"), lay.out_size)
         koff = 0 if spec.hidden_recurrence else lay.out_size
-        dwcat = torch.mm(dz2.t(), prev.reshape(steps * batch, -1)[:, koff:])
+        dwcat = torch.mm(drec2.t(), prev.reshape(steps * batch, -1)[:, koff:])
         if spec.hidden_recurrence:
             found["weight_hh"] = dwcat[:, : lay.out_size]
         if spec.carries_gates:
@@ -362,9 +415,9 @@ def lstm_grads(call: Call, inp: Inputs, saved: Named, kernel: Named,
 # -------------------------------------------------------------------------------------------
 # GRU and RNN
 
-def _gru_prepare(call: Call, x: Tensor, params: Named) -> tuple[Tensor, Tensor | None]:
-    """The input projection and, in torch's placement, the candidate's recurrent bias b_hn
-    (which the reset gate multiplies, so it cannot be folded into the projection)."""
+def _gru_prepare(call: Call, x: Tensor, params: Named) -> tuple[Tensor | None, Tensor | None]:
+    """The bias folded into the input projection and, in torch's placement, the candidate's
+    recurrent bias b_hn (which the reset gate multiplies, so it cannot be folded there)."""
     lay, hidden = call.layout, call.layout.hidden_size
     biased = call.spec.biased_blocks()
     fb_ih = lay.expand(params["bias_ih"], biased) if params["bias_ih"] is not None else None
@@ -374,25 +427,35 @@ def _gru_prepare(call: Call, x: Tensor, params: Named) -> tuple[Tensor, Tensor |
         b_hn = fb_hh[lay.blocks["n"]]
         fb_hh = torch.cat([fb_hh[: 2 * hidden], fb_hh.new_zeros(hidden)])
     bias = fb_ih if fb_hh is None else (fb_hh if fb_ih is None else fb_ih + fb_hh)
-    return _project(x, params["weight_ih"], bias), b_hn
+    return bias, b_hn
 
 
 def gru_forward(ext: Any, call: Call, x: Tensor, h0: Tensor, params: Named,
                 lengths: Tensor | None, save: bool, masks: Named | None = None) -> Named:
     """Run the kernel: ``y``, ``h`` and with ``save`` the :data:`GRU_SAVED` tensors."""
     masks = masks or {}
-    xg, b_hn = _gru_prepare(call, x, params)
+    bias, b_hn = _gru_prepare(call, x, params)
+    kept: Named = {}
+    if call.spec.layer_norm:
+        xg, kept = _ln_project(x, params["weight_ih"], params["ln_ih_weight"], bias, save)
+    else:
+        xg = _project(x, params["weight_ih"], bias)
     res = ext.gru_forward(cfg=call.config(ext), xg=xg, w_hh=params["weight_hh"].contiguous(),
                           b_hn=_c(b_hn, x), h0=h0.contiguous(), lengths=_lengths(lengths),
                           save=save, rmask=_c(masks.get("rec_mask"), x),
-                          zh=_c(masks.get("zone_hidden"), x))
+                          zh=_c(masks.get("zone_hidden"), x),
+                          ln_hh=_c(params.get("ln_hh_weight"), x))
     res["gates"] = xg if save else None
+    res.update({n: kept.get(n) for n in LN_SAVED[:3]})
     return res
 
 
 def gru_backward(ext: Any, call: Call, saved: Named, w_hh: Tensor, lengths: Tensor | None,
-                 grads: Named, masks: Named | None = None) -> Named:
-    """Run the backward kernel: ``dz``, ``drec`` (torch's placement) and ``dh0``."""
+                 grads: Named, masks: Named | None = None,
+                 ln_hh: Tensor | None = None) -> Named:
+    """Run the backward kernel: ``dz``, ``drec`` (torch's placement), ``dh0`` and with layer
+    norm (gain ``ln_hh``) ``drec_raw``, the gradient of ``R h`` before its norm. ``masks``: the
+    :data:`GRU_MASKS`."""
     masks = masks or {}
     gates = saved["gates"]
     steps, batch, _ = gates.shape
@@ -402,7 +465,9 @@ def gru_backward(ext: Any, call: Call, saved: Named, w_hh: Tensor, lengths: Tens
         aux=saved["aux"], lengths=_lengths(lengths),
         dy=_grad_or_zeros(grads["y"], (steps, batch, hidden), gates),
         dh=_grad_or_zeros(grads["h"], (batch, hidden), gates),
-        rmask=_c(masks.get("rec_mask"), gates), zh=_c(masks.get("zone_hidden"), gates))
+        rmask=_c(masks.get("rec_mask"), gates), zh=_c(masks.get("zone_hidden"), gates),
+        ln_hh=_c(ln_hh, gates), ln_rec=_c(saved.get("ln_rec"), gates),
+        ln_rstd=_c(saved.get("ln_rstd"), gates))
 
 
 def gru_grads(call: Call, inp: Inputs, saved: Named, kernel: Named,
@@ -410,16 +475,24 @@ def gru_grads(call: Call, inp: Inputs, saved: Named, kernel: Named,
     """Every input's gradient from the backward kernel's results."""
     lay, hidden = call.layout, call.layout.hidden_size
     found: Named = {"h0": kernel["dh0"]}
-    found["x"], found["weight_ih"], dz2 = _input_grads(inp, kernel["dz"])
+    dz = kernel["dz"]
+    dproj = _ln_input_backward(inp, dz, saved, found) if call.spec.layer_norm else dz
+    found["x"], found["weight_ih"], _ = _input_grads(inp, dproj)
+    dz2 = dz.reshape(-1, dz.shape[-1])
     n = dz2.shape[0]
     hs = saved["h_all"]
     h_prev = _masked_prev(hs[1:] if call.reverse else hs[:-1], (masks or {}).get("rec_mask"),
                           hidden).reshape(n, hidden)
     if call.spec.reset_after:
-        # The recurrent pre-activations R h + b_hh have their own gradient (drec).
+        # The recurrent pre-activations R h + b_hh (with layer norm LN(R h) + b_hh) have their
+        # own gradient (drec); with layer norm R h itself has drec_raw.
         drec2 = kernel["drec"].reshape(n, -1)
+        raw = _present(kernel.get("drec_raw"))
+        if raw is not None:
+            found["ln_hh_weight"] = kernel["dln_hh"]
         if inp.need["weight_hh"]:
-            found["weight_hh"] = torch.mm(drec2.t(), h_prev)
+            found["weight_hh"] = torch.mm((drec2 if raw is None else raw.reshape(n, -1)).t(),
+                                          h_prev)
         _bias_grads(inp, lay, drec2.sum(0), found, ("bias_hh",))
         _bias_grads(inp, lay, dz2.sum(0), found, ("bias_ih",))
     else:

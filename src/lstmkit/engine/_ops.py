@@ -39,6 +39,8 @@ from ._function import (
     GRU_CARRY,
     GRU_MASKS,
     GRU_PARAMS,
+    GRU_SAVED,
+    LN_SAVED,
     LSTM_CARRY,
     LSTM_MASKS,
     LSTM_PARAMS,
@@ -47,6 +49,7 @@ from ._function import (
     Call,
     Inputs,
     Named,
+    _present,
     cell_key,
     gru_backward,
     gru_forward,
@@ -59,11 +62,13 @@ from ._function import (
     rnn_backward,
     rnn_forward,
     rnn_grads,
+    spec_of,
 )
 
 _PARAMS_SCHEMA = {
     "lstm": ", ".join(f"Tensor{'' if n == 'weight_ih' else '?'} {n}" for n in LSTM_PARAMS),
-    "gru": "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh",
+    "gru": ", ".join(f"Tensor{'' if n in ('weight_ih', 'weight_hh') else '?'} {n}"
+                     for n in GRU_PARAMS),
 }
 # The regularisers' masks (recurrent dropout, zoneout): optional, not differentiated.
 _MASKS_SCHEMA = {
@@ -91,6 +96,19 @@ def _absent(like: Tensor) -> Tensor:
 
 def _out(t: Tensor | None, like: Tensor) -> Tensor:
     return _absent(like) if t is None else t
+
+
+def _ln_fake(spec: Any, x: Tensor, rows: int, save: bool) -> tuple[Tensor, ...]:
+    """The shapes of :data:`LN_SAVED` for a call of ``spec`` (all absent without layer norm)."""
+    steps, batch = x.shape[0], x.shape[1]
+    new = x.new_empty
+    # Each absent result is its own empty tensor, as the kernel returns them (none aliases).
+    if not (save and spec.layer_norm):
+        return tuple(_absent(x) for _ in LN_SAVED)
+    rec = spec.hidden_recurrence
+    return (new(steps, batch, rows), new(steps, batch, 1), new(steps, batch, 1),
+            new(steps, batch, rows) if rec else _absent(x),
+            new(steps, batch) if rec else _absent(x))
 
 
 _LIB = torch.library.Library("lstmkit", "FRAGMENT")
@@ -147,6 +165,9 @@ def _operator(name: str, schema: str) -> Any:
 # -------------------------------------------------------------------------------------------
 # LSTM family
 
+#: What the LSTM backward kernel returns (see ``lstm_backward_impl`` in ``csrc/lstm.h``).
+_LSTM_KERNEL = ("dz", "dh0", "dc0", "da0", "dh_all", "dpeep", "drec", "dln_c", "dln_hh")
+
 @_operator(
     "lstm_scan",
     "(Tensor x, Tensor h0, Tensor c0, Tensor? a0, Tensor? lengths, "
@@ -182,45 +203,58 @@ def _(x: Tensor, h0: Tensor, c0: Tensor, a0: Tensor | None, lengths: Tensor | No
             new(steps + 1, batch, out + carried) if save else none,
             new(steps + 1, batch, hidden) if save else none,
             new(steps, batch, hidden) if save and out != hidden else none,
-            new(steps, batch, hidden) if save and zone_cell is not None else _absent(x))
+            new(steps, batch, hidden) if save and zone_cell is not None else _absent(x),
+            *_ln_fake(lay.spec, x, lay.rows, save))
 
 
 @_operator(
     "lstm_scan_backward",
     "(Tensor gates, Tensor? wcat, Tensor? peep, Tensor? w_hr, Tensor c_all, "
     "Tensor? lengths, Tensor? dy, Tensor? dh, Tensor? dc, Tensor? da, Tensor? dcells, "
-    f"{_MASKS_SCHEMA['lstm']}, Tensor? c_tilde, str cell, "
-    f"int hidden_size, int proj_size, bool reverse) -> {_returns(6)}")
+    f"{_MASKS_SCHEMA['lstm']}, Tensor? c_tilde, "
+    "Tensor? ln_hh_weight, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor? ln_rec, "
+    "Tensor? ln_rstd, str cell, int hidden_size, int proj_size, bool reverse) -> "
+    f"{_returns(len(_LSTM_KERNEL))}")
 def lstm_scan_backward(gates: Tensor, wcat: Tensor | None, peep: Tensor | None,
                        w_hr: Tensor | None, c_all: Tensor, lengths: Tensor | None,
                        dy: Tensor | None, dh: Tensor | None, dc: Tensor | None,
                        da: Tensor | None, dcells: Tensor | None, rec_mask: Tensor | None,
                        zone_cell: Tensor | None, zone_hidden: Tensor | None,
-                       c_tilde: Tensor | None, cell: str, hidden_size: int,
-                       proj_size: int, reverse: bool) -> tuple[Tensor, ...]:
+                       c_tilde: Tensor | None, ln_hh_weight: Tensor | None,
+                       ln_c_weight: Tensor | None, ln_c_bias: Tensor | None,
+                       ln_rec: Tensor | None, ln_rstd: Tensor | None, cell: str,
+                       hidden_size: int, proj_size: int, reverse: bool) -> tuple[Tensor, ...]:
     call = Call.of(cell, hidden_size, proj_size, reverse)
-    saved = {"gates": gates, "c_all": c_all, "c_tilde": c_tilde}
+    saved = {"gates": gates, "c_all": c_all, "c_tilde": c_tilde, "ln_rec": ln_rec,
+             "ln_rstd": ln_rstd}
     grads = {"y": dy, "h": dh, "c": dc, "a": da, "cells": dcells}
     masks = {"rec_mask": rec_mask, "zone_cell": zone_cell, "zone_hidden": zone_hidden}
+    ln = {"ln_hh_weight": ln_hh_weight, "ln_c_weight": ln_c_weight, "ln_c_bias": ln_c_bias}
     with torch.autocast("cpu", enabled=False):
-        res = lstm_backward(_ext(), call, saved, wcat, peep, w_hr, lengths, grads, masks)
-    return tuple(_out(res[n], gates) for n in ("dz", "dh0", "dc0", "da0", "dh_all", "dpeep"))
+        res = lstm_backward(_ext(), call, saved, wcat, peep, w_hr, lengths, grads, masks=masks,
+                            ln=ln)
+    return tuple(_out(res[n], gates) for n in _LSTM_KERNEL)
 
 
 @lstm_scan_backward.register_fake
 def _(gates: Tensor, wcat: Tensor | None, peep: Tensor | None, w_hr: Tensor | None,
       c_all: Tensor, lengths: Tensor | None, dy: Tensor | None, dh: Tensor | None,
-      dc: Tensor | None, da: Tensor | None, dcells: Tensor | None, rec_mask: Tensor | None,
-      zone_cell: Tensor | None, zone_hidden: Tensor | None, c_tilde: Tensor | None, cell: str,
-      hidden_size: int, proj_size: int, reverse: bool) -> tuple[Tensor, ...]:
+      dc: Tensor | None, da: Tensor | None, dcells: Tensor | None, *rest: Any,
+      ) -> tuple[Tensor, ...]:
+    cell, hidden_size, proj_size, reverse = rest[-4:]
     lay = Call.of(cell, hidden_size, proj_size, reverse).layout
+    spec = lay.spec
     steps, batch = gates.shape[0], gates.shape[1]
     out, carried = lay.out_size, lay.carried_size
     new, none = gates.new_empty, _absent(gates)
+    ln_rec = spec.layer_norm and spec.hidden_recurrence
     return (new(steps, batch, lay.rows), new(batch, out), new(batch, hidden_size),
             new(batch, carried) if carried else none,
             new(steps, batch, out) if out != hidden_size else none,
-            new(3, hidden_size) if lay.spec.peephole else none)
+            new(3, hidden_size) if spec.peephole else none,
+            new(steps, batch, lay.rows) if ln_rec else _absent(gates),
+            new(2, hidden_size) if spec.layer_norm else _absent(gates),
+            new(lay.rows) if ln_rec else _absent(gates))
 
 
 def _lstm_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -264,8 +298,10 @@ def _lstm_backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]
             saved["gates"], wcat, peep, params["weight_hr"], saved["c_all"], lengths,
             named["y"], named["h"], named["c"], named["a"] if lay.carried_size else None,
             named["cells"] if call.return_cells else None, *masks.values(),
-            saved["c_tilde"] if masks["zone_cell"] is not None else None, *ctx.args)
-        kernel = dict(zip(("dz", "dh0", "dc0", "da0", "dh_all", "dpeep"), kernel))
+            saved["c_tilde"] if masks["zone_cell"] is not None else None,
+            params["ln_hh_weight"], params["ln_c_weight"], params["ln_c_bias"],
+            _present(saved["ln_rec"]), _present(saved["ln_rstd"]), *ctx.args)
+        kernel = dict(zip(_LSTM_KERNEL, kernel))
         found = lstm_grads(call, inp, saved, kernel, masks)
     return _layout_grads(inp, found, lengths_at=4, n_config=_N_LSTM_MASKS + 6)
 
@@ -291,7 +327,9 @@ lstm_scan.register_autograd("LSTMFunction", _lstm_setup, _lstm_backward)
 # GRU and RNN
 
 _SMALL_FORWARD = {"gru": gru_forward, "rnn": rnn_forward}
-_SMALL_SAVED = {"gru": ("gates", "h_all", "aux"), "rnn": ("hact", "h_all")}
+#: What the GRU backward kernel returns (see ``gru_backward_impl`` in ``csrc/gru.h``).
+_GRU_KERNEL = ("dz", "drec", "dh0", "drec_raw", "dln_hh")
+_SMALL_SAVED = {"gru": GRU_SAVED, "rnn": ("hact", "h_all")}
 
 
 def _small_scan(family: str, x: Tensor, h0: Tensor, lengths: Tensor | None,
@@ -304,7 +342,8 @@ def _small_scan(family: str, x: Tensor, h0: Tensor, lengths: Tensor | None,
     return tuple(_out(res[n], x) for n in ("y", "h", *_SMALL_SAVED[family]))
 
 
-def _small_fake(family: str, x: Tensor, hidden: int, save: bool) -> tuple[Tensor, ...]:
+def _small_fake(family: str, x: Tensor, cell: str, hidden: int,
+                save: bool) -> tuple[Tensor, ...]:
     steps, batch = x.shape[0], x.shape[1]
     new, none = x.new_empty, _absent(x)
     rows = 3 * hidden if family == "gru" else hidden
@@ -312,6 +351,7 @@ def _small_fake(family: str, x: Tensor, hidden: int, save: bool) -> tuple[Tensor
              new(steps + 1, batch, hidden) if save else none]
     if family == "gru":
         saved.append(new(steps, batch, hidden) if save else none)
+        saved.extend(_ln_fake(spec_of(cell), x, rows, save))
     return (new(steps, batch, hidden), new(batch, hidden), *saved)
 
 
@@ -319,65 +359,64 @@ _SMALL_SCHEMA = (f"(Tensor x, Tensor h0, Tensor? lengths, {_PARAMS_SCHEMA['gru']
                  f"{_MASKS_SCHEMA['gru']}, str cell, int hidden_size, bool reverse, bool save) -> ")
 
 
-@_operator("gru_scan", _SMALL_SCHEMA + _returns(5))
-def gru_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor,
-             weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None,
-             rec_mask: Tensor | None, zone_hidden: Tensor | None, cell: str,
-             hidden_size: int, reverse: bool, save: bool) -> tuple[Tensor, ...]:
-    return _small_scan("gru", x, h0, lengths, (weight_ih, weight_hh, bias_ih, bias_hh),
-                       (rec_mask, zone_hidden), cell, hidden_size, reverse, save)
+@_operator("gru_scan", _SMALL_SCHEMA + _returns(2 + len(GRU_SAVED)))
+def gru_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, *rest: Any) -> tuple[Tensor, ...]:
+    flat, masks = rest[:len(GRU_PARAMS)], rest[len(GRU_PARAMS):-4]
+    cell, hidden_size, reverse, save = rest[-4:]
+    return _small_scan("gru", x, h0, lengths, flat, masks, cell, hidden_size, reverse, save)
 
 
 @gru_scan.register_fake
-def _(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
-      bias_ih: Tensor | None, bias_hh: Tensor | None, rec_mask: Tensor | None,
-      zone_hidden: Tensor | None, cell: str, hidden_size: int,
-      reverse: bool, save: bool) -> tuple[Tensor, ...]:
-    return _small_fake("gru", x, hidden_size, save)
+def _(x: Tensor, h0: Tensor, lengths: Tensor | None, *rest: Any) -> tuple[Tensor, ...]:
+    cell, hidden_size, _reverse, save = rest[-4:]
+    return _small_fake("gru", x, cell, hidden_size, save)
 
 
 @_operator("rnn_scan", _SMALL_SCHEMA + _returns(4))
-def rnn_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor,
-             weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None,
-             rec_mask: Tensor | None, zone_hidden: Tensor | None, cell: str,
-             hidden_size: int, reverse: bool, save: bool) -> tuple[Tensor, ...]:
-    return _small_scan("rnn", x, h0, lengths, (weight_ih, weight_hh, bias_ih, bias_hh),
-                       (rec_mask, zone_hidden), cell, hidden_size, reverse, save)
+def rnn_scan(x: Tensor, h0: Tensor, lengths: Tensor | None, *rest: Any) -> tuple[Tensor, ...]:
+    flat, masks = rest[:len(GRU_PARAMS)], rest[len(GRU_PARAMS):-4]
+    cell, hidden_size, reverse, save = rest[-4:]
+    return _small_scan("rnn", x, h0, lengths, flat, masks, cell, hidden_size, reverse, save)
 
 
 @rnn_scan.register_fake
-def _(x: Tensor, h0: Tensor, lengths: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
-      bias_ih: Tensor | None, bias_hh: Tensor | None, rec_mask: Tensor | None,
-      zone_hidden: Tensor | None, cell: str, hidden_size: int,
-      reverse: bool, save: bool) -> tuple[Tensor, ...]:
-    return _small_fake("rnn", x, hidden_size, save)
+def _(x: Tensor, h0: Tensor, lengths: Tensor | None, *rest: Any) -> tuple[Tensor, ...]:
+    cell, hidden_size, _reverse, save = rest[-4:]
+    return _small_fake("rnn", x, cell, hidden_size, save)
 
 
 @_operator(
     "gru_scan_backward",
     "(Tensor gates, Tensor weight_hh, Tensor h_all, Tensor aux, Tensor? lengths, "
-    f"Tensor? dy, Tensor? dh, {_MASKS_SCHEMA['gru']}, str cell, int hidden_size, "
-    f"bool reverse) -> {_returns(3)}")
+    f"Tensor? dy, Tensor? dh, {_MASKS_SCHEMA['gru']}, Tensor? ln_hh_weight, Tensor? ln_rec, "
+    f"Tensor? ln_rstd, str cell, int hidden_size, bool reverse) -> "
+    f"{_returns(len(_GRU_KERNEL))}")
 def gru_scan_backward(gates: Tensor, weight_hh: Tensor, h_all: Tensor, aux: Tensor,
                       lengths: Tensor | None, dy: Tensor | None, dh: Tensor | None,
-                      rec_mask: Tensor | None, zone_hidden: Tensor | None, cell: str,
-                      hidden_size: int, reverse: bool) -> tuple[Tensor, ...]:
+                      rec_mask: Tensor | None, zone_hidden: Tensor | None,
+                      ln_hh_weight: Tensor | None, ln_rec: Tensor | None,
+                      ln_rstd: Tensor | None, cell: str, hidden_size: int,
+                      reverse: bool) -> tuple[Tensor, ...]:
     call = Call.of(cell, hidden_size, 0, reverse)
+    saved = {"gates": gates, "h_all": h_all, "aux": aux, "ln_rec": ln_rec, "ln_rstd": ln_rstd}
     with torch.autocast("cpu", enabled=False):
-        res = gru_backward(_ext(), call, {"gates": gates, "h_all": h_all, "aux": aux},
-                           weight_hh, lengths, {"y": dy, "h": dh},
-                           {"rec_mask": rec_mask, "zone_hidden": zone_hidden})
-    return tuple(_out(res[n], gates) for n in ("dz", "drec", "dh0"))
+        res = gru_backward(_ext(), call, saved, weight_hh, lengths, {"y": dy, "h": dh},
+                           {"rec_mask": rec_mask, "zone_hidden": zone_hidden}, ln_hh_weight)
+    return tuple(_out(res[n], gates) for n in _GRU_KERNEL)
 
 
 @gru_scan_backward.register_fake
 def _(gates: Tensor, weight_hh: Tensor, h_all: Tensor, aux: Tensor, lengths: Tensor | None,
       dy: Tensor | None, dh: Tensor | None, rec_mask: Tensor | None,
-      zone_hidden: Tensor | None, cell: str, hidden_size: int,
+      zone_hidden: Tensor | None, ln_hh_weight: Tensor | None, ln_rec: Tensor | None,
+      ln_rstd: Tensor | None, cell: str, hidden_size: int,
       reverse: bool) -> tuple[Tensor, ...]:
-    reset_after = Call.of(cell, hidden_size, 0, reverse).spec.reset_after
-    return (torch.empty_like(gates), torch.empty_like(gates) if reset_after else _absent(gates),
-            gates.new_empty(gates.shape[1], hidden_size))
+    spec = Call.of(cell, hidden_size, 0, reverse).spec
+    return (torch.empty_like(gates),
+            torch.empty_like(gates) if spec.reset_after else _absent(gates),
+            gates.new_empty(gates.shape[1], hidden_size),
+            torch.empty_like(gates) if spec.layer_norm else _absent(gates),
+            gates.new_empty(gates.shape[2]) if spec.layer_norm else _absent(gates))
 
 
 @_operator(
@@ -423,7 +462,8 @@ def _small_backward(ctx: Any, dy: Tensor | None, dh: Tensor | None,
     lengths, values = saved_t[len(names)], saved_t[len(names) + 1:-_N_GRU_MASKS]
     masks = dict(zip(GRU_MASKS, saved_t[-_N_GRU_MASKS:]))
     needs = ctx.needs_input_grad
-    inp = Inputs(("x", *GRU_CARRY, *GRU_PARAMS), values, (*needs[:2], *needs[3:7]))
+    inp = Inputs(("x", *GRU_CARRY, *GRU_PARAMS), values,
+                 (*needs[:2], *needs[3:3 + len(GRU_PARAMS)]))
     if torch.is_grad_enabled():
         found = reference_backward(call, inp, lengths, (dy, dh), masks)
     else:
@@ -432,8 +472,9 @@ def _small_backward(ctx: Any, dy: Tensor | None, dh: Tensor | None,
         if family == "gru":
             kernel = gru_scan_backward(
                 saved["gates"], w_hh, saved["h_all"], saved["aux"], lengths, dy, dh,
-                *masks.values(), *ctx.args)
-            found = gru_grads(call, inp, saved, dict(zip(("dz", "drec", "dh0"), kernel)), masks)
+                *masks.values(), inp.values["ln_hh_weight"], _present(saved["ln_rec"]),
+                _present(saved["ln_rstd"]), *ctx.args)
+            found = gru_grads(call, inp, saved, dict(zip(_GRU_KERNEL, kernel)), masks)
         else:
             kernel = rnn_scan_backward(saved["hact"], w_hh, lengths, dy, dh, *masks.values(),
                                        *ctx.args)

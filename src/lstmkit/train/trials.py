@@ -67,6 +67,9 @@ def mergeable(model: Any) -> str | None:
     layer = model.layer
     if layer.num_layers != 1 or layer.bidirectional:
         return "only single-layer, unidirectional nets train in groups"
+    if layer.spec.layer_norm:
+        # One block-diagonal net would normalise over every trial's cells at once.
+        return "layer normalisation mixes the statistics of trials merged into one net"
     reason = engine.unsupported(layer.spec, None)
     if reason is not None:
         return reason

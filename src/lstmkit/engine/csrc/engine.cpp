@@ -10,6 +10,7 @@
 //   config.h     the named configurations Python passes (one field list per family)
 //   lstm.h, lstm_rows.h, gru.h, rnn.h   one cell family each: its step and its backward
 //   regularise.h recurrent dropout and zoneout inside those loops (masks drawn in Python)
+//   layer_norm.h the row-local layer norm of the recurrent product and the cell state
 //
 // The Python side does the work that is one big operation per sequence (input projection with
 // the bias folded in; weight, bias and input gradients as GEMMs over all steps); the kernels do
@@ -25,6 +26,7 @@
 // Every entry point takes its operands and configuration by name and returns a dict of named
 // results (None where a result does not apply).
 
+#include <optional>
 #include <set>
 #include <string>
 
@@ -90,12 +92,22 @@ py::dict named(std::initializer_list<const char*> names, const std::vector<Tenso
   return out;
 }
 
+// The layer-norm parameters of an LSTM call: the gain of W_hh h (rows) and c's gain and shift.
+void check_lstm_ln(const LstmCfg& c, const Tensor& like, const Tensor& ln_hh, const Tensor& ln_cw,
+                   const Tensor& ln_cb) {
+  check_operand(ln_hh, like, c.ln_rec, c.R, "ln_hh_weight");
+  check_operand(ln_cw, like, c.ln_c, c.H, "ln_c_weight");
+  check_operand(ln_cb, like, c.ln_c, c.H, "ln_c_bias");
+}
+
 py::dict lstm_forward(const LstmConfig& cfg, Tensor xg, Tensor wcat, Tensor peep, Tensor w_hr,
                       Tensor h0, Tensor c0, Tensor a0, Tensor lengths, bool save,
-                      bool return_cells, Opt rmask_, Opt zc_, Opt zh_) {
+                      bool return_cells, Opt rmask_, Opt zc_, Opt zh_, Opt ln_hh_, Opt ln_cw_,
+                      Opt ln_cb_) {
   const Tensor rmask = opt(rmask_);
   const Tensor zc = opt(zc_);
   const Tensor zh = opt(zh_);
+  const Tensor ln_hh = opt(ln_hh_), ln_cw = opt(ln_cw_), ln_cb = opt(ln_cb_);
   TORCH_CHECK(xg.dim() == 3 && xg.is_contiguous() && xg.device().is_cpu(),
               "lstmkit engine: xg must be a contiguous CPU tensor [T,B,R]");
   const LstmCfg c = lstm_cfg(cfg, xg.size(0), xg.size(1));
@@ -108,24 +120,31 @@ py::dict lstm_forward(const LstmConfig& cfg, Tensor xg, Tensor wcat, Tensor peep
   check_operand(h0, xg, true, B * c.out, "h0");
   check_operand(c0, xg, true, B * c.H, "c0");
   check_operand(a0, xg, c.G > 0, B * c.G, "the initial gate activations");
+  check_lstm_ln(c, xg, ln_hh, ln_cw, ln_cb);
   check_lengths(lengths, B);
   check_masks(rmask, zc, zh, xg, c.T, B, c.out, c.H);
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_forward", [&] {
     res = lstm_forward_impl<scalar_t>(c, xg, wcat, peep, w_hr, h0, c0, a0, lengths, save,
                                       return_cells,
-                                      make_reg<scalar_t>(rmask, zc, zh, B, c.out, c.H));
+                                      make_reg<scalar_t>(rmask, zc, zh, B, c.out, c.H), ln_hh,
+                                      ln_cw, ln_cb);
   });
-  return named({"y", "h", "c", "a", "cells", "rec_in", "c_all", "m_all", "c_tilde"}, res);
+  return named({"y", "h", "c", "a", "cells", "rec_in", "c_all", "m_all", "c_tilde", "ln_rec",
+                "ln_rstd"},
+               res);
 }
 
 py::dict lstm_backward(const LstmConfig& cfg, Tensor gates, Tensor wcat, Tensor peep, Tensor w_hr,
                        Tensor c_all, Tensor lengths, Tensor dy, Tensor dh, Tensor dc, Tensor da,
-                       Tensor dcells, Opt rmask_, Opt zc_, Opt zh_, Opt c_tilde_) {
+                       Tensor dcells, Opt rmask_, Opt zc_, Opt zh_, Opt c_tilde_, Opt ln_hh_,
+                       Opt ln_cw_, Opt ln_cb_, Opt ln_rec_, Opt ln_rstd_) {
   const Tensor rmask = opt(rmask_);
   const Tensor zc = opt(zc_);
   const Tensor zh = opt(zh_);
   const Tensor c_tilde = opt(c_tilde_);
+  const Tensor ln_hh = opt(ln_hh_), ln_cw = opt(ln_cw_), ln_cb = opt(ln_cb_);
+  const Tensor ln_rec = opt(ln_rec_), ln_rstd = opt(ln_rstd_);
   TORCH_CHECK(gates.dim() == 3, "lstmkit engine: gates must be [T,B,R]");
   const LstmCfg c = lstm_cfg(cfg, gates.size(0), gates.size(1));
   check_steps(gates, c.T, c.B, c.R, "gates");
@@ -138,6 +157,9 @@ py::dict lstm_backward(const LstmConfig& cfg, Tensor gates, Tensor wcat, Tensor 
   check_operand(dc, gates, true, c.B * c.H, "dc");
   check_operand(da, gates, c.G > 0, c.B * c.G, "da");
   check_operand(dcells, gates, dcells.defined() && dcells.numel() > 0, c.T * c.B * c.H, "dcells");
+  check_lstm_ln(c, gates, ln_hh, ln_cw, ln_cb);
+  check_operand(ln_rec, gates, c.ln_rec, c.T * c.B * c.R, "ln_rec");
+  check_operand(ln_rstd, gates, c.ln_rec, c.T * c.B, "ln_rstd");
   check_lengths(lengths, c.B);
   check_masks(rmask, zc, zh, gates, c.T, c.B, c.out, c.H);
   if (zc.defined() && zc.numel() > 0) check_steps(c_tilde, c.T, c.B, c.H, "c_tilde");
@@ -146,15 +168,18 @@ py::dict lstm_backward(const LstmConfig& cfg, Tensor gates, Tensor wcat, Tensor 
     res = lstm_backward_impl<scalar_t>(c, gates, wcat, peep, w_hr, c_all, lengths, dy, dh, dc,
                                        da, dcells,
                                        make_reg<scalar_t>(rmask, zc, zh, c.B, c.out, c.H),
-                                       c_tilde);
+                                       c_tilde, ln_hh, ln_cw, ln_cb, ln_rec, ln_rstd);
   });
-  return named({"dz", "dh0", "dc0", "da0", "dh_all", "dpeep"}, res);
+  return named({"dz", "dh0", "dc0", "da0", "dh_all", "dpeep", "drec", "dln_c", "dln_hh"}, res);
 }
 
 py::dict gru_forward(const GruConfig& c, Tensor xg, Tensor w_hh, Tensor b_hn, Tensor h0,
-                     Tensor lengths, bool save, Opt rmask_, Opt zh_) {
+                     Tensor lengths, bool save, Opt rmask_, Opt zh_, Opt ln_hh_) {
   const Tensor rmask = opt(rmask_);
   const Tensor zh = opt(zh_);
+  const Tensor ln_hh = opt(ln_hh_);
+  TORCH_CHECK(!c.layer_norm || c.reset_after,
+              "lstmkit engine: GruConfig.layer_norm needs reset_after");
   TORCH_CHECK(c.hidden >= 0, "lstmkit engine: GruConfig.hidden must be >= 0");
   TORCH_CHECK(xg.dim() == 3, "lstmkit engine: xg must be [T,B,3H]");
   const int64_t B = xg.size(1);
@@ -162,21 +187,26 @@ py::dict gru_forward(const GruConfig& c, Tensor xg, Tensor w_hh, Tensor b_hn, Te
   check_operand(w_hh, xg, true, 3 * c.hidden * c.hidden, "weight_hh");
   check_operand(b_hn, xg, b_hn.defined() && b_hn.numel() > 0, c.hidden, "the candidate bias");
   check_operand(h0, xg, true, B * c.hidden, "h0");
+  check_operand(ln_hh, xg, c.layer_norm, 3 * c.hidden, "ln_hh_weight");
   check_lengths(lengths, B);
   check_masks(rmask, Tensor(), zh, xg, xg.size(0), B, c.hidden, c.hidden);
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "gru_forward", [&] {
     res = gru_forward_impl<scalar_t>(
         c, xg, w_hh, b_hn, h0, lengths, save,
-        make_reg<scalar_t>(rmask, Tensor(), zh, B, c.hidden, c.hidden));
+        make_reg<scalar_t>(rmask, Tensor(), zh, B, c.hidden, c.hidden), ln_hh);
   });
-  return named({"y", "h", "h_all", "aux"}, res);
+  return named({"y", "h", "h_all", "aux", "ln_rec", "ln_rstd"}, res);
 }
 
 py::dict gru_backward(const GruConfig& c, Tensor gates, Tensor w_hh, Tensor h_all, Tensor aux,
-                      Tensor lengths, Tensor dy, Tensor dh, Opt rmask_, Opt zh_) {
+                      Tensor lengths, Tensor dy, Tensor dh, Opt rmask_, Opt zh_, Opt ln_hh_,
+                      Opt ln_rec_, Opt ln_rstd_) {
   const Tensor rmask = opt(rmask_);
   const Tensor zh = opt(zh_);
+  const Tensor ln_hh = opt(ln_hh_), ln_rec = opt(ln_rec_), ln_rstd = opt(ln_rstd_);
+  TORCH_CHECK(!c.layer_norm || c.reset_after,
+              "lstmkit engine: GruConfig.layer_norm needs reset_after");
   TORCH_CHECK(gates.dim() == 3, "lstmkit engine: gates must be [T,B,3H]");
   const int64_t T = gates.size(0), B = gates.size(1), H = c.hidden;
   check_steps(gates, T, B, 3 * H, "gates");
@@ -185,14 +215,18 @@ py::dict gru_backward(const GruConfig& c, Tensor gates, Tensor w_hh, Tensor h_al
   check_steps(dy, T, B, H, "dy");
   check_operand(w_hh, gates, true, 3 * H * H, "weight_hh");
   check_operand(dh, gates, true, B * H, "dh");
+  check_operand(ln_hh, gates, c.layer_norm, 3 * H, "ln_hh_weight");
+  check_operand(ln_rec, gates, c.layer_norm, T * B * 3 * H, "ln_rec");
+  check_operand(ln_rstd, gates, c.layer_norm, T * B, "ln_rstd");
   check_lengths(lengths, B);
   check_masks(rmask, Tensor(), zh, gates, T, B, H, H);
   std::vector<Tensor> res;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
     res = gru_backward_impl<scalar_t>(c, gates, w_hh, h_all, aux, lengths, dy, dh,
-                                      make_reg<scalar_t>(rmask, Tensor(), zh, B, H, H));
+                                      make_reg<scalar_t>(rmask, Tensor(), zh, B, H, H), ln_hh,
+                                      ln_rec, ln_rstd);
   });
-  return named({"dz", "drec", "dh0"}, res);
+  return named({"dz", "drec", "dh0", "drec_raw", "dln_hh"}, res);
 }
 
 py::dict rnn_forward(const RnnConfig& c, Tensor xg, Tensor w_hh, Tensor h0, Tensor lengths,
@@ -400,16 +434,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward", &lstm_forward, arg("cfg"), arg("xg"), arg("wcat"), arg("peep"),
         arg("w_hr"), arg("h0"), arg("c0"), arg("a0"), arg("lengths"), arg("save"),
         arg("return_cells"), arg("rmask") = py::none(), arg("zc") = py::none(),
-        arg("zh") = py::none());
+        arg("zh") = py::none(), arg("ln_hh") = py::none(), arg("ln_cw") = py::none(),
+        arg("ln_cb") = py::none());
   m.def("lstm_backward", &lstm_backward, arg("cfg"), arg("gates"), arg("wcat"), arg("peep"),
         arg("w_hr"), arg("c_all"), arg("lengths"), arg("dy"), arg("dh"), arg("dc"), arg("da"),
         arg("dcells"), arg("rmask") = py::none(), arg("zc") = py::none(), arg("zh") = py::none(),
-        arg("c_tilde") = py::none());
+        arg("c_tilde") = py::none(), arg("ln_hh") = py::none(), arg("ln_cw") = py::none(),
+        arg("ln_cb") = py::none(), arg("ln_rec") = py::none(), arg("ln_rstd") = py::none());
   m.def("gru_forward", &gru_forward, arg("cfg"), arg("xg"), arg("w_hh"), arg("b_hn"), arg("h0"),
-        arg("lengths"), arg("save"), arg("rmask") = py::none(), arg("zh") = py::none());
+        arg("lengths"), arg("save"), arg("rmask") = py::none(), arg("zh") = py::none(),
+        arg("ln_hh") = py::none());
   m.def("gru_backward", &gru_backward, arg("cfg"), arg("gates"), arg("w_hh"), arg("h_all"),
         arg("aux"), arg("lengths"), arg("dy"), arg("dh"), arg("rmask") = py::none(),
-        arg("zh") = py::none());
+        arg("zh") = py::none(), arg("ln_hh") = py::none(), arg("ln_rec") = py::none(),
+        arg("ln_rstd") = py::none());
   m.def("rnn_forward", &rnn_forward, arg("cfg"), arg("xg"), arg("w_hh"), arg("h0"),
         arg("lengths"), arg("save"), arg("rmask") = py::none(), arg("zh") = py::none());
   m.def("rnn_backward", &rnn_backward, arg("cfg"), arg("hact"), arg("w_hh"), arg("lengths"),

@@ -2,12 +2,15 @@
 //
 // reset_after (torch.nn.GRU): n = act(W_n x + b_in + r * (R_n h + b_hn)), so one GEMM per step
 // gives all three blocks of R h. Cho et al. (2014): n = act(W_n x + b_n + R_n (r * h)), so r and
-// z come first and the candidate's GEMM runs on r * h.
+// z come first and the candidate's GEMM runs on r * h. With layer norm (reset_after only, as
+// haste's LayerNormGRU) each step's R h is normalised over its 3H features before its gain and
+// b_hh apply (layer_norm.h).
 #pragma once
 
 #include "config.h"
 #include "gemm.h"
 #include "regularise.h"
+#include "layer_norm.h"
 #include "time_loop.h"
 
 namespace lstmkit {
@@ -17,17 +20,19 @@ namespace lstmkit {
   X(bool, reset_after, "torch's placement: r multiplies (R h + b); else Cho's R (r h)")          \
   X(bool, reverse, "run from the last step to the first")                                       \
   X(Act, gate_activation, "activation of r and z")                                                     \
-  X(Act, input_activation, "activation of the candidate n")
+  X(Act, input_activation, "activation of the candidate n")                                          \
+  X(bool, layer_norm, "layer-normalise R h (gain only; reset_after)")
 
 LSTMKIT_CONFIG_STRUCT(GruConfig, LSTMKIT_GRU_CONFIG)
 
 // xg [T,B,3H]: x W_ih^T + b_ih (+ b_hh where it adds outside the reset gate); becomes r, z, n.
-// Returns {y, h_T, hs [T+1,B,H], aux [T,B,H]} with aux = R_n h + b_hn (reset_after) or r * h
-// (Cho), the last two only when saving for backward.
+// Returns {y, h_T, hs [T+1,B,H], aux [T,B,H], ln_rec [T,B,3H], ln_rstd [T,B]} with aux =
+// R_n h + b_hn (reset_after) or r * h (Cho), the last four only when saving for backward and the
+// last two (the normalised R h and its 1/std) only with layer norm, whose gain is ln_hh.
 template <typename T>
 std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor& w_hh,
                                      const Tensor& b_hn, const Tensor& h0, const Tensor& lengths,
-                                     bool full, const Reg<T>& reg) {
+                                     bool full, const Reg<T>& reg, const Tensor& ln_hh) {
   const int64_t T_ = xg.size(0), B = xg.size(1), H = c.hidden, R = 3 * H;
   auto opts = xg.options();
   Tensor hs = at::empty({full ? T_ + 1 : 2, B, H}, opts);
@@ -41,6 +46,13 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
   T* y_p = y.data_ptr<T>();
   const T* w_p = w_hh.data_ptr<T>();
   const T* bn = ptr_or_null<T>(b_hn);
+  const T* g_hh = c.layer_norm ? ln_hh.data_ptr<T>() : nullptr;
+  // Layer norm saving for backward: the step's GEMM writes R h here and each row is normalised
+  // in place; otherwise the product is normalised in the step's scratch rec.
+  Tensor lnq = c.layer_norm && full ? at::empty({T_, B, R}, opts) : Tensor();
+  Tensor lnr = c.layer_norm && full ? at::empty({T_, B}, opts) : Tensor();
+  T* lnq_p = lnq.defined() ? lnq.data_ptr<T>() : nullptr;
+  T* lnr_p = lnr.defined() ? lnr.data_ptr<T>() : nullptr;
   const Valid valid = make_valid(lengths);
   Tensor hm = reg.rmask ? at::empty({B, H}, opts) : Tensor();
   T* hm_p = reg.rmask ? hm.data_ptr<T>() : nullptr;
@@ -62,8 +74,10 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
       masked_input(reg, hp, hm_p, H, r0, r1);
       hr = hm_p;
     }
+    // With layer norm saving for backward the product goes where it is kept (normalised later).
+    T* q = lnq_p ? lnq_p + s.t * B * R : rec_p;
     if (c.reset_after) {
-      w_step(M, hr + r0 * H, H, false, rec_p + r0 * R, R);
+      w_step(M, hr + r0 * H, H, false, q + r0 * R, R);
     } else {
       w_step(M, hr + r0 * H, H, true, z + r0 * R, R);
       // Padded rows too: their r * h is multiplied by a zero gradient, so it must be finite.
@@ -89,6 +103,10 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
           if (c.reset_after) {
             const T* rr = rec_p + b * R;
             T* rn = auxt + b * H;
+            if (g_hh) {
+              const T rstd = ln_forward(q + b * R, g_hh, nullptr, rec_p + b * R, R, false);
+              if (lnr_p) lnr_p[s.t * B + b] = rstd;
+            }
 #pragma omp simd
             for (int64_t j = 0; j < 2 * H; ++j) zr[j] += rr[j];
             act_fwd(c.gate_activation, zr, 2 * H);
@@ -111,19 +129,24 @@ std::vector<Tensor> gru_forward_impl(const GruConfig& c, Tensor xg, const Tensor
         [&](int64_t b) {
           copy_row(hn + b * H, hp + b * H, H);
           zero_row(yt + b * H, H);
+          if (lnr_p) lnr_p[s.t * B + b] = T(0);  // never read; deterministic results
         });
   });
   Tensor hT = hs.select(0, slot(c.reverse ? 0 : T_, full)).clone();
-  return {y, hT, full ? hs : Tensor(), full ? aux : Tensor()};
+  return {y, hT, full ? hs : Tensor(), full ? aux : Tensor(), lnq, lnr};
 }
 
 // Returns {dz [T,B,3H] (gradient of the input pre-activations), drec [T,B,3H] (reset_after:
-// gradient of R h + b_hh; Cho: empty, its recurrent gradients are dz's), dh0}.
+// gradient of R h + b_hh, or with layer norm of LN(R h) + b_hh; Cho: empty, its recurrent
+// gradients are dz's), dh0, drec_raw [T,B,3H] (layer norm only: the gradient of R h itself),
+// dln_hh [3H] (layer norm only: the gradient of its gain)}.
+// ln_hh, ln_rec, ln_rstd: the norm's gain and what the forward saved (layer norm only).
 template <typename T>
 std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
                                       const Tensor& w_hh, const Tensor& hs, const Tensor& aux,
                                       const Tensor& lengths, const Tensor& dy,
-                                      const Tensor& dhT, const Reg<T>& reg) {
+                                      const Tensor& dhT, const Reg<T>& reg, const Tensor& ln_hh,
+                                      const Tensor& ln_rec, const Tensor& ln_rstd) {
   const int64_t T_ = gates.size(0), B = gates.size(1), H = c.hidden, R = 3 * H;
   auto opts = gates.options();
   Tensor dz = at::empty({T_, B, R}, opts);
@@ -139,6 +162,15 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
   const T* aux_p = aux.data_ptr<T>();
   const T* dy_p = dy.data_ptr<T>();
   const T* w_p = w_hh.data_ptr<T>();
+  const bool ln = c.layer_norm && c.reset_after;
+  Tensor drr = ln ? at::empty({T_, B, R}, opts) : Tensor();
+  T* drr_p = ln ? drr.data_ptr<T>() : nullptr;
+  // The gain's gradient per row, summed in row order at the end (independent of the threads).
+  Tensor dghrow = ln ? at::zeros({B, R}, opts) : Tensor();
+  T* dgh_p = ln ? dghrow.data_ptr<T>() : nullptr;
+  const T* g_hh = ln ? ln_hh.data_ptr<T>() : nullptr;
+  const T* lnq_p = ln ? ln_rec.data_ptr<T>() : nullptr;
+  const T* lnr_p = ln ? ln_rstd.data_ptr<T>() : nullptr;
   const Valid valid = make_valid(lengths);
   const int64_t grain = grain_rows(R);
   const StepGemm<T> w_back(false, H, c.reset_after ? R : 2 * H, w_p, H);
@@ -198,17 +230,26 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
             copy_row(dq, static_cast<const T*>(d), 2 * H);
 #pragma omp simd
             for (int64_t j = 0; j < H; ++j) dq[2 * H + j] = dn[j] * gr[j];
+            if (drr_p) {
+              const int64_t i = t * B + b;
+              ln_backward(lnq_p + i * R, lnr_p[i], g_hh, static_cast<const T*>(dq),
+                          drr_p + i * R, dgh_p + b * R, nullptr, R);
+            }
           }
         },
         [&](int64_t b) {
           zero_row(dzt + b * R, R);
           if (drt) zero_row(drt + b * R, R);
+          if (drr_p) zero_row(drr_p + (t * B + b) * R, R);
         });
+    // The GEMM computed R (m *) h: its gradient is drec, or with layer norm the one through the
+    // norm.
+    const T* dsrc = c.reset_after && drr_p ? drr_p + t * B * R : drt;
     if (c.reset_after && dtmp_p) {
-      w_back(M, drt + r0 * R, R, false, dtmp_p + r0 * H, H);
+      w_back(M, dsrc + r0 * R, R, false, dtmp_p + r0 * H, H);
       add_masked_grad(reg, static_cast<const T*>(dtmp_p), dh_p, H, r0, r1);
     } else if (c.reset_after) {
-      w_back(M, drt + r0 * R, R, true, dh_p + r0 * H, H);
+      w_back(M, dsrc + r0 * R, R, true, dh_p + r0 * H, H);
     } else {
       w_back_n(M, dzt + r0 * R + 2 * H, R, false, drh_p + r0 * H, H);
       for_rows<T>(
@@ -245,7 +286,7 @@ std::vector<Tensor> gru_backward_impl(const GruConfig& c, const Tensor& gates,
       }
     }
   });
-  return {dz, drec, dh};
+  return {dz, drec, dh, drr, ln ? dghrow.sum(0) : Tensor()};
 }
 
 }  // namespace lstmkit

@@ -13,13 +13,17 @@ using at::Tensor;
 
 // Forward over the sequence. xg [T,B,R]: x W_ih^T + b, overwritten with the activated gates.
 // Returns {y [T,B,out], h_T, c_T, a_T, cells [T,B,H] or empty, rin [T+1,B,KS], c_all [T+1,B,H],
-// m_all [T,B,H] or empty, c_tilde [T,B,H] or empty} (the last four full only when saving for
-// backward; c_tilde, the cell update before zoneout, only with zoneout on c).
+// m_all [T,B,H] or empty, c_tilde [T,B,H] or empty, ln_rec [T,B,R], ln_rstd [T,B]} (the last
+// six full only when saving for backward; c_tilde, the cell update before zoneout, only with
+// zoneout on c; the last two, the normalised W_hh h(t-1) and its 1/std, only with layer norm).
+// ln_hh, ln_cw, ln_cb: the layer-norm gains of W_hh h and of c and the shift of c (layer norm).
 template <typename T>
 std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor& wcat,
                                       const Tensor& peep, const Tensor& w_hr, const Tensor& h0,
                                       const Tensor& c0, const Tensor& a0, const Tensor& lengths,
-                                      bool full, bool return_cells, const Reg<T>& reg) {
+                                      bool full, bool return_cells, const Reg<T>& reg,
+                                      const Tensor& ln_hh, const Tensor& ln_cw,
+                                      const Tensor& ln_cb) {
   const int64_t T_ = c.T, B = c.B, H = c.H, R = c.R, KS = c.KS;
   auto opts = xg.options();
   const int64_t n_states = full ? T_ + 1 : 2;
@@ -47,6 +51,14 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
   Tensor ctil = reg.zc && full ? at::empty({T_, B, H}, opts) : Tensor();
   T* hm_p = rmasked ? hm.data_ptr<T>() : nullptr;
   T* ctil_p = ctil.defined() ? ctil.data_ptr<T>() : nullptr;
+  const LnParams<T> lnp{ptr_or_null<T>(ln_hh), ptr_or_null<T>(ln_cw), ptr_or_null<T>(ln_cb)};
+  const LnParams<T>* ln = c.ln_c ? &lnp : nullptr;
+  // Layer norm of W_hh h(t-1): the step's GEMM writes the product here, not into z, and each row
+  // is normalised and added to z (kept for backward when saving, else one step's worth).
+  Tensor lnq = c.ln_rec ? at::empty({full ? T_ : 1, B, R}, opts) : Tensor();
+  Tensor lnr = c.ln_rec ? at::empty({full ? T_ : 1, B}, opts) : Tensor();
+  T* lnq_p = c.ln_rec ? lnq.data_ptr<T>() : nullptr;
+  T* lnr_p = c.ln_rec ? lnr.data_ptr<T>() : nullptr;
   {
     const int64_t i0 = slot(c.rev ? T_ : 0, full);
     T* r0 = rin_p + i0 * B * KS;
@@ -80,12 +92,23 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
       masked_input(reg, hp, hm_p, KS, r0, r1);
       hp = hm_p;
     }
+    // With layer norm the product goes to q, is normalised row by row and added to z.
+    T* q = c.ln_rec ? lnq_p + (full ? t : 0) * B * R : nullptr;
     if (c.KG > 0) {
-      rec(active_rows(valid, t, r0, r1), hp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
+      const int64_t active = active_rows(valid, t, r0, r1);
+      if (q) {
+        rec(active, hp + r0 * KS + c.koff, KS, false, q + r0 * R, R);
+      } else {
+        rec(active, hp + r0 * KS + c.koff, KS, true, z + r0 * R, R);
+      }
     }
     for_rows<T>(
         r0, r1, grain, 4 * H, valid, t,
         [&](int64_t b, T* tmp) {
+          if (q) {
+            lnr_p[(full ? t : 0) * B + b] = ln_forward(q + b * R, lnp.g_hh, nullptr, z + b * R,
+                                                       R, true);
+          }
           T* m = c.proj ? mt + b * H : (h_in_y ? yt + b * c.out : rn + b * KS);
           T* a = c.G ? rn + b * KS + c.out : nullptr;
           bool done = false;
@@ -96,7 +119,9 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
               done = true;
             }
           }
-          if (!done) lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m, a, pi, pf, po, tmp);
+          if (!done) {
+            lstm_fwd_row<T>(c, z + b * R, cp + b * H, cn + b * H, m, a, pi, pf, po, tmp, ln);
+          }
           // Zoneout: each unit of c and h keeps its previous value with weight d.
           if (reg.zc) {
             if (ctil_p) copy_row(ctil_p + (t * B + b) * H, static_cast<const T*>(cn + b * H), H);
@@ -111,6 +136,13 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
         [&](int64_t b) {
           copy_row(rn + b * KS, static_cast<const T*>(rp + b * KS), KS);
           copy_row(cn + b * H, static_cast<const T*>(cp + b * H), H);
+          // What is saved of a padded row is never read; zeros keep the results deterministic
+          // (the step's GEMM stops at the last live row and leaves the rest unwritten).
+          if (ctil_p) zero_row(ctil_p + (t * B + b) * H, H);
+          if (q) {
+            zero_row(q + b * R, R);
+            lnr_p[(full ? t : 0) * B + b] = T(0);
+          }
           if (c.proj) {
             // Backward multiplies these rows by a zero gradient; uninitialised memory could
             // hold NaN or Inf, and 0 * NaN would poison dW_hr.
@@ -140,19 +172,25 @@ std::vector<Tensor> lstm_forward_impl(const LstmCfg& c, Tensor xg, const Tensor&
   Tensor aT = c.G ? last.narrow(1, c.out, c.G).clone() : Tensor();
   Tensor cT = call.select(0, iT).clone();
   return {y, hT, cT, aT, cells, full ? rin : Tensor(), full ? call : Tensor(),
-          full ? mall : Tensor(), ctil};
+          full ? mall : Tensor(), ctil, full ? lnq : Tensor(), full ? lnr : Tensor()};
 }
 
 // Backward over the sequence. Returns {dz [T,B,R], dh0, dc0, da0, dh_all [T,B,out] (proj only),
-// dpeep [3,H] (peepholes only: the gradients of the i, f, o peephole weights)}. ctil: c~(t), the
-// cell updates before zoneout (only with zoneout on c).
+// dpeep [3,H] (peepholes only: the gradients of the i, f, o peephole weights), drec [T,B,R]
+// (layer norm of W_hh h only: the gradient of W_hh h(t-1) itself, where dz is that of its
+// normalised value), dln_c [2,H] (layer norm only: the gradients of c's gain and shift),
+// dln_hh [R] (layer norm of W_hh h only: the gradient of its gain)}. ctil: c~(t), the cell
+// updates before zoneout (only with zoneout on c). ln_rec, ln_rstd: what the forward saved of
+// the normalised W_hh h(t-1).
 template <typename T>
 std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, const Tensor& wcat,
                                        const Tensor& peep, const Tensor& w_hr,
                                        const Tensor& call, const Tensor& lengths, const Tensor& dy,
                                        const Tensor& dhT, const Tensor& dcT, const Tensor& daT,
                                        const Tensor& dcells, const Reg<T>& reg,
-                                       const Tensor& ctil) {
+                                       const Tensor& ctil, const Tensor& ln_hh,
+                                       const Tensor& ln_cw, const Tensor& ln_cb,
+                                       const Tensor& ln_rec, const Tensor& ln_rstd) {
   const int64_t T_ = c.T, B = c.B, H = c.H, R = c.R, KS = c.KS, out = c.out;
   auto opts = gates.options();
   Tensor dz = at::empty({T_, B, R}, opts);
@@ -162,6 +200,17 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
   Tensor dm_buf = c.proj ? at::empty({B, H}, opts) : Tensor();
   Tensor dprow = c.peep ? at::zeros({B, 3, H}, opts) : Tensor();
   T* dpr_p = c.peep ? dprow.data_ptr<T>() : nullptr;
+  const LnParams<T> lnp{ptr_or_null<T>(ln_hh), ptr_or_null<T>(ln_cw), ptr_or_null<T>(ln_cb)};
+  const LnParams<T>* ln = c.ln_c ? &lnp : nullptr;
+  // Per-row gain and shift gradients of c's norm, summed in row order at the end (as dprow).
+  Tensor dlnrow = c.ln_c ? at::zeros({B, 2, H}, opts) : Tensor();
+  Tensor drr = c.ln_rec ? at::empty({T_, B, R}, opts) : Tensor();
+  Tensor dghrow = c.ln_rec ? at::zeros({B, R}, opts) : Tensor();  // per row, as dlnrow
+  T* dgh_p = c.ln_rec ? dghrow.data_ptr<T>() : nullptr;
+  T* dln_p = c.ln_c ? dlnrow.data_ptr<T>() : nullptr;
+  T* drr_p = c.ln_rec ? drr.data_ptr<T>() : nullptr;
+  const T* lnq_p = c.ln_rec ? ln_rec.data_ptr<T>() : nullptr;
+  const T* lnr_p = c.ln_rec ? ln_rstd.data_ptr<T>() : nullptr;
   T* drin_p = drin.data_ptr<T>();
   {
     const T* dh_src = dhT.data_ptr<T>();
@@ -221,7 +270,7 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
       dproject(M, dht + r0 * out, out, false, dm_p + r0 * H, H);
     }
     for_rows<T>(
-        r0, r1, grain, 7 * H + out, valid, t,
+        r0, r1, grain, 8 * H + out, valid, t,
         [&](int64_t b, T* tmp) {
           T* dr = drin_p + b * KS;
           T* dcb = dc_p + b * H;
@@ -232,10 +281,10 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
           }
           // Zoneout: the rows see (1 - d) of each state gradient; d of it is kept for t-1.
           const T* dyb = dyt + b * out;
-          T* keep_c = tmp + 6 * H;
+          T* keep_c = tmp + 7 * H;  // lstm_bwd_row uses tmp[0, 7H)
           if (reg.zc) zone_split(dcb, keep_c, reg.zc_row(t, b), H);
           if (reg.zh && !c.proj) {
-            T* g = tmp + 7 * H;
+            T* g = tmp + 8 * H;
 #pragma omp simd
             for (int64_t j = 0; j < out; ++j) g[j] = dyb[j] + dr[j];
             zone_split(g, dkeep_p + b * out, reg.zh_row(t, b), out);
@@ -266,8 +315,14 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
             for (int64_t j = 0; j < H; ++j) t_m[j] = dyb[j] + dr[j];
             dm = t_m;
           }
+          T* dln_b = dln_p ? dln_p + b * 2 * H : nullptr;
           lstm_bwd_row<T>(c, gt + b * R, cp + b * H, cn + b * H, dm, c.G ? dr + out : nullptr,
-                          dcb, dzt + b * R, pi, pf, po, tmp);
+                          dcb, dzt + b * R, pi, pf, po, tmp, ln, dln_b);
+          if (drr_p) {
+            const int64_t i = t * B + b;
+            ln_backward(lnq_p + i * R, lnr_p[i], lnp.g_hh, static_cast<const T*>(dzt + b * R),
+                        drr_p + i * R, dgh_p + b * R, nullptr, R);
+          }
           if (dpr_p) {
             // Peephole gradients accumulate per row while dz and the cells are in cache; each
             // row belongs to one thread per step, and rows are summed in order at the end, so
@@ -288,19 +343,25 @@ std::vector<Tensor> lstm_backward_impl(const LstmCfg& c, const Tensor& gates, co
           zero_row(dr, KS);
           zoned();
         },
-        [&](int64_t b) { zero_row(dzt + b * R, R); });
+        [&](int64_t b) {
+          zero_row(dzt + b * R, R);
+          if (drr_p) zero_row(drr_p + (t * B + b) * R, R);
+        });
+    const T* dsrc = drr_p ? drr_p + t * B * R : dzt;  // the gradient of what the GEMM computed
     if (rmasked) {
       // Every row of the scratch is read back, so the product covers every row.
-      drec(M, dzt + r0 * R, R, false, dtmp_p + r0 * KS + c.koff, KS);
+      drec(M, dsrc + r0 * R, R, false, dtmp_p + r0 * KS + c.koff, KS);
       add_masked_grad(reg, static_cast<const T*>(dtmp_p), drin_p, KS, r0, r1);
     } else if (state_grad) {
-      drec(active_rows(valid, t, r0, r1), dzt + r0 * R, R, true, drin_p + r0 * KS + c.koff, KS);
+      drec(active_rows(valid, t, r0, r1), dsrc + r0 * R, R, true, drin_p + r0 * KS + c.koff, KS);
     }
   });
   Tensor dh0 = drin.narrow(1, 0, out).clone();
   Tensor da0 = c.G ? drin.narrow(1, out, c.G).clone() : Tensor();
   Tensor dpeep = c.peep ? dprow.sum(0) : Tensor();
-  return {dz, dh0, dc, da0, dhall, dpeep};
+  Tensor dln = c.ln_c ? dlnrow.sum(0) : Tensor();
+  Tensor dgh = c.ln_rec ? dghrow.sum(0) : Tensor();
+  return {dz, dh0, dc, da0, dhall, dpeep, drr, dln, dgh};
 }
 
 }  // namespace lstmkit

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "config.h"
+#include "layer_norm.h"
 
 namespace lstmkit {
 
@@ -29,7 +30,8 @@ namespace lstmkit {
   X(bool, truncated_gradient, "the 1997 truncated gradient: no state gradient through h or the gates")   \
   X(Act, gate_activation, "activation of i, f, o")                                                     \
   X(Act, input_activation, "activation of the candidate g")                                            \
-  X(Act, output_activation, "activation of the cell state in h")
+  X(Act, output_activation, "activation of the cell state in h")                                      \
+  X(bool, layer_norm, "layer-normalise W_hh h(t-1) (gain) and c before h (gain and shift)")
 
 LSTMKIT_CONFIG_STRUCT(LstmConfig, LSTMKIT_LSTM_CONFIG)
 
@@ -40,6 +42,7 @@ struct LstmCfg {
   int64_t off_i, off_f, off_g, off_o;  // pre-activation block offsets (-1: absent)
   int64_t aoff_i, aoff_f, aoff_o;      // offsets of the gate activations within a (G)
   bool coupled, peep, proj, hidden_rec, gate_rec, rev, trunc;
+  bool ln_rec, ln_c;  // layer norm of W_hh h(t-1) and of c (layer_norm.h)
   int ga, ia, oa;
 };
 
@@ -92,6 +95,10 @@ inline LstmCfg lstm_cfg(const LstmConfig& v, int64_t T, int64_t B) {
   c.ga = v.gate_activation;
   c.ia = v.input_activation;
   c.oa = v.output_activation;
+  c.ln_c = v.layer_norm;
+  c.ln_rec = v.layer_norm && c.hidden_rec;
+  TORCH_CHECK(!(v.layer_norm && c.gate_rec),
+              "lstmkit engine: LstmConfig.layer_norm with carried gate activations is not covered");
   // The recurrent input of a step is [h(t-1) | a(t-1)]; without hidden recurrence only a(t-1)
   // enters the GEMM.
   c.KS = c.out + c.G;
@@ -116,7 +123,7 @@ void store_carried(const LstmCfg& c, const T* z, T* a) {
 // activations carried to the next step (or null). tmp: 4 * H scratch.
 template <typename T>
 void lstm_fwd_row(const LstmCfg& c, T* z, const T* cp, T* cn, T* m, T* a, const T* pi,
-                  const T* pf, const T* po, T* tmp) {
+                  const T* pf, const T* po, T* tmp, const LnParams<T>* ln = nullptr) {
   const int64_t H = c.H, nb = c.nb, s = c.s;
   T* zi = c.off_i >= 0 ? z + c.off_i : nullptr;
   T* zf = c.off_f >= 0 ? z + c.off_f : nullptr;
@@ -162,6 +169,7 @@ void lstm_fwd_row(const LstmCfg& c, T* z, const T* cp, T* cn, T* m, T* a, const 
     act_fwd(c.ga, zo, nb);
   }
   copy_row(t_h, static_cast<const T*>(cn), H);
+  if (ln && ln->g_c) ln_forward(t_h, ln->g_c, ln->b_c, t_h, H, false);
   act_fwd(c.oa, t_h, H);
   if (zo) {
     const T* ov = spread<T>(zo, t_o, nb, s);
@@ -236,8 +244,8 @@ auto pick_row(const LstmCfg& c) {
 
 // Whether this cell is the common one the one-pass rows are written for.
 bool std_cell(const LstmCfg& c) {
-  return c.s == 1 && c.ga == SIGMOID && c.ia == TANH && c.oa == TANH && c.off_i >= 0 &&
-         c.off_o >= 0;
+  return !c.ln_c && !c.ln_rec && c.s == 1 && c.ga == SIGMOID && c.ia == TANH && c.oa == TANH &&
+         c.off_i >= 0 && c.off_o >= 0;
 }
 
 #if defined(__AVX512F__)
@@ -260,10 +268,13 @@ StdRow std_row(const LstmCfg& c) {
 
 // One row of the backward elementwise pass. g: the row's saved activated gates; dm: gradient of
 // o * act(c); da: gradient of the carried gate activations a(t) (or null); dc: in, the gradient
-// of c(t); out, of c(t-1). dz: the pre-activation gradients. tmp: 5 * H scratch.
+// of c(t); out, of c(t-1). dz: the pre-activation gradients. tmp: 5 * H scratch, and with a
+// layer norm of c (ln) also tmp[6H, 7H) (lstm.h keeps dm in tmp[5H, 6H)); the norm's gain and
+// shift gradients accumulate into dln [2, H].
 template <typename T>
 void lstm_bwd_row(const LstmCfg& c, const T* g, const T* cp, const T* cn, const T* dm,
-                  const T* da, T* dc, T* dz, const T* pi, const T* pf, const T* po, T* tmp) {
+                  const T* da, T* dc, T* dz, const T* pi, const T* pf, const T* po, T* tmp,
+                  const LnParams<T>* ln = nullptr, T* dln = nullptr) {
   const int64_t H = c.H, nb = c.nb, s = c.s;
   const T* gi = c.off_i >= 0 ? g + c.off_i : nullptr;
   const T* gf = c.off_f >= 0 ? g + c.off_f : nullptr;
@@ -278,7 +289,15 @@ void lstm_bwd_row(const LstmCfg& c, const T* g, const T* cp, const T* cn, const 
   T* t_s1 = tmp + 2 * H;  // spread scratch
   T* t_s2 = tmp + 3 * H;
   T* t_s3 = tmp + 4 * H;
-  copy_row(t_a, cn, H);
+  const bool ln_c = ln && ln->g_c;
+  T* t_x = tmp + 6 * H;  // the normalised c(t) (layer norm only)
+  T rstd_c = 0;
+  if (ln_c) {
+    copy_row(t_x, cn, H);
+    rstd_c = ln_forward(t_x, ln->g_c, ln->b_c, t_a, H, false);
+  } else {
+    copy_row(t_a, cn, H);
+  }
   act_fwd(c.oa, t_a, H);
   // output gate
   if (go) {
@@ -296,6 +315,10 @@ void lstm_bwd_row(const LstmCfg& c, const T* g, const T* cp, const T* cn, const 
     copy_row(t_d, dm, H);
   }
   act_bwd(c.oa, static_cast<const T*>(t_a), t_d, H);
+  if (ln_c) {
+    ln_backward(static_cast<const T*>(t_x), rstd_c, ln->g_c, static_cast<const T*>(t_d), t_d,
+                dln, dln + H, H);
+  }
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) dc[j] += t_d[j];
   if (go && c.peep) {

@@ -67,6 +67,8 @@ inline int64_t lstm_train_steps_impl(const LstmConfig& cfg, TrainStepsArgs& a, i
   const bool adam = a.optimizer == "adam";
   TORCH_CHECK(adam || a.optimizer == "sgd", "lstmkit engine: unknown optimiser '", a.optimizer,
               "'");
+  TORCH_CHECK(!cfg.layer_norm, "lstmkit engine: train_steps does not cover layer norm (a merged "
+              "net would normalise over every trial's cells)");
   const Readout act = readout_of(a.activation);
   const auto opts = packed.options();
   const LstmCfg c1 = lstm_cfg(cfg, 1, B);  // the sizes; each step's own T below
@@ -126,7 +128,7 @@ inline int64_t lstm_train_steps_impl(const LstmConfig& cfg, TrainStepsArgs& a, i
     const Tensor x2 = xj.reshape({rows, I});
     Tensor xg = at::addmm(bias, x2, w_ih.t()).view({Tj, B, R});
     const auto fw = lstm_forward_impl<F32>(c, xg, wcat, peep, w_hr, h0, c0, a0, no_lengths, true,
-                                           false, Reg<F32>());
+                                           false, Reg<F32>(), Tensor(), Tensor(), Tensor());
     const F32* hid = fw[0].data_ptr<F32>();
 
     // Readout, loss and the gradient at the readout's input, row by row.
@@ -186,7 +188,8 @@ inline int64_t lstm_train_steps_impl(const LstmConfig& cfg, TrainStepsArgs& a, i
 
     const auto bw = lstm_backward_impl<F32>(c, xg, wcat, peep, w_hr, fw[6], no_lengths,
                                             d_hidden.narrow(0, 0, Tj), h0, c0,
-                                            G ? a0 : Tensor(), Tensor(), Reg<F32>(), Tensor());
+                                            G ? a0 : Tensor(), Tensor(), Reg<F32>(), Tensor(),
+                                            Tensor(), Tensor(), Tensor(), Tensor(), Tensor());
     const Tensor dz2 = bw[0].view({rows, R});
     const Tensor dw_ih = at::mm(dz2.t(), x2);
     const F32* dz_p = dz2.data_ptr<F32>();
