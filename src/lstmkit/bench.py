@@ -245,9 +245,14 @@ def format_reg_table(rows: Sequence[RegComparison]) -> str:
     """The regularisers' comparison as a text table."""
     header = ("shape (T, B, in, H)", "variant", "regulariser", "train ms", "without ms",
               "ratio", "vs nn.LSTM")
-    cells = [header] + [
+    return _text_table(header, [
         (str(r.shape), r.variant, r.regulariser, f"{r.train_ms:.2f}", f"{r.base_ms:.2f}",
-         f"{r.ratio:.2f}", f"{r.lstm_ratio:.2f}") for r in rows]
+         f"{r.ratio:.2f}", f"{r.lstm_ratio:.2f}") for r in rows])
+
+
+def _text_table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
+    """Aligned columns: the first three (names) to the left, the numbers to the right."""
+    cells = [header, *body]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
@@ -280,15 +285,10 @@ def format_table(rows: Sequence[Comparison]) -> str:
     """The comparison as a text table, one line per shape and variant."""
     header = ("shape (T, B, in, H)", "variant", "path", "train ms", "nn.LSTM ms", "ratio",
               "infer ms", "nn.LSTM ms", "ratio")
-    cells = [header] + [
+    return _text_table(header, [
         (str(r.shape), r.variant, PATH_NAMES.get(r.path, r.path), f"{r.train_ms:.2f}",
          f"{r.ref_train_ms:.2f}", f"{r.train_ratio:.2f}", f"{r.infer_ms:.2f}",
-         f"{r.ref_infer_ms:.2f}", f"{r.infer_ratio:.2f}") for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+         f"{r.ref_infer_ms:.2f}", f"{r.infer_ratio:.2f}") for r in rows])
 
 
 def _command(args: argparse.Namespace) -> int:
