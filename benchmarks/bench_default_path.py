@@ -213,7 +213,8 @@ def bench_shape(family: str, shape: Shape, *, repeats: int, warmup: int, paths: 
 def machine(threads: int) -> str:
     """The machine and settings, as the record's header names them."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    kernel = "packed AVX-512 kernel" if dispatch.step_kernel() else "BLAS"
+    ext = engine._build.load()
+    kernel = ext.step_gemm() if ext is not None else "none (the engine is not built)"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
             f"torch {torch.__version__}, {threads} threads, engine per-step GEMMs: {kernel}, "
             f"load average {load:.1f} at the end")

@@ -115,7 +115,7 @@ def _machine(threads: int) -> str:
     # they, more than anything in the code, decide how far the medians move between runs.
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     ext = engine._build.load()
-    kernel = "packed AVX-512 kernel" if ext is not None and ext.has_kernel() else "BLAS"
+    kernel = ext.step_gemm() if ext is not None else "none (the engine is not built)"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
             f"torch {torch.__version__}, {threads} threads, per-step GEMMs: {kernel}, "
             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "

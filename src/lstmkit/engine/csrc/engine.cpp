@@ -473,6 +473,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
 #endif
   });
+  // Which per-step GEMM float32 steps run here, for benchmark records.
+  m.def("step_gemm", []() {
+#if defined(__AVX512F__)
+    return std::string("packed AVX-512 kernel");
+#elif defined(LSTMKIT_PACKED_GEMM)
+    return std::string("packed AVX2 kernel");
+#else
+    return std::string("BLAS");
+#endif
+  });
   m.def("split_parts", &split_parts);
   m.def("has_blas", []() { return sgemm_ != nullptr && dgemm_ != nullptr; });
 }
