@@ -13,7 +13,10 @@ reference, which therefore compute exactly the same thing.
 * ``zoneout=p`` (Krueger et al. 2017): after each step every unit keeps its previous value with
   probability ``p``, drawn per step, unit and sequence: ``h(t) = d * h(t-1) + (1 - d) * h~(t)``
   with ``h~(t)`` the cell's ordinary update; LSTM-family cells also zone out the cell state, at
-  their own rate with ``zoneout=(p_cell, p_hidden)``. In eval the expectation: ``d = p``.
+  their own rate with ``zoneout=(p_cell, p_hidden)``. In eval the expectation: ``d = p``. The
+  ``[T, B, width]`` masks come from a counter-based hash seeded from torch's generator
+  (:func:`hash_mask`), computed in one vectorised pass by the engine where it is built and by
+  torch operations elsewhere, with the same values either way.
 * ``weight_drop=p`` (DropConnect on the recurrent weights, Merity et al. 2018): ``weight_hh``
   (and ``weight_gh`` where the cell carries its gate activations) is multiplied by a fresh
   inverted dropout mask once per forward call and layer-direction; the parameters themselves are
@@ -22,6 +25,7 @@ reference, which therefore compute exactly the same thing.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -29,6 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import engine
 from .cells.layout import Layout
 
 #: The recurrent weights weight drop applies to.
@@ -133,13 +138,65 @@ def draw(lay: Layout, steps: int, batch: int, like: Tensor, *, training: bool,
         if not p:
             return None
         if training:
-            return torch.empty(steps, batch, width, **opts).bernoulli_(p)
+            return hash_mask((steps, batch, width), p, _seeds(), **opts)
         return torch.full((steps, batch, width), p, **opts)
 
     if lay.spec.family == "lstm":
         zc = zone(zoneout_cell, lay.hidden_size)
     zh = zone(zoneout_hidden, lay.out_size)
     return Masks(rec, zc, zh)
+
+
+_U32 = 0xFFFFFFFF
+
+
+def _seeds() -> tuple[int, int]:
+    """Two 32-bit seeds from torch's default generator, so ``torch.manual_seed`` fixes a mask."""
+    s0, s1 = torch.randint(0, 1 << 32, (2,), dtype=torch.int64).tolist()
+    return int(s0), int(s1)
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    # x * c mod 2^32 with every intermediate below 2^49, so int64 never overflows.
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _U32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _threshold(p: float) -> int:
+    return min(int(p * 4294967296.0), _U32)
+
+
+def hash_mask_torch(shape: tuple[int, ...], p: float, seeds: tuple[int, int], *,
+                    dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """:func:`hash_mask` in torch operations (any device, traceable)."""
+    n = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
+    s0, s1 = seeds
+    u = _mix32(_mix32((n & _U32) ^ s0) ^ ((s1 + (n >> 32)) & _U32))
+    return (u < _threshold(p)).to(dtype).reshape(shape)
+
+
+def hash_mask(shape: tuple[int, ...], p: float, seeds: tuple[int, int], *,
+              dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """A 0/1 mask of ``shape`` whose values are 1 with probability ``p``, independently.
+
+    Value ``n`` (row-major) is 1 when ``u(n) < p * 2**32``, with ``u`` a counter-based hash of
+    ``n`` and the two 32-bit ``seeds`` (Wellons' ``lowbias32`` mixer applied twice). The engine
+    fills it in one vectorised pass on CPU where it is built; elsewhere (another device, no
+    engine, under ``torch.compile``) torch operations compute the same values.
+    """
+    dev = torch.device(device)
+    if (dev.type == "cpu" and dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling() and engine.available()):
+        out = torch.empty(shape, dtype=dtype, device=dev)
+        return engine._build.load().hash_mask(out, seeds[0], seeds[1], _threshold(p))
+    return hash_mask_torch(shape, p, seeds, dtype=dtype, device=dev)
 
 
 def drop_weights(params: dict[str, Tensor], p: float) -> dict[str, Tensor]:

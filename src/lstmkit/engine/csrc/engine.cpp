@@ -458,6 +458,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         arg("shortcut"), arg("optimizer"), arg("lr"), arg("clip"), arg("history"),
         arg("hist_avg"), arg("hist_avg_sq"), arg("hist_steps"), arg("outputs"), arg("losses"),
         arg("first"), arg("last"));
+  m.def(
+      "hash_mask",
+      [](Tensor out, int64_t s0, int64_t s1, int64_t thr) {
+        TORCH_CHECK(out.is_contiguous() && out.device().is_cpu() &&
+                        (out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble),
+                    "lstmkit engine: hash_mask needs a contiguous float CPU tensor");
+        TORCH_CHECK(s0 >= 0 && s0 <= 0xFFFFFFFFLL && s1 >= 0 && s1 <= 0xFFFFFFFFLL && thr >= 0 &&
+                        thr <= 0xFFFFFFFFLL,
+                    "lstmkit engine: hash_mask seeds and threshold are 32-bit");
+        AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "hash_mask", [&] {
+          hash_mask_fill<scalar_t>(out.data_ptr<scalar_t>(), out.numel(), uint32_t(s0),
+                                   uint32_t(s1), uint32_t(thr));
+        });
+        return out;
+      },
+      arg("out"), arg("s0"), arg("s1"), arg("thr"));
   m.def("gemm_loop", &gemm_loop, arg("a"), arg("w"), arg("c"), arg("n_steps"),
         arg("accumulate") = true, arg("trans_w") = true);
   // Test switches: each returns the previous value.

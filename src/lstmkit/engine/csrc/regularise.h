@@ -100,4 +100,34 @@ void add_masked_grad(const Reg<T>& reg, const T* src, T* dst, int64_t ld, int64_
   }
 }
 
+// Zoneout masks from a counter-based hash (regularise.py's _hash_mask computes the same stream
+// with torch ops): value n of the mask is 1 when u(n) < thr, with
+// u(n) = mix32(mix32(lo(n) ^ s0) ^ (s1 + hi(n))) and mix32 Wellons' "lowbias32" bijection. One
+// pass of integer arithmetic the compiler vectorises, where torch's bernoulli_ costs about
+// 13 ns a value: for an LSTM training step with zoneout on c and h that drawing was a third of
+// the step.
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+template <typename T>
+void hash_mask_fill(T* out, int64_t n, uint32_t s0, uint32_t s1, uint32_t thr) {
+  const int64_t chunk = int64_t(1) << 32;
+  for (int64_t base = 0; base < n; base += chunk) {
+    const int64_t len = std::min<int64_t>(chunk, n - base);
+    const uint32_t hi = s1 + static_cast<uint32_t>(base >> 32);
+    T* o = out + base;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const uint32_t u = mix32(mix32(static_cast<uint32_t>(i) ^ s0) ^ hi);
+      o[i] = u < thr ? T(1) : T(0);
+    }
+  }
+}
+
 }  // namespace lstmkit
