@@ -254,7 +254,12 @@ def test_bench_compares_variants_with_nn_lstm_on_the_given_shapes(capsys) -> Non
     rows = {line.split()[4]: line for line in out.splitlines()
             if line.startswith("(4, 2, 3, 4)")}
     assert set(rows) == {"lstm", "layernorm", "torch.nn.GRU"}
-    assert "torch kernel" in rows["lstm"] and "fused engine" in rows["layernorm"]
+    from lstmkit import dispatch
+
+    # A plain LSTM's training step takes what the dispatch rule picks on this CPU.
+    lstm_path = dispatch.route(PRESETS["lstm"], "auto", None, grad=True).path
+    assert {"native": "torch kernel", "engine": "fused engine"}[lstm_path] in rows["lstm"]
+    assert "fused engine" in rows["layernorm"]
     assert "torch module" in rows["torch.nn.GRU"]
     for line in rows.values():
         ratios = [float(v) for v in line.split()[-6:]]

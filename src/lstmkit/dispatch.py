@@ -12,7 +12,7 @@ path that computes exactly the requested cell:
   :func:`auto_choice` picks between torch's kernel and
   the engine from what is known when the call is made: the cell family, whether it is a training
   step (gradients recorded), whether ``lengths`` were given, the dtype, and whether the engine has
-  its packed AVX-512 step kernel on this CPU. The rule, with the measurements behind it, is
+  its packed step kernel on this CPU (AVX-512, or AVX2 with FMA). The rule, with the measurements behind it, is
   :data:`RULE`.
 
 A call with recurrent regularisers in force (:mod:`lstmkit.regularise`) never runs on torch's
@@ -67,28 +67,32 @@ _TORCH = Choice("native", "inference without lengths: the engine is not faster t
                 "kernel on every shape, so torch's kernel is kept")
 
 # Per kind of call (family, training step, lengths given): the choice without the engine's
-# packed AVX-512 step kernel, then with it. The numbers are time ratios to torch's kernel
-# without lengths at the five benchmark shapes, one thread, float32. Without the step kernel
-# they come from ``benchmarks/bench_default_path.py --paths`` (``results-default-path.md`` in
-# ``benchmarks/``, where each choice's whole row is). With it they come from the engine record in
-# BENCHMARKS.md (a CPU with AVX-512, two threads; "vanilla" is lstm plus peepholes). Kinds of
-# call the record does not settle keep the choice made without the step kernel.
+# packed step kernel, then with it. The numbers are time ratios to torch's kernel without
+# lengths at the five benchmark shapes, one thread, float32, from
+# ``benchmarks/bench_default_path.py --paths`` (in ``benchmarks/``, where each choice's whole row
+# is): without the step kernel ``results-default-path.md`` (the BLAS per step); with it, for the
+# LSTM, ``results-default-lstm-avx2.md`` (the packed AVX2 kernel) and the engine record in
+# BENCHMARKS.md (AVX-512, two threads; "vanilla" is lstm plus peepholes). Kinds of call these
+# do not settle keep the choice made without the step kernel.
 _MEASURED: dict[tuple[str, bool, bool], tuple[Choice, Choice]] = {
     # Engine 1.05-1.53x; torch's kernel through the layer 0.95-1.04x (the same kernel: the
-    # spread is the machine's noise). With the step kernel "vanilla", which does more work than
-    # lstm, takes 0.58-0.98x.
+    # spread is the machine's noise). With the step kernel: AVX2 0.64-0.96x against torch's
+    # kernel through the layer's 0.92-1.01x, lower on every shape; AVX-512 "vanilla", which does
+    # more work than lstm, 0.58-0.98x.
     ("lstm", True, False): (
         Choice("native", "a training step without lengths: torch's oneDNN kernel is faster "
-               "than the engine without its AVX-512 step kernel"), _FASTER),
-    # Engine 0.89-1.31x, torch's packed kernel 3.7-9.6x.
+               "than the engine without its packed step kernel"), _FASTER),
+    # Engine 0.89-1.31x, torch's packed kernel 3.7-9.6x. AVX2 kernel: 0.59-0.95x, 2.4-6.9x.
     ("lstm", True, True): (_PACKED, _PACKED),
-    # Engine 1.5-2.4x. With the step kernel ("vanilla") 0.73-1.12x: faster on some shapes only.
+    # Engine 1.5-2.4x. With the step kernel: AVX2 1.13-1.26x; AVX-512 ("vanilla") 0.73-1.12x,
+    # faster on some shapes only.
     ("lstm", False, False): (_TORCH, _TORCH),
     # Engine 1.52-2.04x, torch's packed kernel 1.23-2.51x, lower on four shapes of five. With
-    # the step kernel the engine's inference without lengths ("vanilla") is 0.73-1.12x.
+    # the AVX2 step kernel 1.05-1.32x against 1.10-1.94x, lower on every shape; AVX-512: the
+    # engine's inference without lengths ("vanilla") is 0.73-1.12x.
     ("lstm", False, True): (
         Choice("native", "inference with lengths: torch's packed kernel is faster than the "
-               "engine without its AVX-512 step kernel"), _PACKED),
+               "engine without its packed step kernel"), _PACKED),
     # torch has no oneDNN kernel for GRU and RNN. Training: engine 0.32-0.88x; with lengths
     # 0.42-0.86x against torch's packed kernel's 1.27-5.37x.
     ("gru", True, False): (_FASTER, _FASTER),
@@ -105,8 +109,8 @@ _MEASURED: dict[tuple[str, bool, bool], tuple[Choice, Choice]] = {
 }
 
 #: What ``auto`` runs for a cell torch has a kernel for, when both torch's kernel and the engine
-#: can run the call, keyed by (family, training step, lengths given, the engine's packed AVX-512
-#: step kernel in use); the measurements behind each entry are in the comments above it.
+#: can run the call, keyed by (family, training step, lengths given, the engine's packed step
+#: kernel in use); the measurements behind each entry are in the comments above it.
 RULE: dict[_Key, Choice] = {(family, grad, lengths, kernel): pair[kernel]
                             for (family, grad, lengths), pair in _MEASURED.items()
                             for kernel in (False, True)}
@@ -147,8 +151,9 @@ def native_reason(spec: CellSpec, return_cells: bool) -> str | None:
 
 
 def step_kernel(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether the engine's per-step GEMMs run its packed AVX-512 kernel for ``dtype`` here
-    (float32 on a CPU with AVX-512; otherwise they call the BLAS). Builds the engine if needed."""
+    """Whether the engine's per-step GEMMs run its packed kernel for ``dtype`` here (float32 on
+    a CPU with AVX-512, or AVX2 with FMA; otherwise they call the BLAS). Builds the engine if
+    needed."""
     if dtype != torch.float32 or not engine.available():
         return False
     return _compiled_with_kernel()
@@ -158,8 +163,8 @@ def step_kernel(dtype: torch.dtype = torch.float32) -> bool:
 # once instead of tracing into the extension (which it cannot).
 @torch.compiler.assume_constant_result
 def _compiled_with_kernel() -> bool:
-    has_kernel = getattr(engine._build.load(), "has_kernel", None)
-    return has_kernel is not None and bool(has_kernel())
+    step_gemm = getattr(engine._build.load(), "step_gemm", None)
+    return step_gemm is not None and str(step_gemm()).startswith("packed")
 
 
 def auto_choice(spec: CellSpec, *, grad: bool, lengths: bool,
