@@ -284,8 +284,8 @@ def test_engine_gemm_fallback_matches_blas():
 
 
 def test_engine_blas_steps_match_packed_kernel_steps():
-    """Where the packed per-step kernel and one-pass row run (float, AVX-512), the BLAS steps and
-    the general row (other machines, float64) must give the same numbers."""
+    """Where the packed per-step kernel and one-pass row run (float; AVX-512 or AVX2), the BLAS
+    steps and the general row (other machines, float64) must give the same numbers."""
     engine_or_skip()
     ext = engine._build.load()
     case = dict(steps=5, batch=10, n_in=3, hidden=8, layers=2, bidirectional=True, proj=0,

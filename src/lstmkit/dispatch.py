@@ -12,8 +12,8 @@ path that computes exactly the requested cell:
   :func:`auto_choice` picks between torch's kernel and
   the engine from what is known when the call is made: the cell family, whether it is a training
   step (gradients recorded), whether ``lengths`` were given, the dtype, and whether the engine has
-  its packed step kernel on this CPU (AVX-512, or AVX2 with FMA). The rule, with the measurements behind it, is
-  :data:`RULE`.
+  its packed step kernel on this CPU (AVX-512, or AVX2 with FMA). The rule, with the
+  measurements behind it, is :data:`RULE`.
 
 A call with recurrent regularisers in force (:mod:`lstmkit.regularise`) never runs on torch's
 kernel, which cannot compute them: the engine runs it where it can, else the reference.

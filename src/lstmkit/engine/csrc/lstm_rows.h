@@ -1,7 +1,8 @@
 // The LSTM family's named configuration (every flag and offset a kernel reads) and its
 // elementwise rows: one batch row of one step, forward and backward. The general rows handle
 // every flag (missing or coupled gates, peepholes, any activations, memory blocks, carried gate
-// activations); the one-pass AVX-512 rows cover the common cell at full speed.
+// activations); the one-pass rows (AVX-512 intrinsics, or vectorised scalar code) cover the
+// common cell at full speed.
 #pragma once
 
 #include "config.h"
@@ -182,10 +183,11 @@ void lstm_fwd_row(const LstmCfg& c, T* z, const T* cp, T* cn, T* m, T* a, const 
 }
 
 // The same row in one pass, for the common cell: one cell per block, sigmoid gates, tanh
-// candidate and output activation, input and output gates present, float, AVX-512. Sixteen units
-// at a time go through every equation while in registers, instead of ten passes over the row;
-// the reciprocals are rcp14 plus one Newton step (relative error about 2^-28) rather than
-// divisions, which were the slowest part of the pass. Other builds run the general row.
+// candidate and output activation, input and output gates present, float. With AVX-512 sixteen
+// units at a time go through every equation while in registers, instead of ten passes over the
+// row; the reciprocals are rcp14 plus one Newton step (relative error about 2^-28) rather than
+// divisions, which were the slowest part of the pass. Other builds run the portable version
+// below.
 #if defined(__AVX512F__)
 template <bool PEEP, bool COUPLED, bool HAS_F>
 void lstm_fwd_row_std(const LstmCfg& c, float* __restrict z, const float* __restrict cp,
@@ -248,23 +250,56 @@ bool std_cell(const LstmCfg& c) {
          c.off_i >= 0 && c.off_o >= 0;
 }
 
-#if defined(__AVX512F__)
+#if !defined(__AVX512F__)
+// Elsewhere the same one pass as scalar code the compiler vectorises for the target (AVX2 8
+// lanes at a time): the values are the general row's (the same fsigmoid and ftanh), computed
+// while in registers instead of in ten passes over the row.
+template <bool PEEP, bool COUPLED, bool HAS_F>
+void lstm_fwd_row_std(const LstmCfg& c, float* __restrict z, const float* __restrict cp,
+                      float* __restrict cn, float* __restrict m, const float* __restrict pi,
+                      const float* __restrict pf, const float* __restrict po) {
+  float* __restrict zi = z + c.off_i;
+  float* __restrict zf = HAS_F ? z + c.off_f : z;
+  float* __restrict zg = z + c.off_g;
+  float* __restrict zo = z + c.off_o;
+#pragma omp simd
+  for (int64_t j = 0; j < c.H; ++j) {
+    const float cj = cp[j];
+    float ai = zi[j];
+    if constexpr (PEEP) ai += pi[j] * cj;
+    const float i = fsigmoid(ai);
+    float f = 1.0f;
+    if constexpr (COUPLED) {
+      f = 1.0f - i;
+    } else if constexpr (HAS_F) {
+      float af = zf[j];
+      if constexpr (PEEP) af += pf[j] * cj;
+      f = fsigmoid(af);
+      zf[j] = f;
+    }
+    const float g = ftanh(zg[j]);
+    const float cnew = f * cj + i * g;
+    float ao = zo[j];
+    if constexpr (PEEP) ao += po[j] * cnew;
+    const float o = fsigmoid(ao);
+    zi[j] = i;
+    zg[j] = g;
+    zo[j] = o;
+    cn[j] = cnew;
+    m[j] = o * ftanh(cnew);
+  }
+}
+#endif
+
 struct FwdRows {
   template <bool PEEP, bool COUPLED, bool HAS_F>
   static StdRow get() {
     return &lstm_fwd_row_std<PEEP, COUPLED, HAS_F>;
   }
 };
-#endif
 
 // The one-pass forward row for this cell, or null where the general row must run.
-StdRow std_row(const LstmCfg& c) {
-#if defined(__AVX512F__)
-  if (std_cell(c)) return pick_row<FwdRows>(c);
-#endif
-  (void)c;
-  return nullptr;
-}
+StdRow std_row(const LstmCfg& c) { return std_cell(c) ? pick_row<FwdRows>(c) : nullptr; }
 
 // One row of the backward elementwise pass. g: the row's saved activated gates; dm: gradient of
 // o * act(c); da: gradient of the carried gate activations a(t) (or null); dc: in, the gradient

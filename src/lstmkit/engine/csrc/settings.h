@@ -23,7 +23,7 @@ namespace lstmkit {
 
 struct Settings {
   bool use_blas = true;         // false: GEMMs through ATen's addmm instead of sgemm_/dgemm_
-  bool use_kernel = true;       // false: no packed AVX-512 step kernel and no one-pass rows
+  bool use_kernel = true;       // false: no packed step kernel and no one-pass rows
   int64_t split_min_rows = 4;   // minimum batch rows per thread for the row split (0: never)
 };
 
