@@ -19,7 +19,8 @@ reference, which therefore compute exactly the same thing.
   torch operations elsewhere, with the same values either way.
 * ``weight_drop=p`` (DropConnect on the recurrent weights, Merity et al. 2018): ``weight_hh``
   (and ``weight_gh`` where the cell carries its gate activations) is multiplied by a fresh
-  inverted dropout mask once per forward call and layer-direction; the parameters themselves are
+  inverted dropout mask (from the same hash as zoneout's) once per forward call and
+  layer-direction; the parameters themselves are
   unchanged and their gradient flows through the mask. Off in eval.
 """
 
@@ -201,6 +202,13 @@ def hash_mask(shape: tuple[int, ...], p: float, seeds: tuple[int, int], *,
 
 def drop_weights(params: dict[str, Tensor], p: float) -> dict[str, Tensor]:
     """``params`` with the recurrent weights under a fresh DropConnect mask (inverted scaling);
-    the gradient reaches the parameters through the mask."""
-    return {k: torch.nn.functional.dropout(v, p, training=True)
-            if k in DROPPED_WEIGHTS and v is not None else v for k, v in params.items()}
+    the gradient reaches the parameters through the mask. The masks are :func:`hash_mask`'s
+    (a ``[4H, H]`` matrix has a million values at H = 512, where torch's ``bernoulli_`` would
+    cost milliseconds a call)."""
+    out = {}
+    for k, v in params.items():
+        if k in DROPPED_WEIGHTS and v is not None:
+            dropped = hash_mask(tuple(v.shape), p, _seeds(), dtype=v.dtype, device=v.device)
+            v = v * ((1.0 - dropped) * (1.0 / (1.0 - p)))
+        out[k] = v
+    return out
