@@ -297,6 +297,24 @@ def test_the_engine_benchmark_writes_its_record(harness, tmp_path, capsys) -> No
             assert row[key] > 0, key
 
 
+def test_bench_cpu_clock_times_this_process_only(monkeypatch) -> None:
+    """The CPU clock reads the process's CPU time: a sleep (no CPU) costs nothing on it, while
+    the wall clock sees it; an unknown clock is refused by name."""
+    import time
+
+    import pytest
+
+    from lstmkit import bench
+
+    fns = {"sleep": lambda: time.sleep(0.02), "none": lambda: None}
+    wall = bench.alternate(fns, 2, 0, "wall")
+    cpu = bench.alternate(fns, 2, 0, "cpu")
+    assert min(wall["sleep"]) >= 0.02
+    assert max(cpu["sleep"]) < 0.01
+    with pytest.raises(ValueError, match="clock: expected one of"):
+        bench.alternate(fns, 1, 0, "sundial")
+
+
 def test_bench_texts_have_no_issue_numbers(harness, capsys) -> None:
     from lstmkit import bench
 

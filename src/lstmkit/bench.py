@@ -94,10 +94,19 @@ def inference(module: nn.Module, x: Tensor) -> Callable[[], None]:
     return run
 
 
+#: What a timing reads: ``wall`` the elapsed time; ``cpu`` the CPU time of this process (all its
+#: threads), which other processes on a shared machine disturb much less than the wall clock
+#: (for one-thread runs; with more threads it adds their times up, so it is no measure of speed).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def alternate(fns: dict[str, Callable[[], None]], repeats: int,
-              warmup: int) -> dict[str, list[float]]:
+              warmup: int, clock: str = "wall") -> dict[str, list[float]]:
     """Seconds per call of each function, in ``repeats`` rounds with a rotating order, after
-    ``warmup`` untimed rounds."""
+    ``warmup`` untimed rounds, read from :data:`CLOCKS` ``[clock]``."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock: expected one of {sorted(CLOCKS)}, got {clock!r}")
+    now = CLOCKS[clock]
     names = list(fns)
     for _ in range(warmup):
         for name in names:
@@ -106,9 +115,9 @@ def alternate(fns: dict[str, Callable[[], None]], repeats: int,
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start = now()
             fns[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     return times
 
 
@@ -185,7 +194,7 @@ def timing_fields(train: dict[str, list[float]], infer: dict[str, list[float]],
 
 
 def compare_shape(shape: Shape, variants: Sequence[str], *, repeats: int, warmup: int,
-                  seed: int = 0) -> list[Comparison]:
+                  seed: int = 0, clock: str = "wall") -> list[Comparison]:
     """Time every variant at ``shape`` against ``torch.nn.LSTM``, alternating."""
     torch.manual_seed(seed)
     steps, batch, n_in, hidden = shape
@@ -195,9 +204,10 @@ def compare_shape(shape: Shape, variants: Sequence[str], *, repeats: int, warmup
     cands = {v: make_layer(v, shape) for v in variants}
     train = alternate({"ref": train_step(ref, x, grad),
                        **{v: train_step(m, x, grad) for v, m in cands.items()}},
-                      repeats, warmup)
+                      repeats, warmup, clock)
     infer = alternate({"ref": inference(ref, x),
-                       **{v: inference(m, x) for v, m in cands.items()}}, repeats, warmup)
+                       **{v: inference(m, x) for v, m in cands.items()}}, repeats, warmup,
+                      clock)
     return [Comparison(shape=shape, variant=v, path=path_of(cands[v]),
                        **timing_fields(train, infer, v)) for v in variants]
 
@@ -217,7 +227,7 @@ class RegComparison:
 
 
 def compare_regularisers(shape: Shape, variants: Sequence[str], *, repeats: int, warmup: int,
-                         seed: int = 0) -> list[RegComparison]:
+                         seed: int = 0, clock: str = "wall") -> list[RegComparison]:
     """Training steps at ``shape``: each variant without and with each of :data:`REGULARISERS`,
     and ``torch.nn.LSTM``, all in the same alternating rounds."""
     torch.manual_seed(seed)
@@ -232,7 +242,7 @@ def compare_regularisers(shape: Shape, variants: Sequence[str], *, repeats: int,
             layer = make_layer(v, shape, "engine", **options)
             layer.load_state_dict(base.state_dict())
             fns[f"{v}|{name}"] = train_step(layer, x, grad)
-    times = alternate(fns, repeats, warmup)
+    times = alternate(fns, repeats, warmup, clock)
     return [RegComparison(shape=shape, variant=v, regulariser=name,
                           train_ms=1e3 * statistics.median(times[f"{v}|{name}"]),
                           base_ms=1e3 * statistics.median(times[f"{v}|"]),
@@ -262,7 +272,7 @@ def _text_table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
 
 def compare(shapes: Sequence[Shape] = DEFAULT_SHAPES,
             variants: Sequence[str] = DEFAULT_VARIANTS, *, repeats: int = 7, warmup: int = 2,
-            threads: int | None = None) -> list[Comparison]:
+            threads: int | None = None, clock: str = "wall") -> list[Comparison]:
     """:func:`compare_shape` for every shape, with ``threads`` torch threads (None: as set)."""
     check_int("repeats", repeats, 1)
     check_int("warmup", warmup, 0)
@@ -275,7 +285,7 @@ def compare(shapes: Sequence[Shape] = DEFAULT_SHAPES,
     try:
         rows: list[Comparison] = []
         for shape in shapes:
-            rows += compare_shape(shape, variants, repeats=repeats, warmup=warmup)
+            rows += compare_shape(shape, variants, repeats=repeats, warmup=warmup, clock=clock)
         return rows
     finally:
         torch.set_num_threads(previous)
@@ -302,7 +312,7 @@ def _command(args: argparse.Namespace) -> int:
     check_request(shapes, variants)
     threads = args.threads or torch.get_num_threads()
     print(f"lstmkit bench: {threads} torch threads, medians of {repeats} alternating rounds "
-          f"after {warmup} warm-up, float32", flush=True)
+          f"after {warmup} warm-up, float32, {args.clock} clock", flush=True)
     if args.regularisers:
         torch_modules = [v for v in variants if v in TORCH_MODULES]
         if torch_modules:
@@ -313,7 +323,7 @@ def _command(args: argparse.Namespace) -> int:
         try:
             reg_rows = [row for shape in shapes
                         for row in compare_regularisers(shape, variants, repeats=repeats,
-                                                        warmup=warmup)]
+                                                        warmup=warmup, clock=args.clock)]
         finally:
             torch.set_num_threads(previous)
         print(format_reg_table(reg_rows))
@@ -322,7 +332,8 @@ def _command(args: argparse.Namespace) -> int:
               "torch.nn.LSTM's. Rates: " + ", ".join(
                   f"{k}={v}" for o in REGULARISERS.values() for k, v in o.items()))
         return 0
-    rows = compare(shapes, variants, repeats=repeats, warmup=warmup, threads=threads)
+    rows = compare(shapes, variants, repeats=repeats, warmup=warmup, threads=threads,
+                   clock=args.clock)
     print(format_table(rows))
     print("\nratio: the variant's time over torch.nn.LSTM's in the same round (below 1: "
           "faster); path: what backend=\"auto\" runs here.")
@@ -346,4 +357,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "against the same variant without (on the fused engine)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's current setting)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="time by the wall clock (default) or by this process's CPU time, "
+                   "steadier on a shared machine with --threads 1")
     p.set_defaults(func=_command)
