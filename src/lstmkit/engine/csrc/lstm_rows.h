@@ -186,9 +186,8 @@ void lstm_fwd_row(const LstmCfg& c, T* z, const T* cp, T* cn, T* m, T* a, const 
 // candidate and output activation, input and output gates present, float. With AVX-512 sixteen
 // units at a time go through every equation while in registers, instead of ten passes over the
 // row; the reciprocals are rcp14 plus one Newton step (relative error about 2^-28) rather than
-// divisions, which were the slowest part of the pass. Other builds run the portable version
-// below.
-#if defined(__AVX512F__)
+// divisions, which were the slowest part of the pass. Other builds run the same pass as scalar
+// code that the compiler vectorises.
 template <bool PEEP, bool COUPLED, bool HAS_F>
 void lstm_fwd_row_std(const LstmCfg& c, float* __restrict z, const float* __restrict cp,
                       float* __restrict cn, float* __restrict m, const float* __restrict pi,
@@ -197,6 +196,7 @@ void lstm_fwd_row_std(const LstmCfg& c, float* __restrict z, const float* __rest
   float* __restrict zf = HAS_F ? z + c.off_f : z;
   float* __restrict zg = z + c.off_g;
   float* __restrict zo = z + c.off_o;
+#if defined(__AVX512F__)
   const __m512 one = _mm512_set1_ps(1.0f);
   for (int64_t j = 0; j < c.H; j += 16) {
     const __mmask16 k = c.H - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (c.H - j)) - 1);
@@ -224,44 +224,10 @@ void lstm_fwd_row_std(const LstmCfg& c, float* __restrict z, const float* __rest
     _mm512_mask_storeu_ps(cn + j, k, cnew);
     _mm512_mask_storeu_ps(m + j, k, _mm512_mul_ps(o, v_tanh(cnew)));
   }
-}
-#endif
-
-using StdRow = void (*)(const LstmCfg&, float*, const float*, float*, float*, const float*,
-                        const float*, const float*);
-
-// Rows::get<PEEP, COUPLED, HAS_F>() for this cell's flags (a coupled cell has no forget gate).
-template <typename Rows>
-auto pick_row(const LstmCfg& c) {
-  const bool f = c.off_f >= 0;
-  if (c.coupled) {
-    return c.peep ? Rows::template get<true, true, false>()
-                  : Rows::template get<false, true, false>();
-  }
-  if (c.peep) {
-    return f ? Rows::template get<true, false, true>() : Rows::template get<true, false, false>();
-  }
-  return f ? Rows::template get<false, false, true>() : Rows::template get<false, false, false>();
-}
-
-// Whether this cell is the common one the one-pass rows are written for.
-bool std_cell(const LstmCfg& c) {
-  return !c.ln_c && !c.ln_rec && c.s == 1 && c.ga == SIGMOID && c.ia == TANH && c.oa == TANH &&
-         c.off_i >= 0 && c.off_o >= 0;
-}
-
-#if !defined(__AVX512F__)
-// Elsewhere the same one pass as scalar code the compiler vectorises for the target (AVX2 8
-// lanes at a time): the values are the general row's (the same fsigmoid and ftanh), computed
-// while in registers instead of in ten passes over the row.
-template <bool PEEP, bool COUPLED, bool HAS_F>
-void lstm_fwd_row_std(const LstmCfg& c, float* __restrict z, const float* __restrict cp,
-                      float* __restrict cn, float* __restrict m, const float* __restrict pi,
-                      const float* __restrict pf, const float* __restrict po) {
-  float* __restrict zi = z + c.off_i;
-  float* __restrict zf = HAS_F ? z + c.off_f : z;
-  float* __restrict zg = z + c.off_g;
-  float* __restrict zo = z + c.off_o;
+#else
+  // Elsewhere the same one pass as scalar code the compiler vectorises for the target (AVX2: 8
+  // lanes at a time): the general row's values (the same fsigmoid and ftanh), computed while in
+  // registers instead of in ten passes over the row.
 #pragma omp simd
   for (int64_t j = 0; j < c.H; ++j) {
     const float cj = cp[j];
@@ -288,8 +254,32 @@ void lstm_fwd_row_std(const LstmCfg& c, float* __restrict z, const float* __rest
     cn[j] = cnew;
     m[j] = o * ftanh(cnew);
   }
-}
 #endif
+}
+
+using StdRow = void (*)(const LstmCfg&, float*, const float*, float*, float*, const float*,
+                        const float*, const float*);
+
+// Rows::get<PEEP, COUPLED, HAS_F>() for this cell's flags (a coupled cell has no forget gate).
+template <typename Rows>
+auto pick_row(const LstmCfg& c) {
+  const bool f = c.off_f >= 0;
+  if (c.coupled) {
+    return c.peep ? Rows::template get<true, true, false>()
+                  : Rows::template get<false, true, false>();
+  }
+  if (c.peep) {
+    return f ? Rows::template get<true, false, true>() : Rows::template get<true, false, false>();
+  }
+  return f ? Rows::template get<false, false, true>() : Rows::template get<false, false, false>();
+}
+
+// Whether this cell is the common one the one-pass rows are written for.
+bool std_cell(const LstmCfg& c) {
+  return !c.ln_c && !c.ln_rec && c.s == 1 && c.ga == SIGMOID && c.ia == TANH && c.oa == TANH &&
+         c.off_i >= 0 && c.off_o >= 0;
+}
+
 
 struct FwdRows {
   template <bool PEEP, bool COUPLED, bool HAS_F>
