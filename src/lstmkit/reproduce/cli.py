@@ -94,7 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=int, default=1, help="independent trials (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first trial (default 0)")
     p.add_argument("--max-sequences", type=int, default=None,
-                   help="training sequences per trial (default: 2x the paper's mean)")
+                   help="training sequences per trial (default: 3x the paper's mean, at "
+                   "least 20,000, at most the paper's own budget)")
     p.add_argument("--task-param", action="append", metavar="KEY=VALUE",
                    help="change a task parameter of the row, e.g. T=50 (repeatable); the table "
                    "marks such rows as changed")
