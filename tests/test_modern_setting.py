@@ -1,6 +1,7 @@
 """The modern settings of ``lstmkit reproduce``: the chosen hidden size, chrono initialisation for
 the row's longest sequence (``modern``) or forget-gate bias 1 (``modern-fb1``) on the same net,
-the plain-RNN baseline sized to the same weight count, and one short real run."""
+the plain-RNN baseline sized to the same weight count, a softmax readout with cross-entropy on
+one-hot targets, the default budget, and one short real run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from lstmkit.cells.spec import PRESETS
-from lstmkit.reproduce import run
+from lstmkit.reproduce import run, runner
 from lstmkit.reproduce.experiments import EXPERIMENTS
 from lstmkit.reproduce.nets import (
     SETTINGS,
@@ -19,7 +20,10 @@ from lstmkit.reproduce.nets import (
     longest_sequence,
     modern_hidden,
     recipe_for,
+    task_for,
 )
+from lstmkit.tasks import make
+from lstmkit.tasks.protocol import Batch
 
 
 def _row(name, **params):
@@ -125,3 +129,74 @@ def test_modern_solves_exp3a_where_forget_bias_one_does_not():
     assert modern.settings.weights == fb1.settings.weights
     assert not fb1.trials[0].success
     assert fb1.trials[0].test.wrong > 1000  # of 2560: no better than guessing
+
+
+@pytest.mark.parametrize("setting_name", ["modern", "modern-fb1"])
+@pytest.mark.parametrize("cell", [None, "rnn"])
+def test_modern_settings_read_one_hot_targets_through_a_softmax(setting_name, cell):
+    task, setting = _row("exp2a", p=5)
+    recipe = recipe_for(setting_name, cell, setting)
+    trained = task_for(task, recipe)
+    assert (trained.output_activation, trained.loss_kind) == ("softmax", "xent")
+    assert (task.output_activation, task.loss_kind) == ("sigmoid", "sse")  # a copy changed
+    torch.manual_seed(0)
+    model = build(task, setting, recipe)
+    assert model.output_activation == "softmax"
+    batch = task.test_batch()
+    y = model(batch.inputs)
+    torch.testing.assert_close(y.sum(-1), torch.ones(y.shape[:2]))
+    # The paper's success criterion (ABS(0.25) at every step) reads the probabilities.
+    assert not trained.evaluate(y, batch).any()
+    assert trained.evaluate(batch.targets * 0.9 + 0.1 / 6, batch).all()
+
+
+def test_paper_setting_and_other_targets_keep_the_tasks_readout():
+    task, setting = _row("exp2a", p=5)
+    paper = recipe_for("paper", None, setting)
+    assert task_for(task, paper) is task
+    assert build(task, setting, paper).output_activation == "sigmoid"
+    assert build(task, setting, recipe_for("paper", "lstm", setting)).output_activation == (
+        "sigmoid")
+    # Targets that are not one-hot keep the task's own readout in the modern setting.
+    task3, setting3 = _row("exp3a")
+    modern = recipe_for("modern", None, setting3)
+    assert task_for(task3, modern) is task3
+    assert build(task3, setting3, modern).output_activation == "sigmoid"
+    with pytest.raises(ValueError, match="readout: expected a task whose targets are one-hot"):
+        task3.with_softmax_readout()
+
+
+def test_cross_entropy_of_probabilities_and_its_gradient():
+    task = make("noiseless_lag", p=4).with_softmax_readout()
+    batch = Batch.cat([task.sample(3, torch.Generator().manual_seed(k)) for k in range(2)])
+    batch.mask[-1, 0] = False  # a masked step must not count
+    logits = torch.randn(*batch.targets.shape, dtype=torch.float64)
+    probs = logits.softmax(-1)
+    mask = batch.mask
+    classes = batch.targets.argmax(-1)
+    per_step = torch.nn.functional.cross_entropy(logits.flatten(0, 1), classes.flatten(),
+                                                 reduction="none").view(mask.shape) * mask
+    want = per_step.view(batch.steps, 2, 3).sum((0, 2)) / mask.view(-1, 2, 3).sum((0, 2))
+    torch.testing.assert_close(task.group_loss(probs, batch, 2), want)
+    torch.testing.assert_close(task.loss(probs[:, :3], batch.columns(0, 3)), want[0])
+    losses, grad = task.group_loss_grad(probs, batch, 2)
+    leaf = probs.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(task.group_loss(leaf, batch, 2).sum(), leaf)
+    torch.testing.assert_close(losses, want)
+    torch.testing.assert_close(grad, auto)
+    # A target's probability of exactly 0 makes the step non-finite, never a finite wrong one.
+    at = torch.nonzero(batch.targets[0, 0])[0, 0]
+    probs[0, 0, at] = 0.0
+    losses, grad = task.group_loss_grad(probs, batch, 2)
+    assert not torch.isfinite(losses[0]) and not torch.isfinite(grad[:, :3]).all()
+    assert torch.isfinite(losses[1]) and torch.isfinite(grad[:, 3:]).all()
+
+
+def test_default_budget_is_three_times_the_papers_mean(monkeypatch):
+    assert runner.default_budget("exp3a") == 3 * 39_850
+    assert runner.default_budget("exp6a") == 3 * 31_390
+    assert runner.default_budget("exp2a") == 20_000  # 3 x 5,040 is below the minimum
+    # A budget the paper states caps the rule.
+    monkeypatch.setattr(runner, "budget_for", lambda paper: 100_000)
+    assert runner.default_budget("exp3a") == 100_000
+    assert runner.default_budget("exp2a") == 20_000

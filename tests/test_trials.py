@@ -359,3 +359,37 @@ def test_the_compiled_loop_serves_lstm_groups_on_squared_error_tasks_only():
     assert not group.compiled_for(make("copy", T=5))  # cross-entropy
     gru = TrialGroup(_model("gru", 0), 2, optimizer="sgd", lr=0.1, clip_norm=None)
     assert not gru.compiled_for(make("adding1997", T=20))
+
+
+def test_a_softmax_readout_trains_each_trial_on_its_own_cross_entropy():
+    """Each trial's softmax normalises its own outputs only; the direct kernel gradient
+    through it equals autograd, and equals each trial's own gradient; the compiled loop
+    declines it (the Python step loop trains it)."""
+    engine_or_skip()
+    from lstmkit.engine import _build
+
+    task = make("noiseless_lag", p=4).with_softmax_readout()
+
+    def model(seed: int) -> SequenceModel:
+        torch.manual_seed(seed)
+        return SequenceModel(LSTM(5, 4), 5, output_activation="softmax")
+
+    models = [model(seed) for seed in range(3)]
+    group = TrialGroup(models[0], 3, optimizer="sgd", lr=0.1, clip_norm=None)
+    for k, m in enumerate(models):
+        group.attach(k, m)
+    assert not group.compiled_for(task)
+    batches = [task.sample(2, torch.Generator().manual_seed(k)) for k in range(3)]
+    batch = Batch.cat(batches)
+    by_autograd = group._autograd_gradient(batch.inputs, batch, task.group_loss)
+    by_kernels = group._kernel_gradient(_build.load(), batch.inputs, batch,
+                                        task.group_loss_grad)
+    for a, b in zip(by_autograd, by_kernels):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    for k in range(3):
+        alone = model(k)
+        loss = task.loss(alone(batches[k].inputs), batches[k])
+        loss.backward()
+        grad = torch.cat([p.grad.reshape(-1) for p in alone.parameters()])
+        torch.testing.assert_close(by_kernels[1][k], loss.detach())
+        torch.testing.assert_close(by_kernels[2][k], grad, atol=1e-6, rtol=1e-5)

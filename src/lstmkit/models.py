@@ -2,8 +2,9 @@
 
 The 1997 paper's output units read only the memory cells (``input_shortcut=False``), except in
 Experiment 2a where they also read the inputs; some nets have no output bias. The readout is a
-linear map followed by ``output_activation``; :meth:`SequenceModel.num_weights` counts the
-trainable scalars, which reproduces the paper's weight counts for the ``lstm1997`` nets.
+linear map followed by ``output_activation`` (elementwise, or a softmax over the output units);
+:meth:`SequenceModel.num_weights` counts the trainable scalars, which reproduces the paper's
+weight counts for the ``lstm1997`` nets.
 """
 
 from __future__ import annotations
@@ -16,7 +17,22 @@ from torch import Tensor, nn
 from .cells.reference import activation
 from .layers import _Recurrent
 
-_OUTPUT_ACTIVATIONS = ("identity", "sigmoid", "tanh")
+_OUTPUT_ACTIVATIONS = ("identity", "sigmoid", "tanh", "softmax")
+
+
+def apply_readout(name: str, z: Tensor, width: int | None = None) -> Tensor:
+    """The readout activation ``name`` (one of ``identity``, ``sigmoid``, ``tanh``,
+    ``softmax``) of pre-activations ``z``. ``softmax`` normalises each run of ``width``
+    consecutive output units on its own (default: the whole last dimension), so that a merged
+    network of several trials side by side gives each trial its own distribution."""
+    if name == "softmax":
+        if width is None or width == z.shape[-1]:
+            return torch.softmax(z, -1)
+        return torch.softmax(z.unflatten(-1, (-1, width)), -1).flatten(-2)
+    if name not in _OUTPUT_ACTIVATIONS:
+        raise ValueError(f"output_activation: expected one of {_OUTPUT_ACTIVATIONS}, "
+                         f"got {name!r}")
+    return activation(name)(z)
 
 
 class SequenceModel(nn.Module):
@@ -27,7 +43,8 @@ class SequenceModel(nn.Module):
         output_size: number of output units.
         output_bias: whether the output units have a bias.
         input_shortcut: whether the output units also read the layer's input.
-        output_activation: ``"identity"`` (logits or linear outputs), ``"sigmoid"``, ``"tanh"``.
+        output_activation: ``"identity"`` (logits or linear outputs), ``"sigmoid"``, ``"tanh"``,
+            ``"softmax"`` (probabilities over the output units).
     """
 
     def __init__(
@@ -76,7 +93,7 @@ class SequenceModel(nn.Module):
         hidden, state = self.layer(x, hx, lengths=lengths)
         if self.input_shortcut:
             hidden = torch.cat([hidden, x], -1)
-        y = activation(self.output_activation)(self.readout(hidden))
+        y = apply_readout(self.output_activation, self.readout(hidden))
         return (y, state) if return_state else y
 
     def num_weights(self) -> int:

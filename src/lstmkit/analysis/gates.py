@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import tasks
 from ..cells import reference
-from ..models import SequenceModel
+from ..models import SequenceModel, apply_readout
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ._common import build_model, make_task, quick_train
 from ._limits import check_int, check_memory, require_matplotlib
@@ -77,7 +77,7 @@ def trace(model: SequenceModel, inputs: Tensor) -> dict[str, Tensor]:
         hidden = out["h"].unsqueeze(1)
         if model.input_shortcut:
             hidden = torch.cat([hidden, x], -1)
-        out["y"] = reference.activation(model.output_activation)(model.readout(hidden))[:, 0]
+        out["y"] = apply_readout(model.output_activation, model.readout(hidden))[:, 0]
     return out
 
 

@@ -87,14 +87,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print the Markdown table of every results.json under DIR and exit")
     p.add_argument("--setting", choices=SETTINGS, default="paper",
                    help="paper: lstm1997 net, on-line SGD; modern: lstm of 16-64 units, Adam, "
-                   "minibatches, clipping, chrono initialisation; modern-fb1: the modern net "
-                   "with forget-gate bias 1 instead")
+                   "minibatches, clipping, chrono initialisation, a softmax readout with "
+                   "cross-entropy where targets are one-hot; modern-fb1: the modern net with "
+                   "forget-gate bias 1 instead")
     p.add_argument("--cell", action="append",
                    help="cell preset (default lstm1997/lstm); repeat to compare, e.g. --cell rnn")
     p.add_argument("--trials", type=int, default=1, help="independent trials (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first trial (default 0)")
     p.add_argument("--max-sequences", type=int, default=None,
-                   help="training sequences per trial (default: 2x the paper's mean)")
+                   help="training sequences per trial (default: 3x the paper's mean, at "
+                   "least 20,000, at most the paper's own budget)")
     p.add_argument("--task-param", action="append", metavar="KEY=VALUE",
                    help="change a task parameter of the row, e.g. T=50 (repeatable); the table "
                    "marks such rows as changed")

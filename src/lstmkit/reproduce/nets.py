@@ -14,7 +14,10 @@
   size of :data:`MODERN_HIDDEN` for the row (the smallest of 16, 32, 64 that solved the row in a
   short pilot run), chrono initialisation for dependencies as long as the row's longest
   sequence (``chrono_init``, see :class:`lstmkit.LSTM`), Adam at 1e-2, minibatches of 16,
-  gradient clipping at norm 1.
+  gradient clipping at norm 1. Where the task's target at each step is one-hot (a one-of-N
+  choice: Exps. 1, 2a-2c, 6), a softmax readout trained by cross-entropy
+  (:meth:`~lstmkit.tasks.base.Task.with_softmax_readout`); the paper's success criteria read
+  its probabilities. Elsewhere the task's own readout and loss.
 * ``modern-fb1``: the ``modern`` net and training with the older default initialisation, a
   forget-gate bias of 1 (Gers et al. 2000; Jozefowicz et al. 2015), so that a comparison of the
   two shows what the initialisation alone does.
@@ -73,6 +76,9 @@ class Recipe:
     initialisation for the row's longest sequence), ``"forget_bias_1"`` or ``None`` (torch's).
     ``online``: train by the paper's per-time-step rule (:mod:`lstmkit.train.online`) at
     learning rate ``2 * lr`` (the paper's α) instead of ``optimizer``.
+    ``softmax_one_hot``: train tasks whose targets are one-hot through a softmax readout with
+    cross-entropy (:func:`task_for`); other tasks, and every task without it, keep the task's
+    own readout and loss.
     """
 
     setting: str
@@ -84,6 +90,15 @@ class Recipe:
     init_range: float | None
     init: str | None = None
     online: bool = False
+    softmax_one_hot: bool = False
+
+
+def task_for(task: Task, recipe: Recipe) -> Task:
+    """``task`` as ``recipe`` trains it: with a softmax readout and cross-entropy where the
+    recipe asks for one and the task's targets are one-hot, else unchanged."""
+    if recipe.softmax_one_hot and task.one_hot_targets:
+        return task.with_softmax_readout()
+    return task
 
 
 def paper_spec(setting: PaperSetting) -> CellSpec:
@@ -187,7 +202,9 @@ def _init_paper(model: SequenceModel, setting: PaperSetting) -> None:
 
 
 def build(task: Task, setting: PaperSetting, recipe: Recipe) -> SequenceModel:
-    """A freshly initialised network for ``recipe`` (seed torch first)."""
+    """A freshly initialised network for ``recipe`` (seed torch first); its readout is that of
+    :func:`task_for`, which gives the task to train it on."""
+    task = task_for(task, recipe)
     if recipe.setting == "paper" and recipe.cell == "lstm1997":
         spec = paper_spec(setting)
         model = _model(task, spec, setting.blocks * setting.cells_per_block, setting)
@@ -232,7 +249,7 @@ def recipe_for(setting_name: str, cell: str | None, setting: PaperSetting) -> Re
     cell = cell or "lstm"
     get_spec(cell)
     init = "chrono" if setting_name == "modern" else "forget_bias_1"
-    return Recipe(setting_name, cell, "adam", 1e-2, 16, 1.0, None, init)
+    return Recipe(setting_name, cell, "adam", 1e-2, 16, 1.0, None, init, softmax_one_hot=True)
 
 
 def train_config(recipe: Recipe, *, max_sequences: int, seed: int, test_size: int,

@@ -257,13 +257,15 @@ class RunSettings:
     weights: int | None = None
     workers: int | None = None
     threads_per_worker: int | None = None
+    #: The nets' output units and loss, e.g. ``"sigmoid, sse"``, ``"softmax, xent"``.
+    readout: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         # The order results.json has always had.
         return {k: out[k] for k in ("optimizer", "lr", "batch_size", "clip_norm", "init_range",
                                     "max_sequences", "criteria", "criteria_rules", "paper_row",
-                                    "weights", "workers", "threads_per_worker")}
+                                    "weights", "workers", "threads_per_worker", "readout")}
 
     @classmethod
     def _read(cls, r: _Reader) -> RunSettings:
@@ -284,6 +286,7 @@ class RunSettings:
             weights=r.get("weights", _INT_OR_NULL, None),
             workers=r.get("workers", _INT_OR_NULL, None),
             threads_per_worker=r.get("threads_per_worker", _INT_OR_NULL, None),
+            readout=r.get("readout", _STR_OR_NULL, None),
         )
 
 

@@ -41,7 +41,7 @@ from ..train.trainer import Trainer, TrainingDiverged, TrainResult
 from ..train.trials import CHUNK, Trial, mergeable, train_trials
 from . import cluster
 from .experiments import budget_for, criteria_for, describe_criteria, get
-from .nets import Recipe, build, recipe_for, train_config
+from .nets import Recipe, build, recipe_for, task_for, train_config
 from .records import Curve, Evaluation, PaperRow, RunResult, RunSettings, Summary, TrialRecord
 
 try:
@@ -58,12 +58,12 @@ class Terminated(KeyboardInterrupt):
 
 
 def default_budget(experiment: str, setting: str = "paper") -> int:
-    """Training sequences per trial when none is given: twice the paper's mean, at least
-    20,000, capped by the paper's own budget."""
+    """Training sequences per trial when none is given: three times the paper's mean, at
+    least 20,000, capped by the paper's own budget where it states one."""
     exp = get(experiment)
     task = exp.make_task()
     ref, paper = exp.reference(task), exp.setting(task)
-    budget = 2 * ref.sequences if ref is not None and ref.sequences else 100_000
+    budget = 3 * ref.sequences if ref is not None and ref.sequences else 100_000
     budget = max(budget, 20_000)
     cap = budget_for(paper)
     return min(budget, cap) if cap else budget
@@ -75,9 +75,10 @@ def _make_trainer(experiment: str, setting: str, cell: str | None, seed: int,
                   position: int, chunk: int = 0) -> tuple[Trainer, list[Any]]:
     """The trial's trainer with freshly seeded weights, and its callbacks."""
     exp = get(experiment)
-    task = exp.make_task(task_params)
-    paper = exp.setting(task)
+    raw = exp.make_task(task_params)
+    paper = exp.setting(raw)
     recipe = recipe_for(setting, cell, paper)
+    task = task_for(raw, recipe)
     torch.manual_seed(seed)
     model = build(task, paper, recipe)
     criteria = criteria_for(paper)
@@ -256,13 +257,14 @@ def _paper_row(ref: PaperReference | None) -> PaperRow | None:
 
 
 def _settings(recipe: Recipe, paper: PaperSetting, budget: int, weights: int | None,
-              workers: int) -> RunSettings:
+              workers: int, task: Any) -> RunSettings:
     return RunSettings(
         optimizer=recipe.optimizer, lr=recipe.lr, batch_size=recipe.batch_size,
         clip_norm=recipe.clip_norm, init_range=recipe.init_range, max_sequences=budget,
         criteria=list(criteria_for(paper)), criteria_rules=describe_criteria(paper),
         paper_row=paper.row, weights=weights, workers=workers,
         threads_per_worker=1 if workers > 1 else None,
+        readout=f"{task.output_activation}, {task.loss_kind}",
     )
 
 
@@ -372,7 +374,8 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
                 experiment=experiment, title=exp.title_for(task_params), setting=setting,
                 cell=recipe.cell, task=exp.task, task_params=dict(task.params),
                 changed_params=dict(task_params or {}), paper=paper_row,
-                settings=_settings(recipe, paper, budget, mine[0].weights, workers),
+                settings=_settings(recipe, paper, budget, mine[0].weights, workers,
+                                   task_for(task, recipe)),
                 summary=_summary(mine, wall), trials=mine,
             )
             if out_dir is not None:

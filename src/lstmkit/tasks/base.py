@@ -12,16 +12,24 @@ Conventions shared by all tasks:
 * ``outputs`` given to :meth:`Task.loss` and :meth:`Task.evaluate` are ``[T, B, output_size]``,
   time-major, aligned with ``batch.inputs``. What they are is ``task.output_activation``:
   ``"sigmoid"`` (the 1997 tasks: activations of logistic output units, in [0, 1]),
-  ``"identity"`` (raw linear outputs) or ``"logits"`` (pre-softmax scores).
+  ``"identity"`` (raw linear outputs), ``"logits"`` (pre-softmax scores) or ``"softmax"``
+  (probabilities over the output units, :meth:`Task.with_softmax_readout`).
 * ``loss_kind`` ``"sse"``: the 1997 error E = sum_k (t_k - y_k)^2, summed over output units and
   over the masked steps of a sequence, then averaged over the batch. With one sequence per batch
   its gradient times the learning rate is exactly the paper's on-line weight update.
   ``"mse"``: mean over masked (step, sequence) positions of the squared error summed over units.
   ``"ce"``: cross-entropy averaged over the masked positions (``targets`` are class indices).
+  ``"xent"``: cross-entropy -sum_k t_k log y_k of probability outputs (a softmax readout)
+  against the float targets (one-hot), averaged over the masked positions.
+* ``one_hot_targets``: every masked step's target is one one-hot vector over the output units
+  (a one-of-N choice), so the task can also be trained through a softmax readout with
+  cross-entropy (:meth:`Task.with_softmax_readout`); its success criterion then reads the
+  probabilities.
 """
 
 from __future__ import annotations
 
+import copy
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -298,6 +306,8 @@ class Task(TrainingTask):
     output_size: int
     output_activation: str = "sigmoid"
     loss_kind: str = "sse"
+    #: Whether every masked step's target is one one-hot vector over the output units.
+    one_hot_targets: ClassVar[bool] = False
     #: Absolute-error tolerance of the ABS success criterion (None: the task overrides evaluate).
     tolerance: float | None = None
     #: Loss of the best memoryless predictor, where the source defines one.
@@ -353,6 +363,23 @@ class Task(TrainingTask):
         """The paper's LSTM setting for these parameters (the first matching row that has one)."""
         return next((r.setting for r in self.references if r.setting is not None), None)
 
+    # -- readout -----------------------------------------------------------------------------
+
+    def with_softmax_readout(self) -> Task:
+        """This task with softmax outputs trained by cross-entropy: a copy whose
+        ``output_activation`` is ``"softmax"`` and ``loss_kind`` ``"xent"``. Data, success
+        criterion and error measures are this task's, applied to the probabilities. Only for
+        tasks with :attr:`one_hot_targets`; a task that already has this readout is returned
+        as it is."""
+        if not self.one_hot_targets:
+            raise ValueError(f"{self.name}: readout: expected a task whose targets are one-hot "
+                             f"(softmax with cross-entropy), got targets that are not")
+        if self.output_activation == "softmax" and self.loss_kind == "xent":
+            return self
+        task = copy.copy(self)
+        task.output_activation, task.loss_kind = "softmax", "xent"
+        return task
+
     # -- loss and evaluation -----------------------------------------------------------------
 
     def _check_outputs(self, outputs: object, batch: Batch) -> Tensor:
@@ -381,6 +408,8 @@ class Task(TrainingTask):
                 outputs.flatten(0, 1), batch.targets.to(outputs.device).flatten(), reduction="none"
             ).view(mask.shape)
             return (per_step * mask).sum() / mask.sum()
+        if self.loss_kind == "xent":
+            return _xent(outputs, batch.targets.to(outputs), mask).sum() / mask.sum()
         sq = (outputs - batch.targets.to(outputs)).pow(2).sum(-1) * mask
         if self.loss_kind == "sse":
             return sq.sum() / batch.batch_size
@@ -397,6 +426,8 @@ class Task(TrainingTask):
             per_step = F.cross_entropy(
                 outputs.flatten(0, 1), batch.targets.to(outputs.device).flatten(), reduction="none"
             ).view(mask.shape) * mask
+        elif self.loss_kind == "xent":
+            per_step = _xent(outputs, batch.targets.to(outputs), mask)
         else:
             per_step = (outputs - batch.targets.to(outputs)).pow(2).sum(-1) * mask
         total = per_step.sum(0).view(groups, size).sum(1)
@@ -406,12 +437,22 @@ class Task(TrainingTask):
 
     def group_loss_grad(self, outputs: Tensor, batch: Batch, groups: int
                         ) -> tuple[Tensor, Tensor]:
-        """:meth:`group_loss` and its gradient; the squared-error losses by their formula."""
+        """:meth:`group_loss` and its gradient; the squared-error losses and ``"xent"`` by
+        their formulas."""
         if self.loss_kind == "ce" or type(self).loss is not Task.loss:
             return super().group_loss_grad(outputs, batch, groups)
         outputs = self._check_outputs(outputs, batch)
         size = group_width(batch, groups)
         mask = batch.mask.to(outputs.device)
+        if self.loss_kind == "xent":
+            targets = batch.targets.to(outputs) * mask.unsqueeze(-1)
+            counts = mask.sum(0).view(groups, size).sum(1).to(outputs.dtype)
+            total = _xent(outputs, targets, mask).sum(0).view(groups, size).sum(1)
+            per_column = (1.0 / counts).repeat_interleave(size)
+            # d/dy of -t log y is -t / y: infinite where a target's probability is 0, which
+            # makes the step non-finite (the loss is infinite there too) rather than wrong.
+            grad = -targets / torch.where(targets > 0, outputs, 1.0)
+            return total / counts, grad * per_column.view(1, -1, 1)
         diff = (outputs - batch.targets.to(outputs)) * mask.unsqueeze(-1)
         total = diff.pow(2).sum((0, 2)).view(groups, size).sum(1)
         if self.loss_kind == "sse":
@@ -431,6 +472,15 @@ class Task(TrainingTask):
         err = (outputs - batch.targets.to(outputs)).abs().amax(-1)
         ok = (err < self.tolerance) | ~self._eval_mask(batch).to(outputs.device)
         return ok.all(0)
+
+
+def _xent(outputs: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """``[T, B]``: -sum_k t_k log y_k at each step of ``mask``, 0 elsewhere. Only the units with
+    a positive target take a logarithm, so an output of exactly 0 elsewhere costs nothing and
+    gets no infinite slope."""
+    targets = targets * mask.unsqueeze(-1)
+    log_y = torch.where(targets > 0, outputs, 1.0).log()
+    return -(targets * log_y).sum(-1)
 
 
 class EndTask(Task):

@@ -62,6 +62,7 @@ class NoiselessLag(Task):
 
     name = "noiseless_lag"
     tolerance = 0.25
+    one_hot_targets = True
     random_middle = False
 
     def __init__(self, p: int = 100) -> None:
@@ -183,6 +184,7 @@ class VeryLongLag(EndTask):
     time_info = ("symbols",)
     output_size = 2
     tolerance = 0.2
+    one_hot_targets = True
 
     def __init__(self, p: int = 100, q: int = 100) -> None:
         self.p = int_param(self.name, "p", p, 1)

@@ -135,6 +135,7 @@ class _ReberTask(Task):
 
     input_size = output_size = len(SYMBOLS)
     time_info = ("possible",)
+    one_hot_targets = True
 
     def _step_correct(self, outputs: Tensor, batch: Batch) -> Tensor:
         """bool ``[T, B]``: the units of all possible next symbols are more active than every

@@ -63,6 +63,7 @@ class TemporalOrder(EndTask):
     name = "temporal_order"
     input_size = len(SYMBOLS)
     tolerance = 0.3
+    one_hot_targets = True
 
     def __init__(self, positions: int = 2) -> None:
         self.positions = choice_param(self.name, "positions", positions, (2, 3))

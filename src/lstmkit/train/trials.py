@@ -33,10 +33,9 @@ from torch import Tensor
 
 from .. import engine
 from ..cells.layout import layout
-from ..cells.reference import activation
 from ..engine import _build
 from ..engine import _function as kernels
-from ..models import SequenceModel
+from ..models import SequenceModel, apply_readout
 from ..tasks.protocol import Batch
 from .config import TrainResult
 from .trainer import Trainer
@@ -204,7 +203,7 @@ class BlockDiagonal:
         if self.input_shortcut:
             hidden = torch.cat([hidden, x], -1)
         y = F.linear(hidden, p["readout.weight"], p.get("readout.bias"))
-        return activation(self.output_activation)(y)
+        return apply_readout(self.output_activation, y, self.solo_outputs)
 
     def to_merged_inputs(self, x: Tensor) -> Tensor:
         """``[T, slots * B, in]`` (trial-major columns) as the merged net reads it."""
@@ -227,8 +226,18 @@ class BlockDiagonal:
             steps, self.slots * batch, self.solo_outputs)
 
 
+def _readout_backward(name: str, y: Tensor, d_y: Tensor, width: int) -> Tensor:
+    """The gradient with respect to the readout's pre-activations, from its outputs ``y`` and
+    their gradient ``d_y``. A softmax over each trial's ``width`` units mixes them (its
+    Jacobian is diag(y) - y y^T per trial); the other activations act unit by unit."""
+    if name == "softmax":
+        y3, d3 = y.unflatten(-1, (-1, width)), d_y.unflatten(-1, (-1, width))
+        return (y3 * (d3 - (d3 * y3).sum(-1, keepdim=True))).flatten(-2)
+    return d_y * _activation_slope(name, y)
+
+
 def _activation_slope(name: str, y: Tensor) -> Tensor | float:
-    """d act / d z of the readout's activation, from its output ``y``."""
+    """d act / d z of the readout's elementwise activation, from its output ``y``."""
     if name == "sigmoid":
         return y * (1.0 - y)
     if name == "tanh":
@@ -359,7 +368,8 @@ class TrialGroup:
     def compiled_for(self, task: Any) -> bool:
         """Whether :meth:`run_steps` can train this group on ``task``: an LSTM-family net with
         an identity, sigmoid or tanh readout, and the squared-error loss of
-        :class:`~lstmkit.tasks.base.Task` (not one a task defines itself)."""
+        :class:`~lstmkit.tasks.base.Task` (not one a task defines itself). A softmax readout
+        with cross-entropy takes the Python step loop (:meth:`step`)."""
         from ..tasks.base import Task  # the tasks import the trainer's package
 
         kind = type(task)
@@ -488,11 +498,13 @@ class TrialGroup:
         hidden = res["y"]
         weight, bias = p["readout.weight"], p.get("readout.bias")
         feats = torch.cat([hidden, xm], -1) if blocks.input_shortcut else hidden
-        y = activation(blocks.output_activation)(F.linear(feats, weight, bias))
+        y = apply_readout(blocks.output_activation, F.linear(feats, weight, bias),
+                          blocks.solo_outputs)
         outputs = blocks.to_columns(y)
         losses, d_outputs = loss_grad(outputs, batch, self.slots)
         # Back through the readout by hand: its activation, then the linear map.
-        d_y = blocks.to_merged_outputs(d_outputs) * _activation_slope(blocks.output_activation, y)
+        d_y = _readout_backward(blocks.output_activation, y, blocks.to_merged_outputs(d_outputs),
+                                blocks.solo_outputs)
         d_y2 = d_y.reshape(-1, d_y.shape[-1])
         found_out = [torch.mm(d_y2, weight[:, : hidden.shape[-1]]).view_as(hidden),
                      torch.mm(d_y2.t(), feats.reshape(-1, feats.shape[-1]))]
