@@ -185,6 +185,8 @@ def errors2c(row: str, out: str, seeds: str, n: str) -> None:
         b = task.sample(int(n), generator=torch.Generator().manual_seed(TEST_SEED))
         with torch.no_grad():
             y = model(b.inputs, b.lengths)
+            _, state = model.layer(b.inputs, None, lengths=b.lengths)
+        cells, gates = state[1][0], state[2][0]  # cell states, gate activations at the end
         idx = torch.arange(b.batch_size)
         err = (y[b.lengths - 1, idx] - b.targets[b.lengths - 1, idx]).abs().amax(-1)
         wrong = err >= 0.2
@@ -192,6 +194,16 @@ def errors2c(row: str, out: str, seeds: str, n: str) -> None:
         print(f"seed {seed}: wrong {int(wrong.sum())} of {b.batch_size}, mean max|err| "
               f"{err.mean():.4f}, wrong x/y {int((wrong & (label == 0)).sum())}/"
               f"{int((wrong & (label == 1)).sum())}")
+        print("  input gates at the end (mean) " + " ".join(
+            f"{v:.2f}" for v in gates[:, :2].mean(0).tolist()))
+        for cls in (0, 1):
+            ours = label == cls
+            for name, sel in (("right", ~wrong & ours), ("wrong", wrong & ours)):
+                if sel.any():
+                    print(f"  class {'xy'[cls]} {name}: {int(sel.sum()):5d} seqs, cell states at "
+                          f"the end, mean " + " ".join(f"{v:+6.1f}" for v in cells[sel].mean(0))
+                          + ", std "
+                          + " ".join(f"{v:4.1f}" for v in cells[sel].std(0).nan_to_num()))
         for lo, hi in ((0, 5), (5, 10), (10, 20), (20, 30), (30, 1000)):
             sel = (k >= lo) & (k < hi)
             m = max(int(sel.sum()), 1)
