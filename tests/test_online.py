@@ -16,6 +16,7 @@ from lstmkit.reproduce.nets import build, recipe_for, train_config
 from lstmkit.reproduce.runner import _make_trainer
 from lstmkit.train import SequentialConstruction
 from lstmkit.train.online import OnlineTrainer, check_online, online_step
+from lstmkit.train.trials import CompiledChunk, TrialGroup
 
 
 def _paper_net(name: str, params: dict | None = None, seed: int = 2000):
@@ -101,6 +102,33 @@ def test_paper_setting_trains_on_line() -> None:
     assert isinstance(trainer, OnlineTrainer) and trainer.alpha == setting.learning_rate
     result = trainer.run()
     assert result.sequences == 100
+
+
+@pytest.mark.parametrize("name, params", [("exp4-T100", {"T": 20}),
+                                          ("exp2c-q50-p50", {"p": 5, "q": 5})])
+def test_end_error_rows_train_by_the_papers_rule_at_its_alpha(name: str, params: dict) -> None:
+    # Rows with an error at the sequence end only train trials side by side, one SGD step per
+    # sequence in the compiled loop; that step must be Appendix A.1's change at Table 10's
+    # alpha (eqs. 19-28), as the on-line rule makes it, sequence after sequence.
+    trainer, _ = _make_trainer(name, "paper", None, 2000, 10, task_params=params,
+                               checkpoint_dir=None, checkpoint_every=0, progress=False,
+                               position=0, chunk=3)
+    assert not isinstance(trainer, OnlineTrainer)
+    model, task = trainer.model, trainer.task
+    batch = task.sample(3, generator=torch.Generator().manual_seed(5))
+    ref = copy.deepcopy(model)
+    before = copy.deepcopy(model)
+    online_step(ref, batch, get(name).setting(task).learning_rate)
+    group = TrialGroup(model, 1, optimizer="sgd", lr=trainer.config.lr, clip_norm=None)
+    group.attach(0, model, None)
+    chunk = CompiledChunk(group, batch, 3, 1)
+    chunk.set_scale(task.loss_kind, batch.mask)
+    assert group.run_steps(chunk, 0, 3) == 3
+    group.detach(0, model)
+    for (key, got), want, old in zip(model.named_parameters(), ref.parameters(),
+                                     before.parameters()):
+        assert (want - old).abs().max() > 1e-6, key  # the rule changes every weight tensor
+        assert torch.allclose(got - old, want - old, atol=1e-7, rtol=1e-3), key
 
 
 def test_online_trainer_refuses_clipping() -> None:
