@@ -407,7 +407,7 @@ def _interrupt(sig: signal.Signals, folder: Path, proc: subprocess.Popen, fcntl)
     pid = int(pids.read_text().split()[0])
     proc.send_signal(sig)
     # The process ends: its build child notices the lost parent within a second and stops the
-    # build, but on a loaded 2-core machine importing torch there has taken over a minute.
+    # build; on a 2-core machine loaded by other jobs that once took over a minute.
     output = proc.communicate(timeout=180)[0].decode(errors="replace")
     assert proc.returncode != 0, output[-2000:]
     if sig != signal.SIGINT:  # SIGINT ends it through KeyboardInterrupt
