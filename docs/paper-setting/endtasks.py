@@ -7,7 +7,7 @@ Run from the repository root with ``PYTHONPATH=src``, one thread::
 
     python docs/paper-setting/endtasks.py update ROW
     python docs/paper-setting/endtasks.py train ROW SEEDS BUDGET OUT [lr=X] [swap=1] [both=1]
-        [streak=1]
+        [streak=1] [igb=B1,B2] [linout=1]
     python docs/paper-setting/endtasks.py errors4 OUT SEEDS N
     python docs/paper-setting/endtasks.py inside4 OUT SEED
     python docs/paper-setting/endtasks.py errors2c ROW OUT SEEDS N
@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from lstmkit import tasks
 from lstmkit.reproduce import nets
 from lstmkit.reproduce.runner import _make_trainer
 from lstmkit.train.criteria import RecentSequences, TestSet
@@ -82,6 +83,9 @@ def update(row: str) -> None:
 def train(row: str, seeds: str, budget: str, out: str, *opts: str) -> None:
     """Train SEEDS side by side as the runner does, with the options' one change each."""
     params = dict(o.split("=", 1) for o in opts)
+    if params.get("linout"):
+        # A linear output unit instead of the logistic one (for Exp. 4's adding task).
+        tasks.arithmetic.Adding1997.output_activation = "identity"
     if params.get("swap"):
         # Table 10's caption reading: h in [-2, 2], g in [-1, 1] (the text says the reverse).
         plain = nets.paper_spec
@@ -101,6 +105,12 @@ def train(row: str, seeds: str, budget: str, out: str, *opts: str) -> None:
                     tr.criteria[name] = Streak(rule.window, rule.max_wrong, rule.max_mean_error)
         if "lr" in params:
             tr.config.lr = float(params["lr"])
+        if "igb" in params:
+            # Other initial input-gate biases, one per block (Table 10: -3, -6 for Exp. 4).
+            layer = tr.model.layer
+            with torch.no_grad():
+                layer.bias_ih_l0[layer.layout.bias_slice("i")] = torch.tensor(
+                    [float(v) for v in params["igb"].split(",")])
         trainers.append(tr)
     start = time.time()
     trials = train_trials(trainers, chunk=CHUNK)
