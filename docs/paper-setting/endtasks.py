@@ -1,20 +1,24 @@
 """Experiments on the paper setting's Exp. 4 (adding, T = 100) and Exp. 2c (q = p = 50) rows.
 
-The commands behind sections E11-E16 of docs/paper-setting-notes.md. Every trial is built and
+The commands behind sections E11-E17 of docs/paper-setting-notes.md. Every trial is built and
 trained exactly as ``lstmkit reproduce ROW --setting paper`` does (``_make_trainer``, then
 ``train_trials``: trials side by side, the compiled step loop); options change one thing each.
 Run from the repository root with ``PYTHONPATH=src``, one thread::
 
     python docs/paper-setting/endtasks.py update ROW
     python docs/paper-setting/endtasks.py train ROW SEEDS BUDGET OUT [lr=X] [swap=1] [both=1]
-        [streak=1]
+        [streak=1] [igb=B1,B2] [linout=1]
     python docs/paper-setting/endtasks.py errors4 OUT SEEDS N
     python docs/paper-setting/endtasks.py inside4 OUT SEED
     python docs/paper-setting/endtasks.py errors2c ROW OUT SEEDS N
 
 ``update``: one training step of three fresh nets against the Appendix A.1 rule
 (:func:`lstmkit.train.online.online_step`). ``train``: SEEDS (comma-separated) to BUDGET
-sequences, each net saved to ``OUT_SEED.pt`` with its curve in ``OUT_SEED.curve.json``.
+sequences, each net saved to ``OUT_SEED.pt`` with its curve in ``OUT_SEED.curve.json``; the
+options: ``lr`` the SGD rate on the squared error (the paper setting's is alpha / 2), ``swap``
+h in [-2, 2] and g in [-1, 1], ``both`` Exp. 2c's rule as a training window and as a frozen
+test, ``streak`` the longest run of correct training sequences, ``igb`` the initial input-gate
+biases, ``linout`` a linear output unit.
 ``errors4`` / ``errors2c``: which of N fresh test sequences a saved net gets wrong, by kind of
 sequence. ``inside4``: a saved Exp. 4 net's output net input and cell outputs at the sequence
 end against X1 + X2.
@@ -29,7 +33,7 @@ import time
 
 import torch
 
-from lstmkit.reproduce import nets
+from lstmkit.reproduce import experiments, nets
 from lstmkit.reproduce.runner import _make_trainer
 from lstmkit.train.criteria import RecentSequences, TestSet
 from lstmkit.train.online import online_step
@@ -82,6 +86,9 @@ def update(row: str) -> None:
 def train(row: str, seeds: str, budget: str, out: str, *opts: str) -> None:
     """Train SEEDS side by side as the runner does, with the options' one change each."""
     params = dict(o.split("=", 1) for o in opts)
+    if params.get("linout"):
+        # A linear output unit instead of the logistic one.
+        type(experiments.get(row).make_task()).output_activation = "identity"
     if params.get("swap"):
         # Table 10's caption reading: h in [-2, 2], g in [-1, 1] (the text says the reverse).
         plain = nets.paper_spec
@@ -101,6 +108,12 @@ def train(row: str, seeds: str, budget: str, out: str, *opts: str) -> None:
                     tr.criteria[name] = Streak(rule.window, rule.max_wrong, rule.max_mean_error)
         if "lr" in params:
             tr.config.lr = float(params["lr"])
+        if "igb" in params:
+            # Other initial input-gate biases, one per block (Table 10: -3, -6 for Exp. 4).
+            layer = tr.model.layer
+            with torch.no_grad():
+                layer.bias_ih_l0[layer.layout.bias_slice("i")] = torch.tensor(
+                    [float(v) for v in params["igb"].split(",")])
         trainers.append(tr)
     start = time.time()
     trials = train_trials(trainers, chunk=CHUNK)
