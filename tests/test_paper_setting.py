@@ -111,3 +111,17 @@ def test_exp2a_paper_cell_state_drifts() -> None:
         assert (state.diff(dim=0) > 0.1).all()
         assert (state[-1] > 20).all()
         assert (state[-1, 0] - state[-1, 1]).abs() < 0.5  # x and y leave almost no trace
+
+
+def test_a_setting_whose_output_units_differ_from_the_task_is_refused() -> None:
+    """The paper net's output units are the task's; a row asking for others is an error, not a
+    net built without them."""
+    import dataclasses
+
+    exp = get("exp4-T100")
+    task = exp.make_task()
+    setting = exp.setting(task)
+    build(task, setting, recipe_for("paper", None, setting))  # the row as it is builds
+    linear = dataclasses.replace(setting, output_activation="identity")
+    with pytest.raises(ValueError, match="output_activation 'identity' differs from the task"):
+        build(task, linear, recipe_for("paper", None, linear))

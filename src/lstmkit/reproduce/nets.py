@@ -206,6 +206,12 @@ def build(task: Task, setting: PaperSetting, recipe: Recipe) -> SequenceModel:
     :func:`task_for`, which gives the task to train it on."""
     task = task_for(task, recipe)
     if recipe.setting == "paper" and recipe.cell == "lstm1997":
+        if setting.output_activation != task.output_activation:
+            # The net's output units are the task's (its loss and criteria read them); a row
+            # asking for others would otherwise be built without them.
+            raise ValueError(f"setting {setting.row}: output_activation "
+                             f"{setting.output_activation!r} differs from the task's "
+                             f"{task.output_activation!r}")
         spec = paper_spec(setting)
         model = _model(task, spec, setting.blocks * setting.cells_per_block, setting)
         if setting.weights is not None and model.num_weights() != setting.weights:
