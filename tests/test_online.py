@@ -70,7 +70,8 @@ def test_online_step_leaves_held_readout_columns_alone() -> None:
         model.readout.weight[:, :1] = 0.0
     batch = task.sample(2, generator=torch.Generator().manual_seed(0))
     cell_in = model.layer.weight_ih_l0.detach().clone()
-    online_step(model, batch, 1.0, held_columns=1)
+    online_step(model, batch, 1.0, held=torch.ones(model.readout.weight.shape[0], 1,
+                                                   dtype=torch.bool))
     assert (model.readout.weight[:, :1] == 0).all()
     assert torch.equal(model.layer.weight_ih_l0, cell_in)  # no error reaches an absent cell
 
@@ -140,9 +141,10 @@ def test_online_trainer_refuses_clipping() -> None:
         OnlineTrainer(model, task, config, criteria_for(setting), alpha=1.0)
 
 
-def test_sequential_construction_reports_held_columns() -> None:
+def test_sequential_construction_reports_held_weights() -> None:
     weight = torch.zeros(3, 4)
     rule = SequentialConstruction(weight, 2)
-    assert rule.held_columns == 2
-    rule.added_at = 100
-    assert rule.held_columns == 0
+    assert rule.held_mask is not None and rule.held_mask.shape == (3, 2)
+    assert bool(rule.held_mask.all())
+    rule.held[:] = False
+    assert rule.held_mask is None

@@ -180,12 +180,15 @@ def matched_hidden(task: Task, spec: CellSpec, weights: int,
 
 
 def _init_paper(model: SequenceModel, setting: PaperSetting) -> None:
-    """Weights uniform in [-r, r]; Table 10's per-block input/output gate biases."""
+    """Weights uniform in [-r, r]; Table 10's per-block input/output gate biases; the input
+    gates' input weights shifted by ``setting.input_gate_shift``."""
     r = setting.init_range
     with torch.no_grad():
         for p in model.parameters():
             p.uniform_(-r, r)
         layer = model.layer
+        if setting.input_gate_shift:
+            layer.weight_ih_l0[layer.layout.blocks["i"]] += setting.input_gate_shift
         bias = getattr(layer, "bias_ih_l0", None)
         if bias is None:
             return

@@ -93,7 +93,8 @@ def _make_trainer(experiment: str, setting: str, cell: str | None, seed: int,
     meta = _trial_meta(experiment, setting, recipe.cell, seed, max_sequences, task.params, chunk)
     callbacks = []
     if paper.sequential_construction and recipe.setting == "paper":
-        callbacks.append(SequentialConstruction(model.readout.weight, model.layer.hidden_size))
+        callbacks.append(SequentialConstruction(model.readout.weight, model.layer.hidden_size,
+                                                tolerance=paper.construction_tolerance))
     if recipe.online:
         trainer: Trainer = OnlineTrainer(model, task, config, criteria, alpha=2 * recipe.lr,
                                          checkpoint=checkpoint, meta=meta, progress=progress,

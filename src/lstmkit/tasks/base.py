@@ -117,6 +117,12 @@ class PaperSetting:
         trials: independent trials the published mean is over.
         sequential_construction: the memory cells join the net only once the error of the net
             without them has stopped decreasing (H&S 1997 Exp. 2a/2b, against the abuse problem).
+        construction_tolerance: with sequential construction, the cells join only the output
+            units whose largest absolute error on the test sequences is above this at the
+            plateau; ``None`` joins them to every output unit.
+        input_gate_shift: added to every initial input-to-input-gate weight. With one-hot
+            inputs and no bias unit this is the gate's initial bias (§4's remedy for internal
+            state drift: "initially bias the input gate towards zero").
         evidence: the reference file's label for these facts (``"V"`` verbatim-checked,
             ``"Q"`` quoted, ``"S"`` secondary).
         notes: anything the fields do not capture.
@@ -153,6 +159,8 @@ class PaperSetting:
     learning_rate_decay: float | None = None
     reset: bool = True
     sequential_construction: bool = False
+    construction_tolerance: float | None = None
+    input_gate_shift: float = 0.0
     evidence: str = "V"
     notes: str = ""
 

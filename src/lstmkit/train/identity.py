@@ -91,7 +91,8 @@ def _callback_identity(cb: Any) -> dict[str, Any]:
     record: dict[str, Any] = {"class": type(cb).__qualname__}
     if isinstance(cb, SequentialConstruction):
         record.update(weight=list(cb.weight.shape), columns=cb.columns, window=cb.window,
-                      min_improvement=cb.min_improvement)
+                      min_improvement=cb.min_improvement, tolerance=cb.tolerance,
+                      sample_size=cb.sample_size)
     elif callable(getattr(cb, "identity", None)):
         record.update(plain(dict(cb.identity())))
     return record

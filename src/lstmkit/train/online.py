@@ -81,20 +81,30 @@ def check_online(model: Any) -> None:
 
 
 def online_step(model: SequenceModel, batch: Batch, alpha: float,
-                held_columns: int = 0) -> tuple[Tensor, float]:
+                held: Tensor | None = None) -> tuple[Tensor, float]:
     """Train ``model`` on each sequence of ``batch`` in turn, changing the weights after every
     time step by the truncated RTRL rule; returns the outputs computed on the way ``[T, B, out]``
     (each before that step's change) and the summed squared error per sequence (mean over the
     batch).
 
-    ``held_columns``: the readout's first columns are held at zero and not trained (a memory
-    cell not yet added by sequential construction).
+    ``held``: bool ``[outputs, k]`` over the readout's first ``k <= hidden`` columns, True
+    where a readout weight from a cell is held at zero and not trained (a memory cell not yet
+    added by sequential construction, or not connected to that output).
     """
     check_online(model)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
         raise ValueError(f"alpha: expected a positive number, got {alpha!r}")
     layer, spec = model.layer, model.layer.spec
     hidden = layer.hidden_size
+    held_np = None
+    if held is not None:
+        n_out = model.readout.weight.shape[0]
+        if (not isinstance(held, Tensor) or held.dtype != torch.bool or held.dim() != 2
+                or held.shape[0] != n_out or not 0 < held.shape[1] <= hidden):
+            raise ValueError(f"held: expected a bool tensor of shape ({n_out}, 1..{hidden}), got "
+                             f"{getattr(held, 'dtype', type(held).__name__)} "
+                             f"{tuple(getattr(held, 'shape', ()))}")
+        held_np = held.cpu().numpy()
     lay = layout(spec, hidden)
     size = spec.block_size
     # The per-step loop runs on float64 NumPy copies of the weights (a step is a few dozen
@@ -174,8 +184,8 @@ def online_step(model: SequenceModel, batch: Batch, alpha: float,
                 delta[o_rows] = np.outer(e_o, src)
             delta *= alpha
             step_readout = alpha * np.outer(e_k, feats)
-            if held_columns:
-                step_readout[:, :held_columns] = 0.0
+            if held_np is not None:
+                step_readout[:, :held_np.shape[1]][held_np] = 0.0
             # Every weight changes now, after this time step (on-line learning).
             w_ih += delta[:, :n_in]
             at = n_in
@@ -219,9 +229,13 @@ class OnlineTrainer(Trainer):
         self.alpha = float(alpha)
 
     def _step(self, batch: Batch) -> tuple[Tensor, float]:
-        held = 0
+        held = None
         for cb in self.callbacks:
-            held = max(held, int(getattr(cb, "held_columns", 0)))
+            mask = getattr(cb, "held_mask", None)
+            if mask is not None:
+                wide = torch.zeros(mask.shape[0], self.model.layer.hidden_size, dtype=torch.bool)
+                wide[:, :mask.shape[1]] = mask
+                held = wide if held is None else held | wide
         outputs, loss = online_step(self.model, batch, self.alpha, held)
         if loss != loss or loss in (float("inf"), float("-inf")):
             raise self._diverged(f"loss became {loss}")

@@ -330,13 +330,17 @@ class StateCheck:
     def construction(self, cb: SequentialConstruction, value: Any, field: str,
                      sequences: int) -> None:
         value = self.of_type(value, dict, "a dict", field)
-        keys = {"initial", "added_at", "sum", "count", "previous"}
+        keys = {"initial", "held", "added_at", "sum", "count", "previous"}
         if set(value) != keys:
             raise self.fail(field, f"expected the keys {sorted(keys)}, got "
                                    f"{describe(sorted(map(str, value)))}")
         self.tensor(value["initial"], f"{field}.initial", cb.initial)
+        held = self.tensor(value["held"], f"{field}.held", cb.held)
         batch = self.trainer.config.batch_size
         added = value["added_at"]
+        if isinstance(added, int) and added == -1 and not bool(held.all()):
+            raise self.fail(f"{field}.held", "expected every cell weight held before the cells "
+                                             "are added")
         if not (isinstance(added, int) and added == -1):
             if sequences < batch:
                 raise self.fail(f"{field}.added_at", f"expected -1 (not yet) before any "
