@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from lstmkit.reproduce.records import RunResult  # noqa: E402
 
-ORDER = ["exp1", "exp2a", "exp2b", "exp2c-q50-p50", "exp3a", "exp3b", "exp3c", "exp4-T100",
-         "exp4-T500", "exp5-T100", "exp6a", "exp6b"]
+ORDER = ["exp1", "exp2a", "exp2b", "exp2c-q50-p50", "exp2c-q100-p100", "exp2c-q200-p200", "exp3a",
+         "exp3b", "exp3c", "exp4-T100", "exp4-T500", "exp5-T100", "exp6a", "exp6b"]
 
 
 def main(out: str, series: list[str]) -> None:

@@ -5,6 +5,12 @@ a 95 % Wilson interval, and mean ± standard deviation of sequences to success o
 that succeeded; the budget per trial.
 
     python results/trial_counts.py results/trial-counts
+
+With ``--wide`` and labelled folders, one line per row of the paper and one column per folder
+(``successes/trials (Wilson), mean ± std sequences to success; budget``):
+
+    python results/trial_counts.py --wide "paper setting=results/trial-counts" \
+        "modern=results/trial-counts-modern"
 """
 
 from __future__ import annotations
@@ -28,6 +34,54 @@ def wilson(successes: int, trials: int, z: float = 1.959964) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _spread(solved: list[int]) -> str:
+    if len(solved) > 1:
+        return f"{statistics.fmean(solved):,.0f} ± {statistics.stdev(solved):,.0f}"
+    return f"{solved[0]:,}" if solved else "-"
+
+
+def _paper(res: RunResult) -> str:
+    paper = res.paper
+    rate = "" if paper is None or paper.success_rate is None else f"{paper.success_rate:.0%}, "
+    mean = "-" if paper is None or not paper.sequences else f"{paper.sequences:,}"
+    return rate + mean
+
+
+def wide(series: list[str]) -> None:
+    """One line per row, one column per ``label=folder``; rows missing from a folder: not run."""
+    runs: dict[str, dict[str, RunResult]] = {}
+    labels = []
+    for item in series:
+        label, _, folder = item.partition("=")
+        labels.append(label)
+        for path in sorted(Path(folder).glob("*/results.json")):
+            res = RunResult.read(path)
+            runs.setdefault(res.experiment, {})[label] = res
+    print("| row | paper: success, mean sequences | " + " | ".join(labels) + " |")
+    print("|---|---|" + "---|" * len(labels))
+    for row in sorted(runs, key=_row_key):
+        cells, paper = [], ""
+        for label in labels:
+            res = runs[row].get(label)
+            if res is None:
+                cells.append("not run")
+                continue
+            paper = paper or _paper(res)
+            solved = [t.sequences for t in res.trials if t.success]
+            low, high = wilson(len(solved), len(res.trials))
+            cells.append(f"{len(solved)}/{len(res.trials)} ({low:.0%}–{high:.0%}), "
+                         f"{_spread(solved)}; {res.settings.max_sequences:,}")
+        print(f"| {row} | {paper} | " + " | ".join(cells) + " |")
+
+
+def _row_key(name: str) -> tuple[int, str, int]:
+    """exp1 < exp2a < exp2c-q100-p100 < exp2c-q1000-p50 < exp3a ..., numbers by value."""
+    head, _, rest = name.partition("-")
+    numbers = [int("".join(ch for ch in part if ch.isdigit()) or 0) for part in rest.split("-")]
+    return int("".join(ch for ch in head if ch.isdigit()) or 0), head, sum(
+        n * 10 ** (4 * (2 - i)) for i, n in enumerate(numbers[:3]))
+
+
 def main(folder: str) -> None:
     print("| row | setting | paper: success, mean sequences | ours: successes/trials (95 % Wilson) "
           "| ours: sequences to success, mean ± std | budget |")
@@ -47,4 +101,7 @@ def main(folder: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/trial-counts")
+    if sys.argv[1:2] == ["--wide"]:
+        wide(sys.argv[2:])
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "results/trial-counts")
