@@ -123,6 +123,29 @@ def test_plateau_rule_with_a_tolerance_joins_only_the_unlearned_outputs() -> Non
     assert torch.equal(restored.held, cb.held) and restored.added_at == 20
 
 
+class _TaskWrongEarly:
+    """Unit 1's target is 1 at the first step only: the fixed net's 0.1 is wrong there by 0.9
+    and right at the end."""
+
+    def test_batch(self) -> Batch:
+        T, B = 4, 2
+        targets = torch.zeros(T, B, 3)
+        targets[0, :, 1] = 1.0
+        return Batch(torch.zeros(T, B, 1), targets, torch.ones(T, B, dtype=torch.bool),
+                     torch.full((B,), T))
+
+
+@pytest.mark.parametrize("at_end", [False, True])
+def test_plateau_rule_judges_where_the_success_rule_does(at_end: bool) -> None:
+    weight = torch.nn.Parameter(torch.full((3, 2), 0.3))
+    cb = SequentialConstruction(weight, 1, window=10, tolerance=0.25, at_end=at_end)
+    trainer = _Trainer()
+    trainer.task, trainer.model = _TaskWrongEarly(), _FixedNet()
+    assert _feed(cb, [1.0] * 20, trainer) == 20
+    joined = (~cb.held).any(1).tolist()
+    assert joined == ([True, False, False] if at_end else [True, True, False])
+
+
 def test_plateau_rule_defaults_and_checks() -> None:
     cb = SequentialConstruction(torch.nn.Parameter(torch.zeros(2, 3)), 1)
     assert (cb.window, cb.min_improvement) == (100, 0.01)

@@ -94,7 +94,8 @@ def _make_trainer(experiment: str, setting: str, cell: str | None, seed: int,
     callbacks = []
     if paper.sequential_construction and recipe.setting == "paper":
         callbacks.append(SequentialConstruction(model.readout.weight, model.layer.hidden_size,
-                                                tolerance=paper.construction_tolerance))
+                                                tolerance=paper.construction_tolerance,
+                                                at_end=paper.success.params.get("where") == "end"))
     if recipe.online:
         trainer: Trainer = OnlineTrainer(model, task, config, criteria, alpha=2 * recipe.lr,
                                          checkpoint=checkpoint, meta=meta, progress=progress,

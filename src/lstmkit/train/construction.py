@@ -24,9 +24,10 @@ With ``tolerance`` the cells join only the outputs that still need them. §4 of 
 gates are not required in case of local output encoding -- preventing memory cells from
 perturbing already learned outputs can be done by simply setting the corresponding weights to
 zero". At the plateau the net is tested on the task's test split (or on a fixed sample); the
-output units whose largest absolute error is at most ``tolerance`` are learned, and the cells'
-weights to them stay at zero for the rest of training. In Exp. 2a these are every output but x
-and y, the two symbols only the memory can tell apart.
+output units whose largest absolute error is at most ``tolerance`` (at every step, or with
+``at_end`` at the sequence ends, where the row's success rule looks) are learned, and the
+cells' weights to them stay at zero for the rest of training. In Exp. 2a these are every output
+but x and y, the two symbols only the memory can tell apart.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ class SequentialConstruction:
             above it (the rest keep zero weights from the cells for good).
         sample_size: sequences drawn (from a fixed generator) to find those outputs when the
             task has no fixed test split.
+        at_end: judge the outputs' errors at each sequence's last step only (where the row's
+            success rule judges them) instead of at every step the loss covers.
     """
 
     def __init__(self, weight: Tensor, columns: int, *, window: int = 100,
                  min_improvement: float = 0.01, tolerance: float | None = None,
-                 sample_size: int = 256) -> None:
+                 sample_size: int = 256, at_end: bool = False) -> None:
         if not 0 < columns <= weight.shape[1]:
             raise ValueError(f"columns: expected 1..{weight.shape[1]}, got {columns}")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -73,7 +76,7 @@ class SequentialConstruction:
             raise ValueError(f"sample_size: expected a positive int, got {sample_size!r}")
         self.weight, self.columns = weight, columns
         self.window, self.min_improvement = window, min_improvement
-        self.tolerance, self.sample_size = tolerance, sample_size
+        self.tolerance, self.sample_size, self.at_end = tolerance, sample_size, bool(at_end)
         self.initial = weight.detach()[:, :columns].clone()
         # True where a cell-to-output weight is held at zero: everywhere until the plateau.
         self.held = torch.ones(weight.shape[0], columns, dtype=torch.bool)
@@ -108,6 +111,8 @@ class SequentialConstruction:
             out = trainer.model(batch.inputs, batch.lengths)
         trainer.model.train(was_training)
         error = (out - batch.targets).abs() * batch.mask.unsqueeze(-1)
+        if self.at_end:
+            error = error[batch.lengths - 1, torch.arange(error.shape[1])]
         return error.reshape(-1, outputs).amax(0) > self.tolerance
 
     def after_step(self, trainer: Any, loss: float, sequences: int) -> None:

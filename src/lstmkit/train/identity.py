@@ -92,7 +92,7 @@ def _callback_identity(cb: Any) -> dict[str, Any]:
     if isinstance(cb, SequentialConstruction):
         record.update(weight=list(cb.weight.shape), columns=cb.columns, window=cb.window,
                       min_improvement=cb.min_improvement, tolerance=cb.tolerance,
-                      sample_size=cb.sample_size)
+                      sample_size=cb.sample_size, at_end=cb.at_end)
     elif callable(getattr(cb, "identity", None)):
         record.update(plain(dict(cb.identity())))
     return record
