@@ -93,7 +93,7 @@ class SequentialConstruction:
 
     def _hold(self) -> None:
         with torch.no_grad():
-            self.weight[:, : self.columns][self.held] = 0.0
+            self.weight[:, : self.columns][self.held.to(self.weight.device)] = 0.0
 
     def _unlearned(self, trainer: Any) -> Tensor:
         """Bool ``[outputs]``: the outputs whose largest absolute error on the test sequences is
@@ -132,7 +132,8 @@ class SequentialConstruction:
             self.held = ~self._unlearned(trainer).unsqueeze(1).expand_as(self.held).clone()
             with torch.no_grad():
                 cells = self.weight[:, : self.columns]
-                cells.copy_(torch.where(self.held, torch.zeros_like(cells), self.initial))
+                cells.copy_(torch.where(self.held.to(cells.device), torch.zeros_like(cells),
+                                        self.initial.to(cells.device)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"initial": self.initial, "held": self.held.clone(),
