@@ -20,6 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from lstmkit.reproduce.experiments import get, names
 from lstmkit.reproduce.records import RunResult
 
 
@@ -40,15 +41,16 @@ def _spread(solved: list[int]) -> str:
     return f"{solved[0]:,}" if solved else "-"
 
 
-def _paper(res: RunResult) -> str:
-    paper = res.paper
+def _paper(res: RunResult | None, row: str) -> str:
+    paper = res.paper if res is not None else get(row).reference()
     rate = "" if paper is None or paper.success_rate is None else f"{paper.success_rate:.0%}, "
     mean = "-" if paper is None or not paper.sequences else f"{paper.sequences:,}"
     return rate + mean
 
 
 def wide(series: list[str]) -> None:
-    """One line per row, one column per ``label=folder``; rows missing from a folder: not run."""
+    """One line per row of the paper, one column per ``label=folder``; a row missing from a
+    folder: not run."""
     runs: dict[str, dict[str, RunResult]] = {}
     labels = []
     for item in series:
@@ -59,27 +61,18 @@ def wide(series: list[str]) -> None:
             runs.setdefault(res.experiment, {})[label] = res
     print("| row | paper: success, mean sequences | " + " | ".join(labels) + " |")
     print("|---|---|" + "---|" * len(labels))
-    for row in sorted(runs, key=_row_key):
-        cells, paper = [], ""
+    for row in names():
+        cells, paper = [], _paper(None, row)
         for label in labels:
-            res = runs[row].get(label)
+            res = runs.get(row, {}).get(label)
             if res is None:
                 cells.append("not run")
                 continue
-            paper = paper or _paper(res)
             solved = [t.sequences for t in res.trials if t.success]
             low, high = wilson(len(solved), len(res.trials))
             cells.append(f"{len(solved)}/{len(res.trials)} ({low:.0%}–{high:.0%}), "
                          f"{_spread(solved)}; {res.settings.max_sequences:,}")
         print(f"| {row} | {paper} | " + " | ".join(cells) + " |")
-
-
-def _row_key(name: str) -> tuple[int, str, int]:
-    """exp1 < exp2a < exp2c-q100-p100 < exp2c-q1000-p50 < exp3a ..., numbers by value."""
-    head, _, rest = name.partition("-")
-    numbers = [int("".join(ch for ch in part if ch.isdigit()) or 0) for part in rest.split("-")]
-    return int("".join(ch for ch in head if ch.isdigit()) or 0), head, sum(
-        n * 10 ** (4 * (2 - i)) for i, n in enumerate(numbers[:3]))
 
 
 def main(folder: str) -> None:
@@ -90,13 +83,8 @@ def main(folder: str) -> None:
         res = RunResult.read(path)
         solved = [t.sequences for t in res.trials if t.success]
         low, high = wilson(len(solved), len(res.trials))
-        paper = res.paper
-        rate = "" if paper is None or paper.success_rate is None else f"{paper.success_rate:.0%}, "
-        mean = "-" if paper is None or not paper.sequences else f"{paper.sequences:,}"
-        spread = (f"{statistics.fmean(solved):,.0f} ± {statistics.stdev(solved):,.0f}"
-                  if len(solved) > 1 else (f"{solved[0]:,}" if solved else "-"))
-        print(f"| {res.experiment} | {res.setting} | {rate}{mean} | "
-              f"{len(solved)}/{len(res.trials)} ({low:.0%}–{high:.0%}) | {spread} | "
+        print(f"| {res.experiment} | {res.setting} | {_paper(res, res.experiment)} | "
+              f"{len(solved)}/{len(res.trials)} ({low:.0%}–{high:.0%}) | {_spread(solved)} | "
               f"{res.settings.max_sequences:,} |")
 
 
