@@ -32,7 +32,7 @@ def main(out: str, series: list[str]) -> None:
         runs[label] = {p.parent.name: RunResult.read(p)
                        for p in sorted(Path(folder).glob("*/results.json"))}
     rows = [r for r in ORDER if any(r in found for found in runs.values())]
-    fig, ax = plt.subplots(figsize=(10, 4.8))
+    fig, ax = plt.subplots(figsize=(max(10.0, 1.1 * len(rows)), 5.2))
     width = 0.8 / max(1, len(runs))
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
     for k, (label, found) in enumerate(runs.items()):
@@ -53,8 +53,9 @@ def main(out: str, series: list[str]) -> None:
             if won:
                 mean = statistics.fmean(won)
                 ax.hlines(mean, pos - width / 2, pos + width / 2, color=colour, lw=2)
-            ax.text(pos, 0.02, f"{len(won)}/{len(res.trials)}", transform=ax.get_xaxis_transform(),
-                    ha="center", fontsize=7, color=colour)
+            # Staggered by series so that neighbouring counts do not overlap.
+            ax.text(pos, 0.02 + 0.035 * k, f"{len(won)}/{len(res.trials)}",
+                    transform=ax.get_xaxis_transform(), ha="center", fontsize=7, color=colour)
     for x, row in enumerate(rows):
         paper = next((found[row].paper for found in runs.values() if row in found), None)
         if paper is not None and paper.sequences:
