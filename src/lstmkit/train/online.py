@@ -229,13 +229,13 @@ class OnlineTrainer(Trainer):
         self.alpha = float(alpha)
 
     def _step(self, batch: Batch) -> tuple[Tensor, float]:
-        held = None
-        for cb in self.callbacks:
-            mask = getattr(cb, "held_mask", None)
-            if mask is not None:
-                wide = torch.zeros(mask.shape[0], self.model.layer.hidden_size, dtype=torch.bool)
-                wide[:, :mask.shape[1]] = mask
-                held = wide if held is None else held | wide
+        masks = [m for m in (getattr(cb, "held_mask", None) for cb in self.callbacks)
+                 if m is not None]
+        held = masks[0] if len(masks) == 1 else None
+        if len(masks) > 1:  # rare: several callbacks hold weights; widen and join their masks
+            held = torch.zeros(masks[0].shape[0], self.model.layer.hidden_size, dtype=torch.bool)
+            for mask in masks:
+                held[:, :mask.shape[1]] |= mask
         outputs, loss = online_step(self.model, batch, self.alpha, held)
         if loss != loss or loss in (float("inf"), float("-inf")):
             raise self._diverged(f"loss became {loss}")
