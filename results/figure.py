@@ -19,10 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lstmkit.reproduce.experiments import names  # noqa: E402
 from lstmkit.reproduce.records import RunResult  # noqa: E402
-
-ORDER = ["exp1", "exp2a", "exp2b", "exp2c-q50-p50", "exp2c-q100-p100", "exp2c-q200-p200", "exp3a",
-         "exp3b", "exp3c", "exp4-T100", "exp4-T500", "exp5-T100", "exp6a", "exp6b"]
 
 
 def main(out: str, series: list[str]) -> None:
@@ -31,7 +29,7 @@ def main(out: str, series: list[str]) -> None:
         label, _, folder = item.partition("=")
         runs[label] = {p.parent.name: RunResult.read(p)
                        for p in sorted(Path(folder).glob("*/results.json"))}
-    rows = [r for r in ORDER if any(r in found for found in runs.values())]
+    rows = [r for r in names() if any(r in found for found in runs.values())]
     fig, ax = plt.subplots(figsize=(max(10.0, 1.1 * len(rows)), 5.2))
     width = 0.8 / max(1, len(runs))
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]

@@ -11,6 +11,8 @@ With ``--wide`` and labelled folders, one line per row of the paper and one colu
 
     python results/trial_counts.py --wide "paper setting=results/trial-counts" \
         "modern=results/trial-counts-modern"
+
+``--wide --run-only`` leaves out the rows that no folder holds (for the rows run smaller).
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ def _paper(res: RunResult | None, row: str) -> str:
     return rate + mean
 
 
-def wide(series: list[str]) -> None:
+def wide(series: list[str], run_only: bool = False) -> None:
     """One line per row of the paper, one column per ``label=folder``; a row missing from a
-    folder: not run."""
+    folder: not run. With ``run_only``, rows that no folder holds are left out."""
     runs: dict[str, dict[str, RunResult]] = {}
     labels = []
     for item in series:
@@ -62,6 +64,8 @@ def wide(series: list[str]) -> None:
     print("| row | paper: success, mean sequences | " + " | ".join(labels) + " |")
     print("|---|---|" + "---|" * len(labels))
     for row in names():
+        if run_only and row not in runs:
+            continue
         cells, paper = [], _paper(None, row)
         for label in labels:
             res = runs.get(row, {}).get(label)
@@ -90,6 +94,7 @@ def main(folder: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--wide"]:
-        wide(sys.argv[2:])
+        only = "--run-only" in sys.argv[2:]
+        wide([a for a in sys.argv[2:] if a != "--run-only"], run_only=only)
     else:
         main(sys.argv[1] if len(sys.argv) > 1 else "results/trial-counts")

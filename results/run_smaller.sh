@@ -1,0 +1,26 @@
+#!/bin/sh
+# Rows run smaller than the paper's trial counts (fewer trials, budgets capped at the paper's
+# mean), for the rows that do not fit the 2-core machine at full size. Two chains side by side,
+# one core each; rows whose results.json exists are skipped.
+set -e
+run() {  # folder row setting trials budget
+  [ -f "results/$1/$2/results.json" ] && return 0
+  lstmkit reproduce "$2" --setting "$3" --trials "$4" --seed 9000 --max-sequences "$5" \
+    --workers 1 --quiet --out "results/$1/$2"
+}
+chain_a() {
+  run smaller-paper exp4-T1000 paper 3 853000
+  run smaller-modern exp2c-q1000-p50 modern 2 203000
+  run smaller-modern exp2c-q1000-p200 modern 2 75000
+}
+chain_b() {
+  run smaller-modern exp2c-q500-p500 modern 3 38000
+  run smaller-paper exp2b paper 3 20000
+  run smaller-paper exp2c-q500-p500 paper 3 38000
+  run smaller-modern exp2c-q1000-p1000 modern 2 49000
+}
+case "${1:-both}" in
+  a) chain_a ;;
+  b) chain_b ;;
+  *) chain_a & chain_b & wait ;;
+esac
