@@ -3,7 +3,7 @@
 # for Exp. 1): a tanh RNN with the modern LSTM's weight count, the modern setting's optimiser,
 # readout and default budget, seeds 3000 onwards (those of the modern LSTM runs), trials side by side.
 set -e
-for row in exp3a exp6a exp2a exp3b exp4-T100 exp1; do
+for row in exp3a exp6a exp2a exp3b exp4-T100 exp1 exp2b exp3c; do
   n=10; [ "$row" = exp1 ] && n=30
   [ -f "results/trial-counts-rnn/$row/results.json" ] && continue
   lstmkit reproduce "$row" --setting modern --cell rnn --trials "$n" --seed 3000 \

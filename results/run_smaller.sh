@@ -1,6 +1,6 @@
 #!/bin/sh
-# Rows run smaller than the paper's trial counts (fewer trials, budgets capped at the paper's
-# mean), for the rows that do not fit the 2-core machine at full size. Two chains side by side,
+# Rows run smaller than the paper's trial counts (fewer trials; budgets the paper's mean, or the
+# default where that is less), for rows that do not fit the 2-core machine at full size. Two chains side by side,
 # one core each; rows whose results.json exists are skipped.
 set -e
 run() {  # folder row setting trials budget
@@ -12,6 +12,8 @@ chain_a() {
   run smaller-paper exp4-T1000 paper 3 853000
   run smaller-modern exp2c-q1000-p50 modern 2 203000
   run smaller-modern exp2c-q1000-p200 modern 2 75000
+  run smaller-modern exp2c-q1000-p100 modern 2 135000
+  run smaller-modern exp2c-q1000-p500 modern 2 49000
 }
 chain_b() {
   run smaller-modern exp2c-q500-p500 modern 3 38000
