@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lstmkit import tasks
 from lstmkit.tasks import Batch, PaperReference, PaperSetting
-from lstmkit.tasks.base import last_step
+from lstmkit.tasks.base import last_step, one_hot
 from lstmkit.tasks.reber import SYMBOLS, embedded_reber_strings
 
 
@@ -698,3 +698,14 @@ def test_bad_calls_raise_clear_errors():
         task.evaluate([0.0], b)
     with pytest.raises(TypeError, match="outputs: expected a floating-point tensor"):
         task.evaluate(torch.zeros(b.steps, 3, 1, dtype=torch.long), b)
+
+
+def test_one_hot_matches_torch_and_leaves_padding_empty():
+    index = torch.tensor([[0, 3, -1], [2, -1, 1]])
+    got = one_hot(index, 4)
+    assert got.dtype == torch.float32 and got.shape == (2, 3, 4)
+    want = torch.nn.functional.one_hot(index.clamp(min=0), 4).float() * (index >= 0).unsqueeze(-1)
+    assert torch.equal(got, want)
+    assert got[0, 2].sum() == 0 and got[1, 1].sum() == 0
+    with pytest.raises(ValueError, match="index: expected entries below 4, got 4"):
+        one_hot(torch.tensor([4]), 4)

@@ -393,3 +393,15 @@ def test_a_softmax_readout_trains_each_trial_on_its_own_cross_entropy():
         grad = torch.cat([p.grad.reshape(-1) for p in alone.parameters()])
         torch.testing.assert_close(by_kernels[1][k], loss.detach())
         torch.testing.assert_close(by_kernels[2][k], grad, atol=1e-6, rtol=1e-5)
+
+
+def test_chunk_for_caps_only_batches_too_large_to_draw_fifty_at_a_time():
+    from lstmkit.train.trials import CHUNK, CHUNK_ELEMENTS, chunk_for
+
+    assert chunk_for(16 * 110 * 2) == CHUNK  # the adding problem, modern batches
+    assert chunk_for(16 * 530 * 504) == CHUNK  # Exp. 2c, q = p = 500
+    big = 16 * 1060 * 1004  # Exp. 2c, q = p = 1000: 50 batches would be 3.4 GiB of float32
+    assert chunk_for(big) == CHUNK_ELEMENTS // big < CHUNK
+    assert chunk_for(CHUNK_ELEMENTS * 2) == 1
+    with pytest.raises(ValueError, match="batch_elements"):
+        chunk_for(0)

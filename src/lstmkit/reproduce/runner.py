@@ -38,10 +38,10 @@ from ..train.construction import SequentialConstruction
 from ..train.online import OnlineTrainer
 from ..train.progress import progress_bar
 from ..train.trainer import Trainer, TrainingDiverged, TrainResult
-from ..train.trials import CHUNK, Trial, mergeable, train_trials
+from ..train.trials import Trial, chunk_for, mergeable, train_trials
 from . import cluster
 from .experiments import budget_for, criteria_for, describe_criteria, get
-from .nets import Recipe, build, recipe_for, task_for, train_config
+from .nets import Recipe, build, longest_sequence, recipe_for, task_for, train_config
 from .records import Curve, Evaluation, PaperRow, RunResult, RunSettings, Summary, TrialRecord
 
 try:
@@ -346,7 +346,9 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
     workers = max(1, min(n_jobs, workers or os.cpu_count() or 1))
     jobs = []
     for cell, recipe, out_dir in zip(cells, recipes, out_dirs):
-        chunk = CHUNK if group and _groups(task, paper, recipe) else 0
+        chunk = 0
+        if group and _groups(task, paper, recipe):
+            chunk = chunk_for(recipe.batch_size * longest_sequence(task) * task.input_size)
         for i in range(trials):
             jobs.append(dict(
                 experiment=experiment, setting=setting, cell=cell, seed=seed + i,

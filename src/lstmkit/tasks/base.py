@@ -253,8 +253,13 @@ def choice_param(task: str, name: str, value: object, choices: Sequence[object])
 
 def one_hot(index: Tensor, n: int) -> Tensor:
     """float32 one-hot of ``index``; negative entries (padding) give all-zero rows."""
-    out = F.one_hot(index.clamp(min=0), n).to(torch.float32)
-    return out * (index >= 0).unsqueeze(-1)
+    if index.numel() and int(index.max()) >= n:
+        raise ValueError(f"index: expected entries below {n}, got {int(index.max())}")
+    # Written into one float32 tensor: torch's one_hot builds int64 first, three times the
+    # memory, which for thousand-step, thousand-symbol rows (Exp. 2c) is many gigabytes.
+    out = torch.zeros(*index.shape, n, dtype=torch.float32)
+    valid = (index >= 0).unsqueeze(-1).to(torch.float32)
+    return out.scatter_(-1, index.clamp(min=0).unsqueeze(-1), valid)
 
 
 def step_mask(lengths: Tensor, steps: int) -> Tensor:

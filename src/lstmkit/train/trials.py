@@ -40,11 +40,14 @@ from ..tasks.protocol import Batch
 from .config import TrainResult
 from .trainer import Trainer
 
-__all__ = ["BlockDiagonal", "StepResult", "Trial", "TrialGroup", "group_size", "mergeable",
-           "train_trials"]
+__all__ = ["BlockDiagonal", "StepResult", "Trial", "TrialGroup", "chunk_for", "group_size",
+           "mergeable", "train_trials"]
 
-#: Sequences each trial draws from its generator at a time (a trial's data depends on it).
+#: Batches each trial draws from its generator at a time (a trial's data depends on it).
 CHUNK = 50
+#: The most input numbers one trial's chunk may hold (2 GiB as float32); rows whose batches
+#: are larger draw fewer batches at a time (:func:`chunk_for`).
+CHUNK_ELEMENTS = 1 << 29
 #: The most arithmetic a group step may do, as dense merged weights times sequences per trial
 #: (K^2 N B): the block-diagonal matrices hold K^2 N numbers for K N useful ones, so beyond this
 #: the wasted arithmetic costs more than the per-step overhead that one computation for all
@@ -75,6 +78,15 @@ def mergeable(model: Any) -> str | None:
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
         return "groups train float32 networks on the CPU"
     return None
+
+
+def chunk_for(batch_elements: int) -> int:
+    """Batches per draw for batches of ``batch_elements`` input numbers: :data:`CHUNK`, or
+    fewer where :data:`CHUNK` of them would exceed :data:`CHUNK_ELEMENTS` (only rows with
+    thousand-step, thousand-wide inputs, such as Exp. 2c at q = p = 1000)."""
+    if batch_elements < 1:
+        raise ValueError(f"batch_elements: expected a positive int, got {batch_elements!r}")
+    return max(1, min(CHUNK, CHUNK_ELEMENTS // batch_elements))
 
 
 def group_size(model: SequenceModel, trials: int, batch_size: int = 1) -> int:
