@@ -12,7 +12,8 @@ With ``--wide`` and labelled folders, one line per row of the paper and one colu
     python results/trial_counts.py --wide "paper setting=results/trial-counts" \
         "modern=results/trial-counts-modern"
 
-``--wide --run-only`` leaves out the rows that no folder holds (for the rows run smaller).
+``--wide --run-only`` leaves out the rows that no folder holds, and marks a row missing from
+one folder with a dash (for the rows run smaller).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def wide(series: list[str], run_only: bool = False) -> None:
         for label in labels:
             res = runs.get(row, {}).get(label)
             if res is None:
-                cells.append("not run")
+                cells.append("-" if run_only else "not run")
                 continue
             solved = [t.sequences for t in res.trials if t.success]
             low, high = wilson(len(solved), len(res.trials))
