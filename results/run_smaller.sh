@@ -21,8 +21,12 @@ chain_b() {
   run smaller-paper exp2c-q500-p500 paper 3 38000
   run smaller-modern exp2c-q1000-p1000 modern 2 49000
 }
-case "${1:-both}" in
+chain_c() {
+  run smaller-modern-fb1 exp2c-q50-p50 modern-fb1 3 90000
+}
+case "${1:-all}" in
   a) chain_a ;;
   b) chain_b ;;
-  *) chain_a & chain_b & wait ;;
+  c) chain_c ;;
+  *) chain_a & chain_b & wait; chain_c ;;
 esac
