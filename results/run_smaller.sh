@@ -24,6 +24,8 @@ chain_b() {
 chain_c() {
   run smaller-modern-fb1 exp2c-q50-p50 modern-fb1 3 90000
   run smaller-paper exp2c-q1000-p50 paper 2 203000
+  run smaller-paper exp2c-q1000-p100 paper 2 135000
+  run smaller-paper exp2c-q1000-p200 paper 2 75000
 }
 case "${1:-all}" in
   a) chain_a ;;
