@@ -1,7 +1,7 @@
 #!/bin/sh
-# Rows run smaller than the paper's trial counts (fewer trials; budgets the paper's mean, or the
-# default where that is less), for rows that do not fit the 2-core machine at full size. Two chains side by side,
-# one core each; rows whose results.json exists are skipped.
+# Rows run smaller than the paper's trial counts (fewer trials; budgets at most the default, most
+# of them the paper's mean), for rows that do not fit the 2-core machine at full size. Chains a
+# and b side by side, one core each, then c; rows whose results.json exists are skipped.
 set -e
 run() {  # folder row setting trials budget
   [ -f "results/$1/$2/results.json" ] && return 0

@@ -14,7 +14,15 @@ from lstmkit.tasks import make
 from lstmkit.tasks.protocol import Batch
 from lstmkit.train import TrainConfig, Trainer
 from lstmkit.train.criteria import RecentSequences, TestSet
-from lstmkit.train.trials import BlockDiagonal, TrialGroup, mergeable, train_trials
+from lstmkit.train.trials import (
+    CHUNK,
+    CHUNK_ELEMENTS,
+    BlockDiagonal,
+    TrialGroup,
+    chunk_for,
+    mergeable,
+    train_trials,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -396,8 +404,6 @@ def test_a_softmax_readout_trains_each_trial_on_its_own_cross_entropy():
 
 
 def test_chunk_for_caps_only_batches_too_large_to_draw_fifty_at_a_time():
-    from lstmkit.train.trials import CHUNK, CHUNK_ELEMENTS, chunk_for
-
     assert chunk_for(16 * 110 * 2) == CHUNK  # the adding problem, modern batches
     assert chunk_for(16 * 530 * 504) == CHUNK  # Exp. 2c, q = p = 500
     big = 16 * 1060 * 1004  # Exp. 2c, q = p = 1000: 50 batches would be 3.4 GiB of float32
