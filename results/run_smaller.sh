@@ -1,7 +1,8 @@
 #!/bin/sh
 # Rows run smaller than the paper's trial counts (fewer trials; budgets at most the default, most
 # of them the paper's mean), for rows that do not fit the 2-core machine at full size. Chains a
-# and b side by side, one core each, then c; rows whose results.json exists are skipped.
+# and b side by side, one core each, then c and d, then e; rows whose results.json exists are
+# skipped.
 set -e
 run() {  # folder row setting trials budget
   [ -f "results/$1/$2/results.json" ] && return 0
@@ -27,9 +28,35 @@ chain_c() {
   run smaller-paper exp2c-q1000-p100 paper 2 135000
   run smaller-paper exp2c-q1000-p200 paper 2 75000
 }
+# The columns the modern LSTM was run beside: modern-fb1 and the plain RNN on the longer rows.
+chain_d() {
+  run smaller-modern-fb1 exp4-T500 modern-fb1 3 209000
+  run smaller-modern-fb1 exp5-T100 modern-fb1 3 482000
+  run smaller-modern-fb1 exp6b modern-fb1 3 571100
+  run smaller-modern-fb1 exp2c-q100-p100 modern-fb1 3 31000
+  run smaller-modern-fb1 exp2c-q200-p200 modern-fb1 3 33000
+  run smaller-modern-fb1 exp4-T1000 modern-fb1 2 853000
+}
+chain_e() {
+  run_rnn exp3c 3 269650
+  run_rnn exp5-T100 3 482000
+  run_rnn exp6b 3 571100
+  run_rnn exp4-T500 3 209000
+  run_rnn exp2c-q50-p50 3 30000
+  run_rnn exp2c-q100-p100 3 31000
+  run_rnn exp2c-q200-p200 3 33000
+  run_rnn exp4-T1000 1 853000
+}
+run_rnn() {  # row trials budget
+  [ -f "results/smaller-rnn/$1/results.json" ] && return 0
+  lstmkit reproduce "$1" --setting modern --cell rnn --trials "$2" --seed 9000 \
+    --max-sequences "$3" --workers 1 --quiet --out "results/smaller-rnn/$1"
+}
 case "${1:-all}" in
   a) chain_a ;;
   b) chain_b ;;
   c) chain_c ;;
-  *) chain_a & chain_b & wait; chain_c ;;
+  d) chain_d ;;
+  e) chain_e ;;
+  *) chain_a & chain_b & wait; chain_c & chain_d & wait; chain_e ;;
 esac
