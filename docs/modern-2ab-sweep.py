@@ -9,7 +9,9 @@ readout read the inputs too (0), ``wd`` AdamW weight decay (0), ``seed`` (0), ``
 torch's initialisation instead of ``chrono_init=100`` (1), ``bi`` / ``bf`` to set every
 input-gate / forget-gate bias to one value after initialisation, ``last`` 1 to put the loss on
 the last step alone (0: every step, the task's objective), ``gru`` 1 for ``lstmkit.GRU``
-(chrono initialisation on its update gate; ``bi``/``bf`` do not apply) instead of the LSTM.
+(chrono initialisation on its update gate; ``bi``/``bf`` do not apply) instead of the LSTM,
+``v`` an LSTM variant (``lstm``; e.g. ``cifg``: f = 1 - i, so the cell state stays within
+[-1, 1]; ``bi``/``bf`` assume ``lstm``'s gate layout).
 
 The recipe is the modern setting's: ``lstmkit.LSTM`` with chrono initialisation, a linear
 readout with softmax and cross-entropy averaged over every step, Adam, clipping at norm 1,
@@ -61,12 +63,13 @@ def all_right(forward, random_middle: bool, n: int, gen: torch.Generator) -> boo
 def trial(random_middle: bool, batches: int, H: int = 32, L: int = 1, lr: float = 1e-2,
           bs: int = 16, skip: int = 0, wd: float = 0.0, seed: int = 0, chrono: int = 1,
           bi: float | None = None, bf: float | None = None,
-          last: int = 0, gru: int = 0) -> tuple[int | None, float]:
+          last: int = 0, gru: int = 0, v: str = "lstm") -> tuple[int | None, float]:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     test_gen = torch.Generator().manual_seed(seed + 2)
     layer = lstmkit.GRU if gru else lstmkit.LSTM
-    lstm = layer(N, H, num_layers=L, **({"chrono_init": P} if chrono else {}))
+    lstm = layer(N, H, num_layers=L, **({"chrono_init": P} if chrono else {}),
+                 **({} if gru else {"variant": v}))
     with torch.no_grad():
         for name, prm in lstm.named_parameters():
             # Gate order i, f, g, o; the two bias vectors add, so each gets half.
@@ -103,7 +106,8 @@ if __name__ == "__main__":
     row_b, batches = sys.argv[1] == "b", int(sys.argv[2])
     for spec in sys.argv[3:]:
         kv = dict(item.split("=") for item in spec.split(","))
-        args = {k: (float(v) if k in ("lr", "wd", "bi", "bf") else int(v)) for k, v in kv.items()}
+        args = {k: (float(v) if k in ("lr", "wd", "bi", "bf") else v if k == "v" else int(v))
+                for k, v in kv.items()}
         start = time.time()
         solved, last = trial(row_b, batches, **args)
         print(f"exp2{'b' if row_b else 'a'} {spec}: solved at {solved}, loss {last:.4f}, "

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Rows run smaller than the paper's trial counts (fewer trials; budgets at most the default, most
 # of them the paper's mean), for rows that do not fit the 2-core machine at full size. Chains a
-# and b side by side, one core each, then c and d, then e; rows whose results.json exists are
-# skipped.
+# and b side by side, one core each, then c and d, then e and f, then g; rows whose
+# results.json exists are skipped.
 set -e
 run() {  # folder row setting trials budget
   [ -f "results/$1/$2/results.json" ] && return 0
@@ -47,6 +47,15 @@ chain_e() {
   run_rnn exp2c-q200-p200 3 33000
   run_rnn exp4-T1000 1 853000
 }
+# One trial each where even a smaller run costs most of an hour on one core.
+chain_f() {
+  run smaller-paper exp2c-q1000-p500 paper 1 49000
+  run smaller-modern-fb1 exp2c-q500-p500 modern-fb1 1 38000
+}
+chain_g() {
+  run_rnn exp2c-q500-p500 1 38000
+  run smaller-paper exp2c-q1000-p1000 paper 1 49000
+}
 run_rnn() {  # row trials budget
   [ -f "results/smaller-rnn/$1/results.json" ] && return 0
   lstmkit reproduce "$1" --setting modern --cell rnn --trials "$2" --seed 9000 \
@@ -58,5 +67,7 @@ case "${1:-all}" in
   c) chain_c ;;
   d) chain_d ;;
   e) chain_e ;;
-  *) chain_a & chain_b & wait; chain_c & chain_d & wait; chain_e ;;
+  f) chain_f ;;
+  g) chain_g ;;
+  *) chain_a & chain_b & wait; chain_c & chain_d & wait; chain_e & chain_f & wait; chain_g ;;
 esac
