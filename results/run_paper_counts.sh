@@ -8,6 +8,7 @@ run() {  # row trials budget
   lstmkit reproduce "$1" --setting paper --trials "$2" --seed 100 --max-sequences "$3" \
     --workers "${WORKERS:-1}" --quiet --out "results/trial-counts/$1"
 }
+run exp2b 10 20000
 run exp2c-q100-p100 20 93000
 run exp2c-q200-p200 20 99000
 run exp3c 10 808950
