@@ -175,7 +175,10 @@ class TrialRecord:
     ``sequences``: training sequences until every stopping criterion was met (``success``) or
     until training ended; ``milestones``: when each criterion was first met; ``diverged``: the
     message of a run stopped by a non-finite loss; ``cells_added_at``: when sequential network
-    construction added the memory cells; ``weights``: the network's weight count.
+    construction added the memory cells; ``weights``: the network's weight count;
+    ``wall_s``: seconds from the start of training to this trial's end (trials trained together
+    as one group share their start, so the group's wall time is its largest ``wall_s``, not the
+    sum).
     """
 
     seed: int
