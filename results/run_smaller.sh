@@ -4,10 +4,10 @@
 # and b side by side, one core each, then c and d, then e and f, then g; rows whose
 # results.json exists are skipped.
 set -e
-run() {  # folder row setting trials budget
+run() {  # folder row setting trials budget [cell]
   [ -f "results/$1/$2/results.json" ] && return 0
-  lstmkit reproduce "$2" --setting "$3" --trials "$4" --seed 9000 --max-sequences "$5" \
-    --workers 1 --quiet --out "results/$1/$2"
+  lstmkit reproduce "$2" --setting "$3" ${6:+--cell "$6"} --trials "$4" --seed 9000 \
+    --max-sequences "$5" --workers 1 --quiet --out "results/$1/$2"
 }
 chain_a() {
   run smaller-paper exp4-T1000 paper 3 853000
@@ -56,10 +56,8 @@ chain_g() {
   run_rnn exp2c-q500-p500 1 38000
   run smaller-paper exp2c-q1000-p1000 paper 1 49000
 }
-run_rnn() {  # row trials budget
-  [ -f "results/smaller-rnn/$1/results.json" ] && return 0
-  lstmkit reproduce "$1" --setting modern --cell rnn --trials "$2" --seed 9000 \
-    --max-sequences "$3" --workers 1 --quiet --out "results/smaller-rnn/$1"
+run_rnn() {  # row trials budget: the plain RNN under the modern recipe
+  run smaller-rnn "$1" modern "$2" "$3" rnn
 }
 case "${1:-all}" in
   a) chain_a ;;
