@@ -1,12 +1,13 @@
 """Exp. 2a for the modern LSTM outside the harness: why it fails (docs/modern-setting-notes.md).
 
-Usage: python docs/modern-2a-drift.py P BATCHES LR HIDDEN LOSS [SEED]
+Usage: python docs/modern-2a-drift.py P BATCHES LR HIDDEN LOSS [SEED [VARIANT]]
 
 LOSS: ``all`` (cross-entropy at every step, the task's objective) or ``last`` (the last step
-only). Batches of 16 sequences, ``lstmkit.LSTM(p + 1, HIDDEN, chrono_init=P)`` and a linear
-readout, Adam, clipping at 1. Prints the mean loss per step and the loss at the last step every
-250 batches, then how far apart the x- and y-sequences' hidden states are along time, and the
-largest |c| at the end.
+only). VARIANT: the LSTM variant (``lstm``; e.g. ``noaf``, h = o * c with no tanh on the way
+out). Batches of 16 sequences, ``lstmkit.LSTM(p + 1, HIDDEN, chrono_init=P, variant=VARIANT)``
+and a linear readout, Adam, clipping at 1. Prints the mean loss per step and the loss at the last
+step every 250 batches, then how far apart the x- and y-sequences' hidden states are along
+time, and the largest |c| at the end.
 """
 
 import sys
@@ -32,7 +33,8 @@ def batch(label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return nn.functional.one_hot(inputs, N).float(), targets
 
 
-lstm, readout = lstmkit.LSTM(N, H, chrono_init=P), nn.Linear(H, N)
+VARIANT = sys.argv[7] if len(sys.argv) > 7 else "lstm"
+lstm, readout = lstmkit.LSTM(N, H, chrono_init=P, variant=VARIANT), nn.Linear(H, N)
 params = [*lstm.parameters(), *readout.parameters()]
 opt = torch.optim.Adam(params, lr=LR)
 for step in range(1, BATCHES + 1):

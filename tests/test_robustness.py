@@ -243,10 +243,11 @@ def test_a_diverged_trial_counts_as_a_failed_trial(capsys, monkeypatch):
                                "training sequences; no checkpoint is written (no checkpoint "
                                "path)")
 
-    def diverge_in_a_group(self, x, batch, loss_fn, update=True, loss_grad=None):
+    def diverge_in_a_group(self, x, batch, loss_fn, update=True, loss_grad=None,
+                           logit_grad=None):
         steps, columns, _ = x.shape
         return StepResult(torch.zeros(steps, columns, 1), [float("nan")] * self.slots,
-                          [False] * self.slots)
+                          [False] * self.slots, [float("nan")] * self.slots)
 
     monkeypatch.setattr(Trainer, "_step", diverge)
     monkeypatch.setattr(TrialGroup, "step", diverge_in_a_group)

@@ -3,6 +3,8 @@ per-trial optimiser, and that a trial's result does not depend on the trials bes
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -18,6 +20,7 @@ from lstmkit.train.trials import (
     CHUNK,
     CHUNK_ELEMENTS,
     BlockDiagonal,
+    StepResult,
     TrialGroup,
     chunk_for,
     mergeable,
@@ -392,8 +395,11 @@ def test_a_softmax_readout_trains_each_trial_on_its_own_cross_entropy():
     by_autograd = group._autograd_gradient(batch.inputs, batch, task.group_loss)
     by_kernels = group._kernel_gradient(_build.load(), batch.inputs, batch,
                                         task.group_loss_grad)
-    for a, b in zip(by_autograd, by_kernels):
+    by_logits = group._kernel_gradient(_build.load(), batch.inputs, batch,
+                                       task.group_loss_grad, task.group_loss_logit_grad)
+    for a, b, c in zip(by_autograd, by_kernels, by_logits):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(c, a, atol=1e-6, rtol=1e-5)
     for k in range(3):
         alone = model(k)
         loss = task.loss(alone(batches[k].inputs), batches[k])
@@ -411,3 +417,48 @@ def test_chunk_for_caps_only_batches_too_large_to_draw_fifty_at_a_time():
     assert chunk_for(CHUNK_ELEMENTS * 2) == 1
     with pytest.raises(ValueError, match="batch_elements"):
         chunk_for(0)
+
+
+def test_a_group_divergence_names_what_stopped_being_finite():
+    res = StepResult(torch.zeros(1, 2, 1), [19.8, float("nan")], [False, False],
+                     [float("inf"), float("nan")])
+    assert res.what_diverged(0) == "gradient norm became inf"  # the loss itself was finite
+    assert res.what_diverged(1) == "loss became nan"
+
+
+def test_a_confidently_wrong_softmax_readout_still_gets_its_exact_gradient():
+    """Logits 120 apart: the target's probability, e^-120, underflows to 0 in float32, yet its
+    loss (120 a step) is finite, and so is the true gradient, y - t per step. The logarithm of
+    the probability would make the loss infinite, and dividing by it on the way through the
+    softmax would make the gradient NaN, ending the trial as if it had diverged; every training
+    path must give what float64 gives."""
+    engine_or_skip()
+    from lstmkit.engine import _build
+
+    task = make("noiseless_lag", p=4).with_softmax_readout()
+    torch.manual_seed(0)
+    model = SequenceModel(LSTM(5, 4), 5, output_activation="softmax")
+    with torch.no_grad():
+        model.readout.weight.zero_()
+        model.readout.bias.copy_(torch.tensor([60.0, -60.0, -60.0, -60.0, -60.0]))
+    batch = task.sample(4, torch.Generator().manual_seed(0))
+    assert bool((batch.targets[..., 1:].sum(-1) * batch.mask).gt(0).any()), "pick another seed"
+    group = TrialGroup(model, 1, optimizer="sgd", lr=0.1, clip_norm=None)
+    group.attach(0, model)
+    res = group.step(batch.inputs, batch, task.group_loss, update=False,
+                     loss_grad=task.group_loss_grad, logit_grad=task.group_loss_logit_grad)
+    assert res.finite == [True] and 50 < res.losses[0] < 121
+    exact = copy.deepcopy(model).double()
+    loss = task.loss(exact(batch.inputs.double()), batch)
+    loss.backward()
+    want = torch.cat([p.grad.reshape(-1) for p in exact.parameters()])
+    torch.testing.assert_close(torch.tensor(res.norms[0], dtype=torch.float64), want.norm(),
+                               rtol=1e-4, atol=0)
+    _, _, got = group._kernel_gradient(_build.load(), batch.inputs, batch,
+                                       task.group_loss_grad, task.group_loss_logit_grad)
+    torch.testing.assert_close(got[0].double(), want, rtol=1e-4, atol=1e-6)
+    _, _, got = group._autograd_gradient(batch.inputs, batch, task.group_loss)
+    torch.testing.assert_close(got[0].double(), want, rtol=1e-4, atol=1e-6)
+    task.loss(model(batch.inputs), batch).backward()  # the one-network trainer's path
+    got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)

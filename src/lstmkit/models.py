@@ -20,15 +20,39 @@ from .layers import _Recurrent
 _OUTPUT_ACTIVATIONS = ("identity", "sigmoid", "tanh", "softmax")
 
 
+_LOG_PROBS = "_lstmkit_log_probs"
+
+
+def with_log_probs(probs: Tensor, log_probs: Tensor) -> Tensor:
+    """``probs`` carrying their logarithm as computed from the logits, for a cross-entropy.
+
+    A probability that underflows to a subnormal float (logits about 90 apart) still has a
+    finite loss, but ``log`` of it differentiates to ``1 / y``, which overflows, and the
+    softmax's backward then makes the gradient NaN where the true one, ``y - t``, is small.
+    ``log_softmax`` has no such step, so a loss reads it when it is there
+    (:func:`log_probs_of`)."""
+    setattr(probs, _LOG_PROBS, log_probs)
+    return probs
+
+
+def log_probs_of(probs: Tensor) -> Tensor | None:
+    """The log-probabilities :func:`with_log_probs` attached to ``probs`` (None if none:
+    a tensor derived from them by any operation does not keep them)."""
+    log_probs = getattr(probs, _LOG_PROBS, None)
+    return log_probs if log_probs is not None and log_probs.shape == probs.shape else None
+
+
 def apply_readout(name: str, z: Tensor, width: int | None = None) -> Tensor:
     """The readout activation ``name`` (one of ``identity``, ``sigmoid``, ``tanh``,
     ``softmax``) of pre-activations ``z``. ``softmax`` normalises each run of ``width``
     consecutive output units on its own (default: the whole last dimension), so that a merged
     network of several trials side by side gives each trial its own distribution."""
     if name == "softmax":
-        if width is None or width == z.shape[-1]:
-            return torch.softmax(z, -1)
-        return torch.softmax(z.unflatten(-1, (-1, width)), -1).flatten(-2)
+        runs = z if width is None or width == z.shape[-1] else z.unflatten(-1, (-1, width))
+        y, log_y = torch.softmax(runs, -1), torch.log_softmax(runs, -1)
+        if runs is not z:
+            y, log_y = y.flatten(-2), log_y.flatten(-2)
+        return with_log_probs(y, log_y)
     if name not in _OUTPUT_ACTIVATIONS:
         raise ValueError(f"output_activation: expected one of {_OUTPUT_ACTIVATIONS}, "
                          f"got {name!r}")

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models import log_probs_of
 from .protocol import Batch, TrainingTask, group_width
 
 # ----------------------------------------------------------------------------------------------
@@ -475,6 +476,27 @@ class Task(TrainingTask):
         per_column = scale.repeat_interleave(size)
         return total * scale, diff * (2.0 * per_column).view(1, -1, 1)
 
+    def group_loss_logit_grad(self, outputs: Tensor, batch: Batch, groups: int
+                              ) -> tuple[Tensor, Tensor]:
+        """For a softmax readout trained by ``"xent"``: :meth:`group_loss` and the gradient of
+        its sum with respect to the softmax's pre-activations, ``scale * (y * sum_k t_k - t)``
+        at each masked step. Nothing is divided by a probability, so the gradient stays exact
+        where a target's probability underflows towards 0 while its loss is still finite (there
+        ``t / y`` through the softmax's Jacobian would overflow to inf * 0 = NaN)."""
+        if self.loss_kind != "xent" or type(self).group_loss is not Task.group_loss:
+            raise ValueError(f"{self.name}: loss_kind: expected 'xent' of the base task's "
+                             f"loss for a gradient with respect to logits, got "
+                             f"{self.loss_kind!r}")
+        outputs = self._check_outputs(outputs, batch)
+        size = group_width(batch, groups)
+        mask = batch.mask.to(outputs.device)
+        targets = batch.targets.to(outputs) * mask.unsqueeze(-1)
+        counts = mask.sum(0).view(groups, size).sum(1).to(outputs.dtype)
+        total = _xent(outputs, targets, mask).sum(0).view(groups, size).sum(1)
+        per_column = (1.0 / counts).repeat_interleave(size).view(1, -1, 1)
+        grad = (outputs * targets.sum(-1, keepdim=True) - targets) * per_column
+        return total / counts, grad
+
     def _eval_mask(self, batch: Batch) -> Tensor:
         return batch.mask
 
@@ -490,9 +512,15 @@ class Task(TrainingTask):
 def _xent(outputs: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """``[T, B]``: -sum_k t_k log y_k at each step of ``mask``, 0 elsewhere. Only the units with
     a positive target take a logarithm, so an output of exactly 0 elsewhere costs nothing and
-    gets no infinite slope."""
+    gets no infinite slope; where the outputs carry their log-probabilities (a softmax
+    readout), those are read instead of taking the logarithm of a probability that may have
+    underflowed."""
     targets = targets * mask.unsqueeze(-1)
-    log_y = torch.where(targets > 0, outputs, 1.0).log()
+    log_y = log_probs_of(outputs)
+    if log_y is None:
+        log_y = torch.where(targets > 0, outputs, 1.0).log()
+    else:
+        log_y = torch.where(targets > 0, log_y, 0.0)
     return -(targets * log_y).sum(-1)
 
 

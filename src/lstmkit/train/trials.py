@@ -35,7 +35,7 @@ from .. import engine
 from ..cells.layout import layout
 from ..engine import _build
 from ..engine import _function as kernels
-from ..models import SequenceModel, apply_readout
+from ..models import SequenceModel, apply_readout, log_probs_of, with_log_probs
 from ..tasks.protocol import Batch
 from .config import TrainResult
 from .trainer import Trainer
@@ -232,10 +232,13 @@ class BlockDiagonal:
             steps, batch, self.slots * width)
 
     def to_columns(self, y: Tensor) -> Tensor:
-        """The merged outputs ``[T, B, slots * out]`` as ``[T, slots * B, out]``."""
+        """The merged outputs ``[T, B, slots * out]`` as ``[T, slots * B, out]`` (with their
+        log-probabilities rearranged alike where a softmax readout attached them)."""
         steps, batch, _ = y.shape
-        return y.view(steps, batch, self.slots, self.solo_outputs).transpose(1, 2).reshape(
+        columns = y.view(steps, batch, self.slots, self.solo_outputs).transpose(1, 2).reshape(
             steps, self.slots * batch, self.solo_outputs)
+        log_y = log_probs_of(y)
+        return columns if log_y is None else with_log_probs(columns, self.to_columns(log_y))
 
 
 def _readout_backward(name: str, y: Tensor, d_y: Tensor, width: int) -> Tensor:
@@ -309,11 +312,18 @@ class CompiledChunk:
 @dataclass
 class StepResult:
     """One group step: the outputs (``[T, slots * B, out]``, trial-major), each trial's loss
-    and whether its loss and gradient were finite."""
+    and gradient norm (before clipping), and whether both were finite."""
 
     outputs: Tensor
     losses: list[float]
     finite: list[bool]
+    norms: list[float]
+
+    def what_diverged(self, slot: int) -> str:
+        """Which of the slot's loss and gradient norm stopped being finite, with its value."""
+        if math.isfinite(self.losses[slot]):
+            return f"gradient norm became {self.norms[slot]}"
+        return f"loss became {self.losses[slot]}"
 
 
 class TrialGroup:
@@ -453,17 +463,19 @@ class TrialGroup:
 
     def step(self, x: Tensor, batch: Batch, loss_fn: Callable[[Tensor, Batch, int], Tensor],
              update: bool = True,
-             loss_grad: Callable[[Tensor, Batch, int], tuple[Tensor, Tensor]] | None = None
+             loss_grad: Callable[[Tensor, Batch, int], tuple[Tensor, Tensor]] | None = None,
+             logit_grad: Callable[[Tensor, Batch, int], tuple[Tensor, Tensor]] | None = None
              ) -> StepResult:
         """Forward ``x`` (``[T, slots * B, in]``, trial-major) and ``batch`` (the same columns)
         through every slot, and update each live slot whose loss and gradient are finite.
 
         ``loss_fn`` gives each trial's loss (:meth:`TrainingTask.group_loss`); with
         ``loss_grad`` (:meth:`TrainingTask.group_loss_grad`) an LSTM-family group runs without
-        autograd."""
+        autograd; a softmax readout then takes its gradient from ``logit_grad``
+        (:meth:`Task.group_loss_logit_grad`) where given."""
         ext = _build.load() if self.blocks.spec.family == "lstm" else None
         if ext is not None and loss_grad is not None:
-            outputs, losses, grad = self._kernel_gradient(ext, x, batch, loss_grad)
+            outputs, losses, grad = self._kernel_gradient(ext, x, batch, loss_grad, logit_grad)
         else:
             outputs, losses, grad = self._autograd_gradient(x, batch, loss_fn)
         norms = grad.norm(dim=1)
@@ -472,7 +484,7 @@ class TrialGroup:
             live = [a and b for a, b in zip(self.live, finite)]
             if any(live):
                 self._update(grad, norms, None if all(live) else torch.tensor(live))
-        return StepResult(outputs, losses.tolist(), finite)
+        return StepResult(outputs, losses.tolist(), finite, norms.tolist())
 
     def _autograd_gradient(self, x: Tensor, batch: Batch, loss_fn: Callable[..., Tensor]
                            ) -> tuple[Tensor, Tensor, Tensor]:
@@ -486,12 +498,14 @@ class TrialGroup:
         return outputs.detach(), losses.detach(), grad
 
     def _kernel_gradient(self, ext: Any, x: Tensor, batch: Batch,
-                         loss_grad: Callable[..., tuple[Tensor, Tensor]]
+                         loss_grad: Callable[..., tuple[Tensor, Tensor]],
+                         logit_grad: Callable[..., tuple[Tensor, Tensor]] | None = None
                          ) -> tuple[Tensor, Tensor, Tensor]:
         """The same as :meth:`_autograd_gradient` for the LSTM family, with the engine's
         kernels called directly and the readout differentiated by hand (``loss_grad`` gives the
-        losses and their gradient with respect to the outputs): no autograd graph at all. Per
-        step this saves most of the fixed cost that dominates a small net's training step."""
+        losses and their gradient with respect to the outputs; ``logit_grad``, for a softmax
+        readout, with respect to its pre-activations): no autograd graph at all. Per step this
+        saves most of the fixed cost that dominates a small net's training step."""
         blocks = self.blocks
         p = blocks.merge(self.packed)
         params = {n: None for n in kernels.LSTM_PARAMS}
@@ -513,10 +527,14 @@ class TrialGroup:
         y = apply_readout(blocks.output_activation, F.linear(feats, weight, bias),
                           blocks.solo_outputs)
         outputs = blocks.to_columns(y)
-        losses, d_outputs = loss_grad(outputs, batch, self.slots)
         # Back through the readout by hand: its activation, then the linear map.
-        d_y = _readout_backward(blocks.output_activation, y, blocks.to_merged_outputs(d_outputs),
-                                blocks.solo_outputs)
+        if blocks.output_activation == "softmax" and logit_grad is not None:
+            losses, d_logits = logit_grad(outputs, batch, self.slots)
+            d_y = blocks.to_merged_outputs(d_logits)
+        else:
+            losses, d_outputs = loss_grad(outputs, batch, self.slots)
+            d_y = _readout_backward(blocks.output_activation, y,
+                                    blocks.to_merged_outputs(d_outputs), blocks.solo_outputs)
         d_y2 = d_y.reshape(-1, d_y.shape[-1])
         found_out = [torch.mm(d_y2, weight[:, : hidden.shape[-1]]).view_as(hidden),
                      torch.mm(d_y2.t(), feats.reshape(-1, feats.shape[-1]))]
@@ -760,7 +778,7 @@ def train_trials(trainers: list[Trainer], *, slots: int | None = None, chunk: in
                 if trial.diverged or tr.finished:
                     continue
                 if not res.finite[s]:
-                    trial.diverged = str(tr._diverged(f"loss became {res.losses[s]}"))
+                    trial.diverged = str(tr._diverged(res.what_diverged(s)))
                     group.packed[s] = 0.0  # a dead slot must not feed NaN into the others
                     group.live[s] = False
                     continue
@@ -841,12 +859,26 @@ def _compact(group: TrialGroup, current: list[int | None], trials: list[Trial]
     return small, [i for _, i in keep]
 
 
+def _logit_grad_of(task: Any) -> Callable[[Tensor, Batch, int], tuple[Tensor, Tensor]] | None:
+    """The task's gradient with respect to a softmax readout's pre-activations, where it is
+    the base task's cross-entropy of probabilities; None otherwise."""
+    from ..tasks.base import Task  # the tasks import the trainer's package
+
+    kind = type(task)
+    if (isinstance(task, Task) and task.loss_kind == "xent"
+            and kind.loss is Task.loss and kind.group_loss is Task.group_loss):
+        return task.group_loss_logit_grad
+    return None
+
+
 def _guarded_step(group: TrialGroup, batch: Batch, task: Any, current: list[int | None],
                   trials: list[Trial]) -> StepResult:
     """One group step. Where some trial's loss is not finite, its overflowing activations may
     have reached the others through the zero blocks (0 * inf is NaN): the step is then redone
     one trial at a time, so a trial is never judged by another's divergence."""
-    res = group.step(batch.inputs, batch, task.group_loss, loss_grad=task.group_loss_grad)
+    logit_grad = _logit_grad_of(task)
+    res = group.step(batch.inputs, batch, task.group_loss, loss_grad=task.group_loss_grad,
+                     logit_grad=logit_grad)
     if all(res.finite[s] for s, i in enumerate(current) if i is not None):
         return res
     # Undo nothing: step() left slots with a non-finite loss or gradient unchanged, but it did
@@ -864,7 +896,8 @@ def _guarded_step(group: TrialGroup, batch: Batch, task: Any, current: list[int 
             solo.exp_avg[0], solo.exp_avg_sq[0] = group.exp_avg[s], group.exp_avg_sq[s]
             solo.steps[0] = group.steps[s]
         cols = batch.columns(s * size, (s + 1) * size)
-        alone = solo.step(cols.inputs, cols, task.group_loss, loss_grad=task.group_loss_grad)
+        alone = solo.step(cols.inputs, cols, task.group_loss, loss_grad=task.group_loss_grad,
+                          logit_grad=logit_grad)
         if alone.finite[0]:
             group.packed[s] = solo.packed[0]
             if group.optimizer == "adam":
@@ -872,6 +905,7 @@ def _guarded_step(group: TrialGroup, batch: Batch, task: Any, current: list[int 
                 group.steps[s] = solo.steps[0]
             res.outputs[:, s * size:(s + 1) * size] = alone.outputs
             res.losses[s], res.finite[s] = alone.losses[0], True
+            res.norms[s] = alone.norms[0]
     return res
 
 
