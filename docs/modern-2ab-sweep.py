@@ -11,7 +11,9 @@ input-gate / forget-gate bias to one value after initialisation, ``last`` 1 to p
 the last step alone (0: every step, the task's objective), ``gru`` 1 for ``lstmkit.GRU``
 (chrono initialisation on its update gate; ``bi``/``bf`` do not apply) instead of the LSTM,
 ``v`` an LSTM variant (``lstm``; e.g. ``cifg``: f = 1 - i, so the cell state stays within
-[-1, 1]; ``bi``/``bf`` assume ``lstm``'s gate layout).
+[-1, 1]; ``bi``/``bf`` assume ``lstm``'s gate layout), ``oa`` the variant's output
+activation replaced (e.g. ``identity``: h = o * c, no tanh between the state and the output),
+``ls`` label smoothing of the cross-entropy (0).
 
 The recipe is the modern setting's: ``lstmkit.LSTM`` with chrono initialisation, a linear
 readout with softmax and cross-entropy averaged over every step, Adam, clipping at norm 1,
@@ -24,6 +26,7 @@ BATCHES) and the loss of the last batch per step (with ``last=1``: at the last s
 at the last step and right elsewhere is ln 2 / 100 = 0.0069 on 2a.
 """
 
+import dataclasses
 import sys
 import time
 
@@ -63,13 +66,17 @@ def all_right(forward, random_middle: bool, n: int, gen: torch.Generator) -> boo
 def trial(random_middle: bool, batches: int, H: int = 32, L: int = 1, lr: float = 1e-2,
           bs: int = 16, skip: int = 0, wd: float = 0.0, seed: int = 0, chrono: int = 1,
           bi: float | None = None, bf: float | None = None,
-          last: int = 0, gru: int = 0, v: str = "lstm") -> tuple[int | None, float]:
+          last: int = 0, gru: int = 0, v: str = "lstm",
+          ls: float = 0.0, oa: str = "") -> tuple[int | None, float]:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     test_gen = torch.Generator().manual_seed(seed + 2)
     layer = lstmkit.GRU if gru else lstmkit.LSTM
+    spec = lstmkit.get_spec(v)
+    if oa:
+        spec = dataclasses.replace(spec, name=f"{v}_{oa}", output_activation=oa)
     lstm = layer(N, H, num_layers=L, **({"chrono_init": P} if chrono else {}),
-                 **({} if gru else {"variant": v}))
+                 **({} if gru else {"variant": spec}))
     with torch.no_grad():
         for name, prm in lstm.named_parameters():
             # Gate order i, f, g, o; the two bias vectors add, so each gets half.
@@ -89,8 +96,9 @@ def trial(random_middle: bool, batches: int, H: int = 32, L: int = 1, lr: float 
     for step in range(1, batches + 1):
         x, y = batch(torch.randint(0, 2, (bs,), generator=gen), random_middle, gen)
         logits = forward(x)
-        loss = (nn.functional.cross_entropy(logits[-1], y[-1]) if last else
-                nn.functional.cross_entropy(logits.reshape(-1, N), y.reshape(-1)))
+        loss = (nn.functional.cross_entropy(logits[-1], y[-1], label_smoothing=ls) if last else
+                nn.functional.cross_entropy(logits.reshape(-1, N), y.reshape(-1),
+                                            label_smoothing=ls))
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
@@ -106,7 +114,8 @@ if __name__ == "__main__":
     row_b, batches = sys.argv[1] == "b", int(sys.argv[2])
     for spec in sys.argv[3:]:
         kv = dict(item.split("=") for item in spec.split(","))
-        args = {k: (float(v) if k in ("lr", "wd", "bi", "bf") else v if k == "v" else int(v))
+        args = {k: (float(v) if k in ("lr", "wd", "bi", "bf", "ls") else v if k in ("v", "oa")
+                     else int(v))
                 for k, v in kv.items()}
         start = time.time()
         solved, last = trial(row_b, batches, **args)

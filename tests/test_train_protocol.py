@@ -70,6 +70,21 @@ def test_the_stopping_rules_bound_the_task_error_measure(bound, holds):
     assert set(result.milestones) == ({"stream", "test"} if holds else set())
 
 
+def test_a_test_rule_is_checked_when_the_budget_ends_between_two_checks():
+    """Budget 12, a check every 8: the rule is tested at 8 and again at 12, when training
+    stops, so a net that meets it then is judged a success there, not a failure."""
+    task = Recall()
+    trainer = _trainer(task, {"test": TestSet(size=5, max_wrong=5)}, max_sequences=12,
+                       check_every=8)
+    calls = []
+    check = trainer._check_test_rule
+    trainer._check_test_rule = lambda rule: calls.append(trainer.sequences) or (
+        check(rule) and trainer.sequences == 12)
+    result = trainer.run()
+    assert calls == [8, 12]
+    assert result.milestones == {"test": 12}
+
+
 class Split(Recall):
     """Fixed splits of 3 training and 5 test sequences."""
 

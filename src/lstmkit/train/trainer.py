@@ -381,12 +381,12 @@ class Trainer:
         due) and logs the curve (:meth:`checkpoint_if_due` takes the checkpoints)."""
         cfg = self.config
         n = len(correct)
+        check_tests = self.tests_due(n)
         self.sequences += n
         for cb in self.callbacks:
             cb.after_step(self, loss, n)
         self._window.append((float(loss), sum(correct) / n))
-        check_tests = self.sequences >= self._next_check
-        if check_tests:
+        if self.sequences >= self._next_check:
             self._next_check += cfg.check_every
         self._update_criteria(correct, squared, check_tests)
         if self.sequences >= self._next_log or self.success_at is not None:
@@ -400,6 +400,13 @@ class Trainer:
                 show_loss(self._bar, self.curve[-1]["loss"], self.curve[-1]["accuracy"])
         if self._bar is not None:
             self._bar.update(n)
+
+    def tests_due(self, n: int) -> bool:
+        """Whether recording a batch of ``n`` more sequences checks the test-set rules: every
+        ``check_every`` sequences, and on the budget's last batch, so that a net that meets a
+        rule when training stops is judged by it whatever the cadence of the checks."""
+        after = self.sequences + n
+        return after >= self._next_check or after >= self.config.max_sequences
 
     def checkpoint_if_due(self) -> None:
         """Checkpoint if ``checkpoint_every`` sequences have passed since the last one. Called

@@ -830,7 +830,7 @@ def _record_compiled(group: TrialGroup, chunk: CompiledChunk, merged: Batch, fir
             if trials[i].diverged or tr.finished:
                 continue
             cols = slice(base + s * size, base + (s + 1) * size)
-            tests = tr.sequences + size >= tr._next_check
+            tests = tr.tests_due(size)
             if tests:  # the trainer may test its net: the net as it was after this step
                 now = group.packed[s].clone()
                 group.packed[s] = chunk.history[j, s]
