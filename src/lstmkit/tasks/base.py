@@ -20,7 +20,9 @@ Conventions shared by all tasks:
   ``"mse"``: mean over masked (step, sequence) positions of the squared error summed over units.
   ``"ce"``: cross-entropy averaged over the masked positions (``targets`` are class indices).
   ``"xent"``: cross-entropy -sum_k t_k log y_k of probability outputs (a softmax readout)
-  against the float targets (one-hot), averaged over the masked positions.
+  against the float targets (one-hot), averaged over the masked positions; log y_k is the
+  readout's own log-softmax where it comes with the outputs, so that a probability that
+  underflows in float32 neither makes the loss infinite nor its gradient NaN.
 * ``one_hot_targets``: every masked step's target is one one-hot vector over the output units
   (a one-of-N choice), so the task can also be trained through a softmax readout with
   cross-entropy (:meth:`Task.with_softmax_readout`); its success criterion then reads the
