@@ -24,7 +24,6 @@ chain_b() {
   run smaller-modern exp2c-q1000-p1000 modern 2 49000
 }
 chain_c() {
-  run smaller-modern-fb1 exp2c-q50-p50 modern-fb1 3 90000
   run smaller-paper exp2c-q1000-p50 paper 2 203000
   run smaller-paper exp2c-q1000-p100 paper 2 135000
   run smaller-paper exp2c-q1000-p200 paper 2 75000
@@ -32,18 +31,15 @@ chain_c() {
 # The columns the modern LSTM was run beside: modern-fb1 and the plain RNN on the longer rows.
 chain_d() {
   run smaller-modern-fb1 exp4-T500 modern-fb1 3 209000
-  run smaller-modern-fb1 exp5-T100 modern-fb1 3 482000
   run smaller-modern-fb1 exp6b modern-fb1 3 571100
   run smaller-modern-fb1 exp2c-q100-p100 modern-fb1 3 31000
   run smaller-modern-fb1 exp2c-q200-p200 modern-fb1 3 33000
   run smaller-modern-fb1 exp4-T1000 modern-fb1 2 853000
 }
 chain_e() {
-  run_rnn exp3c 3 269650
   run_rnn exp5-T100 3 482000
   run_rnn exp6b 3 571100
   run_rnn exp4-T500 3 209000
-  run_rnn exp2c-q50-p50 3 30000
   run_rnn exp2c-q100-p100 3 31000
   run_rnn exp2c-q200-p200 3 33000
   run_rnn exp4-T1000 1 853000
