@@ -461,14 +461,11 @@ class Task(TrainingTask):
         size = group_width(batch, groups)
         mask = batch.mask.to(outputs.device)
         if self.loss_kind == "xent":
-            targets = batch.targets.to(outputs) * mask.unsqueeze(-1)
-            counts = mask.sum(0).view(groups, size).sum(1).to(outputs.dtype)
-            total = _xent(outputs, targets, mask).sum(0).view(groups, size).sum(1)
-            per_column = (1.0 / counts).repeat_interleave(size)
-            # d/dy of -t log y is -t / y: infinite where a target's probability is 0, which
-            # makes the step non-finite (the loss is infinite there too) rather than wrong.
-            grad = -targets / torch.where(targets > 0, outputs, 1.0)
-            return total / counts, grad * per_column.view(1, -1, 1)
+            losses, targets, per_column = self._group_xent(outputs, batch, groups)
+            # d/dy of -t log y is -t / y: infinite where a target's probability is 0. A softmax
+            # readout is differentiated with respect to its logits instead
+            # (group_loss_logit_grad), which has no such division.
+            return losses, -targets / torch.where(targets > 0, outputs, 1.0) * per_column
         diff = (outputs - batch.targets.to(outputs)) * mask.unsqueeze(-1)
         total = diff.pow(2).sum((0, 2)).view(groups, size).sum(1)
         if self.loss_kind == "sse":
@@ -485,19 +482,27 @@ class Task(TrainingTask):
         at each masked step. Nothing is divided by a probability, so the gradient stays exact
         where a target's probability underflows towards 0 while its loss is still finite (there
         ``t / y`` through the softmax's Jacobian would overflow to inf * 0 = NaN)."""
-        if self.loss_kind != "xent" or type(self).group_loss is not Task.group_loss:
+        kind = type(self)
+        if self.loss_kind != "xent" or kind.loss is not Task.loss or (
+                kind.group_loss is not Task.group_loss):
             raise ValueError(f"{self.name}: loss_kind: expected 'xent' of the base task's "
                              f"loss for a gradient with respect to logits, got "
                              f"{self.loss_kind!r}")
         outputs = self._check_outputs(outputs, batch)
+        losses, targets, per_column = self._group_xent(outputs, batch, groups)
+        return losses, (outputs * targets.sum(-1, keepdim=True) - targets) * per_column
+
+    def _group_xent(self, outputs: Tensor, batch: Batch, groups: int
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Each group's ``"xent"`` loss, the masked targets ``[T, B, out]`` and each column's
+        loss scale ``[1, B, 1]`` (one over its group's masked steps)."""
         size = group_width(batch, groups)
         mask = batch.mask.to(outputs.device)
         targets = batch.targets.to(outputs) * mask.unsqueeze(-1)
         counts = mask.sum(0).view(groups, size).sum(1).to(outputs.dtype)
         total = _xent(outputs, targets, mask).sum(0).view(groups, size).sum(1)
         per_column = (1.0 / counts).repeat_interleave(size).view(1, -1, 1)
-        grad = (outputs * targets.sum(-1, keepdim=True) - targets) * per_column
-        return total / counts, grad
+        return total / counts, targets, per_column
 
     def _eval_mask(self, batch: Batch) -> Tensor:
         return batch.mask
