@@ -5,10 +5,10 @@ Usage: python docs/paper-setting/lag_trial.py ROW P SEED BUDGET [shift=X] [tol=X
 ROW: exp2a or exp2b; P: the lag; ``shift``: the input gate's initial shift
 (``PaperSetting.input_gate_shift``); ``tol``: the construction tolerance
 (``PaperSetting.construction_tolerance``, ``none`` joins the cell to every output); ``end=1``:
-error signals at the sequence end only (a departure: the paper gives them at every step). Prints when
-the cell joined and which outputs it joined, when the success rule held (``{}``: not within the
-budget), and on 200 fresh sequences the largest absolute error at the sequence end: its maximum,
-its mean and how many sequences it puts above 0.25.
+error signals at the sequence end only (a departure: the paper gives them at every step).
+Prints when the cell joined and which outputs it joined, when the success rule held (``{}``:
+not within the budget), and on 200 fresh sequences the largest absolute error at the sequence
+end: its maximum, its mean and how many sequences it puts above 0.25.
 """
 
 import dataclasses
