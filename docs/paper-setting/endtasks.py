@@ -11,6 +11,7 @@ Run from the repository root with ``PYTHONPATH=src``, one thread::
     python docs/paper-setting/endtasks.py errors4 OUT SEEDS N
     python docs/paper-setting/endtasks.py inside4 OUT SEED
     python docs/paper-setting/endtasks.py errors2c ROW OUT SEEDS N
+    python docs/paper-setting/endtasks.py init2c ROW SEEDS N
 
 ``update``: one training step of three fresh nets against the Appendix A.1 rule
 (:func:`lstmkit.train.online.online_step`). ``train``: SEEDS (comma-separated) to BUDGET
@@ -21,7 +22,8 @@ test, ``streak`` the longest run of correct training sequences, ``igb`` the init
 biases, ``linout`` a linear output unit.
 ``errors4`` / ``errors2c``: which of N fresh test sequences a saved net gets wrong, by kind of
 sequence. ``inside4``: a saved Exp. 4 net's output net input and cell outputs at the sequence
-end against X1 + X2.
+end against X1 + X2. ``init2c``: the untrained nets' cell states at the end of N fresh Exp. 2c
+sequences, and how many of their cells are saturated there.
 """
 
 from __future__ import annotations
@@ -225,10 +227,29 @@ def errors2c(row: str, out: str, seeds: str, n: str) -> None:
                   f"%), mean max|err| {err[sel].mean():.4f}")
 
 
+def init2c(row: str, seeds: str, n: str) -> None:
+    """Exp. 2c: the cell states of the untrained nets at the sequence end."""
+    saturated = total = 0
+    for seed in (int(s) for s in seeds.split(",")):
+        tr = _trainer(row, seed)
+        b = tr.task.sample(int(n), generator=torch.Generator().manual_seed(TEST_SEED))
+        with torch.no_grad():
+            _, state = tr.model.layer(b.inputs, None, lengths=b.lengths)
+        cells = state[1][0]
+        # h(s) = 2 sigmoid(s) - 1, so h'(s) = 2 sigmoid(s) (1 - sigmoid(s)), at most 0.5.
+        slope = 2 * torch.sigmoid(cells) * (1 - torch.sigmoid(cells))
+        flat = slope.mean(0) < 0.01
+        saturated, total = saturated + int(flat.sum()), total + flat.numel()
+        print(f"seed {seed}: mean |s| at the end per cell "
+              + " ".join(f"{v:5.1f}" for v in cells.abs().mean(0).tolist())
+              + ", mean h'(s) " + " ".join(f"{v:.3f}" for v in slope.mean(0).tolist()))
+    print(f"{row}: {saturated} of {total} cells saturated at the end (mean h'(s) < 0.01)")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     commands = {"update": update, "train": train, "errors4": errors4, "inside4": inside4,
-                "errors2c": errors2c}
+                "errors2c": errors2c, "init2c": init2c}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         raise SystemExit(f"command: expected one of {sorted(commands)}, got {sys.argv[1:2]}")
     commands[sys.argv[1]](*sys.argv[2:])
