@@ -230,6 +230,7 @@ def errors2c(row: str, out: str, seeds: str, n: str) -> None:
 def init2c(row: str, seeds: str, n: str) -> None:
     """Exp. 2c: the cell states of the untrained nets at the sequence end."""
     saturated = total = 0
+    nets = [0] * 3  # nets with 0, 1, 2 or more saturated cells
     for seed in (int(s) for s in seeds.split(",")):
         tr = _trainer(row, seed)
         b = tr.task.sample(int(n), generator=torch.Generator().manual_seed(TEST_SEED))
@@ -240,10 +241,12 @@ def init2c(row: str, seeds: str, n: str) -> None:
         slope = 2 * torch.sigmoid(cells) * (1 - torch.sigmoid(cells))
         flat = slope.mean(0) < 0.01
         saturated, total = saturated + int(flat.sum()), total + flat.numel()
+        nets[min(int(flat.sum()), 2)] += 1
         print(f"seed {seed}: mean |s| at the end per cell "
               + " ".join(f"{v:5.1f}" for v in cells.abs().mean(0).tolist())
               + ", mean h'(s) " + " ".join(f"{v:.3f}" for v in slope.mean(0).tolist()))
-    print(f"{row}: {saturated} of {total} cells saturated at the end (mean h'(s) < 0.01)")
+    print(f"{row}: {saturated} of {total} cells saturated at the end (mean h'(s) < 0.01); "
+          f"nets with 0 / 1 / 2 saturated cells: {nets[0]} / {nets[1]} / {nets[2]}")
 
 
 if __name__ == "__main__":
