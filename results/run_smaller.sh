@@ -32,7 +32,6 @@ chain_c() {
 chain_d() {
   run smaller-modern-fb1 exp4-T500 modern-fb1 3 209000
   run smaller-modern-fb1 exp6b modern-fb1 3 571100
-  run smaller-modern-fb1 exp2c-q100-p100 modern-fb1 3 31000
   run smaller-modern-fb1 exp2c-q200-p200 modern-fb1 3 33000
   run smaller-modern-fb1 exp4-T1000 modern-fb1 2 853000
 }
@@ -40,7 +39,6 @@ chain_e() {
   run_rnn exp5-T100 3 482000
   run_rnn exp6b 3 571100
   run_rnn exp4-T500 3 209000
-  run_rnn exp2c-q100-p100 3 31000
   run_rnn exp2c-q200-p200 3 33000
   run_rnn exp4-T1000 1 853000
 }
