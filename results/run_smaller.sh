@@ -32,14 +32,12 @@ chain_c() {
 chain_d() {
   run smaller-modern-fb1 exp4-T500 modern-fb1 3 209000
   run smaller-modern-fb1 exp6b modern-fb1 3 571100
-  run smaller-modern-fb1 exp2c-q200-p200 modern-fb1 3 33000
   run smaller-modern-fb1 exp4-T1000 modern-fb1 2 853000
 }
 chain_e() {
   run_rnn exp5-T100 3 482000
   run_rnn exp6b 3 571100
   run_rnn exp4-T500 3 209000
-  run_rnn exp2c-q200-p200 3 33000
   run_rnn exp4-T1000 1 853000
 }
 # One trial each where even a smaller run costs most of an hour on one core.
