@@ -9,5 +9,5 @@ for row in exp3a exp6a exp2a exp3b exp4-T100 exp1 exp2b exp3c exp2c-q50-p50 exp5
   case "$row" in exp2c*) n=20 ;; esac
   [ -f "results/trial-counts-modern-fb1/$row/results.json" ] && continue
   lstmkit reproduce "$row" --setting modern-fb1 --trials "$n" --seed 3000 \
-    --workers "${WORKERS:-1}" --quiet --out "results/trial-counts-modern-fb1/$row"
+    --workers "${WORKERS:-1}" --quiet --resume --out "results/trial-counts-modern-fb1/$row"
 done

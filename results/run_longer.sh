@@ -8,7 +8,7 @@ set -e
 run() {  # setting row trials budget
   [ -f "results/longer-$1/$2/results.json" ] && return 0
   lstmkit reproduce "$2" --setting "$1" --trials "$3" --seed 9000 --max-sequences "$4" \
-    --workers 1 --quiet --out "results/longer-$1/$2"
+    --workers 1 --quiet --resume --out "results/longer-$1/$2"
 }
 run paper exp4-T500 2 1500000
 run paper exp2c-q100-p100 3 400000

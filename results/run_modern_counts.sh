@@ -8,5 +8,5 @@ for row in exp3a exp6a exp3b exp2a exp1 exp3c exp6b exp2c-q50-p50 exp5-T100 exp2
   n=10; [ "$row" = exp1 ] && n=30; case "$row" in exp2c*) n=20 ;; esac
   [ -f "results/trial-counts-modern/$row/results.json" ] && continue
   lstmkit reproduce "$row" --setting modern --trials "$n" --seed 3000 --workers "${WORKERS:-1}" \
-    --quiet --out "results/trial-counts-modern/$row"
+    --quiet --resume --out "results/trial-counts-modern/$row"
 done

@@ -8,7 +8,7 @@ set -e
 run() {  # folder row setting trials budget [cell]
   [ -f "results/$1/$2/results.json" ] && return 0
   lstmkit reproduce "$2" --setting "$3" ${6:+--cell "$6"} --trials "$4" --seed 9000 \
-    --max-sequences "$5" --workers 1 --quiet --out "results/$1/$2"
+    --max-sequences "$5" --workers 1 --quiet --resume --out "results/$1/$2"
 }
 chain_a() {
   run smaller-paper exp4-T1000 paper 3 853000
