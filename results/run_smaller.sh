@@ -36,7 +36,6 @@ chain_d() {
 }
 chain_e() {
   run_rnn exp5-T100 3 482000
-  run_rnn exp6b 3 571100
   run_rnn exp4-T500 3 209000
   run_rnn exp4-T1000 1 853000
 }
