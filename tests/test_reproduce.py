@@ -316,3 +316,33 @@ def test_experiments_find_their_paper_row_by_its_label(monkeypatch, experiment, 
     if criterion is not None:
         assert ref.criterion == criterion
     assert exp.setting() == ref.setting
+
+
+def test_exp1_trials_share_data_sets_by_tens_as_the_papers_30_did(tmp_path) -> None:
+    """§5.1: "3 different, randomly generated pairs of training and test sets. With each such
+    pair we run 10 trials": trial seeds that share their tens share a data set."""
+    from lstmkit.reproduce.experiments import get
+    from lstmkit.reproduce.records import load_results
+    from lstmkit.reproduce.runner import _make_trainer
+
+    exp1 = get("exp1")
+    assert exp1.trial_params(5000) == {"seed": 500}
+    assert exp1.trial_params(5029) == {"seed": 502}
+    assert exp1.trial_params(5010, {"seed": 7}) == {"seed": 7}  # a fixed data set for all
+    assert get("exp4-T100").trial_params(5000) == {}
+
+    def train_strings(seed: int, task_params: dict | None = None) -> tuple[str, ...]:
+        trainer, _ = _make_trainer("exp1", "paper", None, seed, 100, task_params=task_params,
+                                   checkpoint_dir=None, checkpoint_every=0, progress=False,
+                                   position=0)
+        return trainer.task.train_strings
+
+    assert train_strings(5000) == train_strings(5009) != train_strings(5010)
+    assert train_strings(5000, {"seed": 3}) == train_strings(5010, {"seed": 3})
+
+    run("exp1", setting="modern", trials=2, seed=19, max_sequences=64, out=tmp_path,
+        workers=1, progress=False)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["settings"]["trials_per_data_set"] == 10
+    assert written["task_params"]["seed"] == 1
+    assert load_results(tmp_path)[0].settings.trials_per_data_set == 10

@@ -30,6 +30,12 @@ class Experiment:
 
     ``title`` may name task parameters in braces (``"adding problem T={T}"``): :meth:`title_for`
     fills them with the parameters a run actually used.
+
+    ``trials_per_data_set``: where the paper trains a few trials on each of several fixed data
+    sets (Exp. 1: "3 different, randomly generated pairs of training and test sets. With each
+    such pair we run 10 trials"), trial seed ``s`` trains on the data set drawn from the task
+    seed ``s // trials_per_data_set`` (:meth:`trial_params`), so that trials with seeds 5000 to
+    5029 use three data sets, ten trials each, as the paper's 30 did.
     """
 
     id: str
@@ -38,6 +44,16 @@ class Experiment:
     title: str = ""
     row: str | None = None
     criterion: str | None = None
+    trials_per_data_set: int | None = None
+
+    def trial_params(self, seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The task parameters of the trial with ``seed``: ``overrides``, plus the data set's
+        seed where the row draws its data per group of trials (a ``seed`` in ``overrides``
+        fixes one data set for every trial)."""
+        params = dict(overrides or {})
+        if self.trials_per_data_set and "seed" not in params:
+            params["seed"] = seed // self.trials_per_data_set
+        return params
 
     def is_reference(self, ref: PaperReference) -> bool:
         """Whether ``ref`` is an LSTM row with this experiment's labels."""
@@ -85,7 +101,7 @@ class Experiment:
 def _build() -> dict[str, Experiment]:
     rows = [
         Experiment("exp1", "reber", {}, "Exp. 1, embedded Reber grammar (3 blocks of 2, lr 0.5)",
-                   row="1-5"),
+                   row="1-5", trials_per_data_set=10),
         Experiment("exp2a", "noiseless_lag", {"p": 100}, "Exp. 2a, noise-free lag p={p}"),
         Experiment("exp2b", "noiseless_lag_random", {"p": 100},
                    "Exp. 2b, no local regularities, p={p}"),

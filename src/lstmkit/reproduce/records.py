@@ -262,13 +262,19 @@ class RunSettings:
     threads_per_worker: int | None = None
     #: The nets' output units and loss, e.g. ``"sigmoid, sse"``, ``"softmax, xent"``.
     readout: str | None = None
+    #: Where trials share data sets by groups: trial seed s used the task seed
+    #: s // trials_per_data_set (``task_params`` then shows the first trial's).
+    trials_per_data_set: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         # The order results.json has always had.
-        return {k: out[k] for k in ("optimizer", "lr", "batch_size", "clip_norm", "init_range",
-                                    "max_sequences", "criteria", "criteria_rules", "paper_row",
-                                    "weights", "workers", "threads_per_worker", "readout")}
+        ordered = {k: out[k] for k in ("optimizer", "lr", "batch_size", "clip_norm", "init_range",
+                                       "max_sequences", "criteria", "criteria_rules", "paper_row",
+                                       "weights", "workers", "threads_per_worker", "readout")}
+        if self.trials_per_data_set is not None:  # only where trials share data sets by groups
+            ordered["trials_per_data_set"] = self.trials_per_data_set
+        return ordered
 
     @classmethod
     def _read(cls, r: _Reader) -> RunSettings:
@@ -290,6 +296,7 @@ class RunSettings:
             workers=r.get("workers", _INT_OR_NULL, None),
             threads_per_worker=r.get("threads_per_worker", _INT_OR_NULL, None),
             readout=r.get("readout", _STR_OR_NULL, None),
+            trials_per_data_set=r.get("trials_per_data_set", _INT_OR_NULL, None),
         )
 
 

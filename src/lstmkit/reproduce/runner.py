@@ -75,7 +75,7 @@ def _make_trainer(experiment: str, setting: str, cell: str | None, seed: int,
                   position: int, chunk: int = 0) -> tuple[Trainer, list[Any]]:
     """The trial's trainer with freshly seeded weights, and its callbacks."""
     exp = get(experiment)
-    raw = exp.make_task(task_params)
+    raw = exp.make_task(exp.trial_params(seed, task_params))
     paper = exp.setting(raw)
     recipe = recipe_for(setting, cell, paper)
     task = task_for(raw, recipe)
@@ -259,7 +259,7 @@ def _paper_row(ref: PaperReference | None) -> PaperRow | None:
 
 
 def _settings(recipe: Recipe, paper: PaperSetting, budget: int, weights: int | None,
-              workers: int, task: Any) -> RunSettings:
+              workers: int, task: Any, trials_per_data_set: int | None = None) -> RunSettings:
     return RunSettings(
         optimizer=recipe.optimizer, lr=recipe.lr, batch_size=recipe.batch_size,
         clip_norm=recipe.clip_norm, init_range=recipe.init_range, max_sequences=budget,
@@ -267,6 +267,7 @@ def _settings(recipe: Recipe, paper: PaperSetting, budget: int, weights: int | N
         paper_row=paper.row, weights=weights, workers=workers,
         threads_per_worker=1 if workers > 1 else None,
         readout=f"{task.output_activation}, {task.loss_kind}",
+        trials_per_data_set=trials_per_data_set,
     )
 
 
@@ -324,7 +325,7 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
     if len(outs) != len(cells):
         raise ValueError(f"outs: expected one folder (or None) per cell, got {len(outs)} for "
                          f"{len(cells)} cells")
-    task = exp.make_task(task_params)
+    task = exp.make_task(exp.trial_params(seed, task_params))
     paper = exp.setting(task)
     recipes = [recipe_for(setting, cell, paper) for cell in cells]
     budget = max_sequences if max_sequences is not None else default_budget(experiment, setting)
@@ -379,7 +380,9 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
                 cell=recipe.cell, task=exp.task, task_params=dict(task.params),
                 changed_params=dict(task_params or {}), paper=paper_row,
                 settings=_settings(recipe, paper, budget, mine[0].weights, workers,
-                                   task_for(task, recipe)),
+                                   task_for(task, recipe),
+                                   None if "seed" in (task_params or {})
+                                   else exp.trials_per_data_set),
                 summary=_summary(mine, wall), trials=mine,
             )
             if out_dir is not None:
