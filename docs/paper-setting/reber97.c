@@ -26,6 +26,9 @@
  *   linout    linear output units
  *   igb=X     input-gate biases X (X < 0: X, 2X, 3X, ... by block)
  *   distinct  256 different training strings
+ *   data=FILE the training and test strings from FILE (512 lines: 256 training strings, then
+ *             256 test strings, e.g. lstmkit's, see docs/paper-setting-notes.md, E21) instead of
+ *             generating them from SEED (the weights still come from SEED)
  *   states    also print, at the symbol before last (mean over both sets), each cell's |s| and
  *             h'(s), each block's output gate, and its input gate at t = 1 and t = 3
  */
@@ -224,6 +227,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   int seed = atoi(argv[1]), max_strings = atoi(argv[5]), distinct = 0, igb_set = 0;
+  const char *datafile = 0;
   double igb = 0;
   B = atoi(argv[2]);
   S = atoi(argv[3]);
@@ -239,6 +243,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(f, "linout")) lin_out = 1;
     else if (!strcmp(f, "distinct")) distinct = 1;
     else if (!strcmp(f, "states")) show_states = 1;
+    else if (!strncmp(f, "data=", 5)) datafile = f + 5;
     else if (!strncmp(f, "igb=", 4)) { igb_set = 1; igb = atof(f + 4); }
     else { fprintf(stderr, "unknown flag %s\n", f); return 2; }
   }
@@ -249,13 +254,25 @@ int main(int argc, char **argv) {
   rng_state = 88172645463325252ULL ^ ((unsigned long long)seed * 2654435761ULL + 12345);
   for (int i = 0; i < 20; i++) urand();
   static int train[256][MAXT], test[256][MAXT], train_n[256], test_n[256];
-  for (int i = 0; i < 256;) {
+  if (datafile) {
+    FILE *fp = fopen(datafile, "r");
+    char line[MAXT + 2];
+    if (!fp) { fprintf(stderr, "cannot read %s\n", datafile); return 2; }
+    for (int i = 0; i < 512; i++) {
+      if (!fgets(line, sizeof line, fp)) { fprintf(stderr, "short data\n"); return 2; }
+      int *dst = i < 256 ? train[i] : test[i - 256], n = 0;
+      for (char *p = line; *p && *p != '\n' && n < MAXT; p++) dst[n++] = sym_index(*p);
+      if (i < 256) train_n[i] = n; else test_n[i - 256] = n;
+    }
+    fclose(fp);
+  }
+  for (int i = 0; !datafile && i < 256;) {
     train_n[i] = generate(train[i]);
     int dup = 0;
     for (int j = 0; distinct && j < i && !dup; j++) dup = same(train[j], train_n[j], train[i], train_n[i]);
     if (!dup) i++;
   }
-  for (int i = 0; i < 256;) {
+  for (int i = 0; !datafile && i < 256;) {
     test_n[i] = generate(test[i]);
     int dup = 0;
     for (int j = 0; j < 256 && !dup; j++) dup = same(train[j], train_n[j], test[i], test_n[i]);
