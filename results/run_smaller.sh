@@ -35,7 +35,6 @@ chain_d() {
   run smaller-modern-fb1 exp4-T1000 modern-fb1 2 853000
 }
 chain_e() {
-  run_rnn exp5-T100 3 482000
   run_rnn exp4-T500 3 209000
   run_rnn exp4-T1000 1 853000
 }
