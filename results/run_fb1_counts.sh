@@ -4,7 +4,7 @@
 # (those of the modern runs), trials side by side. Rows whose results.json exists are skipped.
 set -e
 for row in exp3a exp6a exp2a exp3b exp4-T100 exp1 exp2b exp3c exp2c-q50-p50 exp5-T100 \
-    exp2c-q100-p100 exp2c-q200-p200 exp6b; do
+    exp2c-q100-p100 exp2c-q200-p200 exp6b exp4-T500; do
   n=10; [ "$row" = exp1 ] && n=30
   case "$row" in exp2c*) n=20 ;; esac
   [ -f "results/trial-counts-modern-fb1/$row/results.json" ] && continue
