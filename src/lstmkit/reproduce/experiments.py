@@ -46,13 +46,19 @@ class Experiment:
     criterion: str | None = None
     trials_per_data_set: int | None = None
 
+    def data_set_group(self, overrides: dict[str, Any] | None = None) -> int | None:
+        """How many trials share a data set in a run with ``overrides``: ``trials_per_data_set``,
+        or None where the row has no fixed data sets or ``overrides`` fixes one for every trial
+        (a ``seed``)."""
+        return None if "seed" in (overrides or {}) else self.trials_per_data_set
+
     def trial_params(self, seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The task parameters of the trial with ``seed``: ``overrides``, plus the data set's
-        seed where the row draws its data per group of trials (a ``seed`` in ``overrides``
-        fixes one data set for every trial)."""
+        seed where trials share data sets by groups (:meth:`data_set_group`)."""
         params = dict(overrides or {})
-        if self.trials_per_data_set and "seed" not in params:
-            params["seed"] = seed // self.trials_per_data_set
+        group = self.data_set_group(overrides)
+        if group:
+            params["seed"] = seed // group
         return params
 
     def is_reference(self, ref: PaperReference) -> bool:

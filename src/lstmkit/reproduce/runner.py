@@ -380,9 +380,7 @@ def compare(experiment: str, cells: list[str | None], *, setting: str = "paper",
                 cell=recipe.cell, task=exp.task, task_params=dict(task.params),
                 changed_params=dict(task_params or {}), paper=paper_row,
                 settings=_settings(recipe, paper, budget, mine[0].weights, workers,
-                                   task_for(task, recipe),
-                                   None if "seed" in (task_params or {})
-                                   else exp.trials_per_data_set),
+                                   task_for(task, recipe), exp.data_set_group(task_params)),
                 summary=_summary(mine, wall), trials=mine,
             )
             if out_dir is not None:
