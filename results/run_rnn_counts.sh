@@ -5,7 +5,7 @@
 # runs), trials side by side.
 set -e
 for row in exp3a exp6a exp2a exp3b exp4-T100 exp1 exp2b exp3c exp2c-q50-p50 exp2c-q100-p100 \
-    exp2c-q200-p200 exp6b exp5-T100; do
+    exp2c-q200-p200 exp6b exp5-T100 exp4-T500; do
   n=10; [ "$row" = exp1 ] && n=30
   case "$row" in exp2c*) n=20 ;; esac
   [ -f "results/trial-counts-rnn/$row/results.json" ] && continue
