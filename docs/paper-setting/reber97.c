@@ -8,7 +8,7 @@
  * RTRL-style rule of Appendix A.1 (eqs. 19-28: forward partials ds/dw, error only through the
  * cell state), weights changed after every time step, 256 training and 256 disjoint test strings,
  * exemplars drawn at random from the training set, success when on both sets the possible next
- * symbols are always the most active outputs (checked every 100 strings).
+ * symbols are always the most active outputs (checked every 100 strings unless every=N).
  *
  * Build: cc -O2 -o reber97 reber97.c -lm
  * Run:   ./reber97 SEED BLOCKS CELLS_PER_BLOCK ALPHA MAX_STRINGS [FLAG...]
@@ -29,6 +29,7 @@
  *   data=FILE the training and test strings from FILE (512 lines: 256 training strings, then
  *             256 test strings, e.g. lstmkit's, see docs/paper-setting-notes.md, E21) instead of
  *             generating them from SEED (the weights still come from SEED)
+ *   every=N   test both sets after every N training strings instead of every 100 (E22)
  *   states    also print, at the symbol before last (mean over both sets), each cell's |s| and
  *             h'(s), each block's output gate, and its input gate at t = 1 and t = 3
  */
@@ -221,12 +222,21 @@ static int same(const int *a, int na, const int *b, int nb) {
   return na == nb && !memcmp(a, b, sizeof(int) * (size_t)na);
 }
 
+/* Whether every string of both sets is predicted right, stopping at the first wrong one: the
+ * cheap form of the success check, so that it can run after every training string. */
+static int passes(int train[][MAXT], const int *train_n, int test[][MAXT], const int *test_n) {
+  int ok;
+  for (int j = 0; j < 256; j++) { present(train[j], train_n[j], 0, &ok); if (!ok) return 0; }
+  for (int j = 0; j < 256; j++) { present(test[j], test_n[j], 0, &ok); if (!ok) return 0; }
+  return 1;
+}
+
 int main(int argc, char **argv) {
   if (argc < 6) {
     fprintf(stderr, "usage: %s SEED BLOCKS CELLS_PER_BLOCK ALPHA MAX_STRINGS [FLAG...]\n", argv[0]);
     return 2;
   }
-  int seed = atoi(argv[1]), max_strings = atoi(argv[5]), distinct = 0, igb_set = 0;
+  int seed = atoi(argv[1]), max_strings = atoi(argv[5]), distinct = 0, igb_set = 0, every = 100;
   const char *datafile = 0;
   double igb = 0;
   B = atoi(argv[2]);
@@ -244,6 +254,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(f, "distinct")) distinct = 1;
     else if (!strcmp(f, "states")) show_states = 1;
     else if (!strncmp(f, "data=", 5)) datafile = f + 5;
+    else if (!strncmp(f, "every=", 6)) every = atoi(f + 6);
     else if (!strncmp(f, "igb=", 4)) { igb_set = 1; igb = atof(f + 4); }
     else { fprintf(stderr, "unknown flag %s\n", f); return 2; }
   }
@@ -297,7 +308,8 @@ int main(int argc, char **argv) {
     int i = (int)(urand() * 256);
     total += present(train[i], train_n[i], 1, &ok);
     count++;
-    if (k % 100) continue;
+    if (k % every) continue;
+    if (k % 2000 && !passes(train, train_n, test, test_n)) continue;
     int all = 1, wrong = 0;
     memset(wrong_by_kind, 0, sizeof wrong_by_kind);
     memset(at_s, 0, sizeof at_s); memset(at_hd, 0, sizeof at_hd); memset(at_out, 0, sizeof at_out);
