@@ -34,7 +34,6 @@ chain_d() {
   run smaller-modern-fb1 exp4-T1000 modern-fb1 2 853000
 }
 chain_e() {
-  run_rnn exp4-T500 3 209000
   run_rnn exp4-T1000 1 853000
 }
 # One trial each where even a smaller run costs most of an hour on one core.
