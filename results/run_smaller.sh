@@ -30,7 +30,6 @@ chain_c() {
 }
 # The columns the modern LSTM was run beside: modern-fb1 and the plain RNN on the longer rows.
 chain_d() {
-  run smaller-modern-fb1 exp4-T500 modern-fb1 3 209000
   run smaller-modern-fb1 exp4-T1000 modern-fb1 2 853000
 }
 chain_e() {
