@@ -11,7 +11,6 @@ run() {  # folder row setting trials budget [cell]
     --max-sequences "$5" --workers 1 --quiet --resume --out "results/$1/$2"
 }
 chain_a() {
-  run smaller-paper exp4-T1000 paper 3 853000
   run smaller-modern exp2c-q1000-p50 modern 2 203000
   run smaller-modern exp2c-q1000-p200 modern 2 75000
   run smaller-modern exp2c-q1000-p100 modern 2 135000
