@@ -17,7 +17,6 @@ chain_a() {
   run smaller-modern exp2c-q1000-p500 modern 2 49000
 }
 chain_b() {
-  run smaller-modern exp2c-q500-p500 modern 3 38000
   run smaller-paper exp2b paper 3 20000
   run smaller-paper exp2c-q500-p500 paper 3 38000
   run smaller-modern exp2c-q1000-p1000 modern 2 49000
