@@ -29,7 +29,8 @@
  *   data=FILE the training and test strings from FILE (512 lines: 256 training strings, then
  *             256 test strings, e.g. lstmkit's, see docs/paper-setting-notes.md, E21) instead of
  *             generating them from SEED (the weights still come from SEED)
- *   every=N   test both sets after every N training strings instead of every 100 (E22)
+ *   every=N   test both sets after every N training strings instead of every 100 (E22; N must
+ *             divide 2,000, the interval of the progress report)
  *   states    also print, at the symbol before last (mean over both sets), each cell's |s| and
  *             h'(s), each block's output gate, and its input gate at t = 1 and t = 3
  */
@@ -254,7 +255,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(f, "distinct")) distinct = 1;
     else if (!strcmp(f, "states")) show_states = 1;
     else if (!strncmp(f, "data=", 5)) datafile = f + 5;
-    else if (!strncmp(f, "every=", 6)) every = atoi(f + 6);
+    else if (!strncmp(f, "every=", 6)) {
+      every = atoi(f + 6);
+      /* The progress report comes from the full test every 2,000 strings, so N must divide it. */
+      if (every < 1 || 2000 % every) { fprintf(stderr, "every=N: N must divide 2000, got %s\n", f + 6); return 2; }
+    }
     else if (!strncmp(f, "igb=", 4)) { igb_set = 1; igb = atof(f + 4); }
     else { fprintf(stderr, "unknown flag %s\n", f); return 2; }
   }
